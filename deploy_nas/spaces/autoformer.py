@@ -1,0 +1,268 @@
+"""AutoFormer search spaces and subnet configs (Cream `Vision_TransformerSuper`).
+
+A subnet is one embed dim shared by all blocks, a depth (the first `depth` blocks of the supernet) and per-block
+MLP ratios and head counts. Head dim is fixed by the supernet (64 in the official spaces), so Q = 64 * heads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+from ..errors import InvalidSubnetConfig
+
+FAMILY = "autoformer"
+
+
+def _ratio(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidSubnetConfig(f"{where} = {value!r} is not a number; give MLP ratios as numbers like 3.5")
+    return float(value)
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InvalidSubnetConfig(f"{where} = {value!r} is not an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class AutoFormerConfig:
+    """One AutoFormer subnet. `mlp_ratio` and `num_heads` hold one entry per kept block."""
+
+    depth: int
+    embed_dim: int
+    mlp_ratio: tuple[float, ...]
+    num_heads: tuple[int, ...]
+    family: ClassVar[str] = FAMILY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        for name in ("mlp_ratio", "num_heads"):
+            if len(getattr(self, name)) != self.depth:
+                raise InvalidSubnetConfig(
+                    f"{name} has {len(getattr(self, name))} entries but depth is {self.depth}; give one per block")
+
+    def hidden_dims(self) -> tuple[int, ...]:
+        # The official code sizes fc1 as int(E * ratio) (truncation, not rounding).
+        return tuple(int(self.embed_dim * r) for r in self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "depth": self.depth, "embed_dim": self.embed_dim,
+                "mlp_ratio": list(self.mlp_ratio), "num_heads": list(self.num_heads)}
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def to_official(self) -> dict[str, Any]:
+        """The dict `Vision_TransformerSuper.set_sample_config` takes."""
+        return {"layer_num": self.depth, "embed_dim": [self.embed_dim] * self.depth,
+                "mlp_ratio": list(self.mlp_ratio), "num_heads": list(self.num_heads)}
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "AutoFormerConfig":
+        """Read our canonical form, the official `set_sample_config` dict, or an official YAML (`RETRAIN`)."""
+        if not isinstance(obj, dict):
+            raise InvalidSubnetConfig(f"a subnet config must be a mapping, got {type(obj).__name__}")
+        if "RETRAIN" in obj:
+            return cls._from_yaml_section(obj["RETRAIN"])
+        family = obj.get("family", FAMILY)
+        if family != FAMILY:
+            raise InvalidSubnetConfig(
+                f"config is for family {family!r}, not {FAMILY!r}; pass --family {family} or an {FAMILY} config")
+        if "layer_num" in obj:
+            return cls._from_official(obj)
+        missing = [k for k in ("depth", "embed_dim", "mlp_ratio", "num_heads") if k not in obj]
+        if missing:
+            raise InvalidSubnetConfig(f"config lacks {', '.join(missing)}; an {FAMILY} config needs "
+                                      "depth, embed_dim, mlp_ratio and num_heads (or the official layer_num form)")
+        unknown = sorted(set(obj) - {"family", "depth", "embed_dim", "mlp_ratio", "num_heads"})
+        if unknown:
+            raise InvalidSubnetConfig(f"config has unknown keys {unknown}; remove them")
+        return cls(depth=_int(obj["depth"], "depth"), embed_dim=_int(obj["embed_dim"], "embed_dim"),
+                   mlp_ratio=_list(obj, "mlp_ratio", _ratio), num_heads=_list(obj, "num_heads", _int))
+
+    @classmethod
+    def _from_official(cls, obj: dict[str, Any]) -> "AutoFormerConfig":
+        depth = _int(obj["layer_num"], "layer_num")
+        embed = obj.get("embed_dim")
+        embeds = [_int(e, "embed_dim") for e in (embed if isinstance(embed, list) else [embed] * depth)]
+        if len(embeds) < depth or len(set(embeds[:depth])) != 1:
+            raise InvalidSubnetConfig(f"embed_dim = {embed!r}: AutoFormer needs one embed dim repeated for "
+                                      f"all {depth} layers")
+        lists = {}
+        for name, conv in (("mlp_ratio", _ratio), ("num_heads", _int)):
+            values = _list(obj, name, conv)
+            if len(values) < depth:
+                raise InvalidSubnetConfig(f"{name} has {len(values)} entries but layer_num is {depth}")
+            lists[name] = values[:depth]  # NNI pads these lists to the max depth; entries past layer_num are unused
+        return cls(depth=depth, embed_dim=embeds[0], **lists)
+
+    @classmethod
+    def _from_yaml_section(cls, sec: Any) -> "AutoFormerConfig":
+        if not isinstance(sec, dict) or any(k not in sec for k in ("DEPTH", "EMBED_DIM", "MLP_RATIO", "NUM_HEADS")):
+            raise InvalidSubnetConfig("RETRAIN section must have DEPTH, EMBED_DIM, MLP_RATIO and NUM_HEADS")
+        return cls._from_official({"layer_num": sec["DEPTH"], "embed_dim": sec["EMBED_DIM"],
+                                   "mlp_ratio": sec["MLP_RATIO"], "num_heads": sec["NUM_HEADS"]})
+
+
+def _list(obj: dict[str, Any], name: str, conv) -> tuple:
+    values = obj.get(name)
+    if not isinstance(values, (list, tuple)):
+        raise InvalidSubnetConfig(f"{name} = {values!r} must be a list with one entry per block")
+    return tuple(conv(v, f"{name}[{i}]") for i, v in enumerate(values))
+
+
+SampleKind = Literal["random", "min", "max"]
+
+
+@dataclass(frozen=True)
+class AutoFormerSpace:
+    """The choices per dimension, plus the super (maximum) sizes the supernet is built with."""
+
+    name: str
+    embed_dim: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    mlp_ratio: tuple[float, ...]
+    depth: tuple[int, ...]
+    super_embed_dim: int
+    super_num_heads: int
+    super_depth: int
+    super_mlp_ratio: float = 4.0
+    head_dim: int = 64
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    max_relative_position: int = 14
+    family: ClassVar[str] = FAMILY
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for dim in ("embed_dim", "num_heads", "depth"):
+            object.__setattr__(self, dim, tuple(sorted(int(v) for v in getattr(self, dim))))
+        object.__setattr__(self, "mlp_ratio", tuple(sorted(float(v) for v in self.mlp_ratio)))
+        problems = []
+        if max(self.embed_dim) > self.super_embed_dim:
+            problems.append(f"embed_dim {max(self.embed_dim)} > super {self.super_embed_dim}")
+        if max(self.num_heads) * self.head_dim > self.super_embed_dim:
+            problems.append(f"{max(self.num_heads)} heads x {self.head_dim} > super embed {self.super_embed_dim}")
+        if max(self.depth) > self.super_depth:
+            problems.append(f"depth {max(self.depth)} > super depth {self.super_depth}")
+        if int(max(self.embed_dim) * max(self.mlp_ratio)) > int(self.super_embed_dim * self.super_mlp_ratio):
+            problems.append("largest MLP hidden width exceeds the supernet's")
+        if problems:
+            raise InvalidSubnetConfig(f"space {self.name!r} does not fit its supernet: {'; '.join(problems)}")
+
+    # --- validation -------------------------------------------------------------------------------------------
+    def validate(self, cfg: Any) -> AutoFormerConfig:
+        """Return `cfg` as an AutoFormerConfig if every value is an allowed choice; raise naming the first bad one."""
+        if getattr(cfg, "family", None) != FAMILY:
+            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
+                                      f"space {self.name!r} is {FAMILY!r}")
+        self._check("depth", cfg.depth, self.depth)
+        self._check("embed_dim", cfg.embed_dim, self.embed_dim)
+        for i, (r, h) in enumerate(zip(cfg.mlp_ratio, cfg.num_heads)):
+            self._check(f"mlp_ratio[{i}]", r, self.mlp_ratio)
+            self._check(f"num_heads[{i}]", h, self.num_heads)
+        return cfg
+
+    def _check(self, where: str, value: Any, allowed: tuple) -> None:
+        if value not in allowed:
+            raise InvalidSubnetConfig(f"{where} = {value} is outside space {self.name!r} "
+                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
+
+    def contains(self, cfg: Any) -> bool:
+        try:
+            self.validate(cfg)
+        except InvalidSubnetConfig:
+            return False
+        return True
+
+    # --- sampling and evolution operators ---------------------------------------------------------------------
+    def sample(self, rng: random.Random, kind: SampleKind = "random") -> AutoFormerConfig:
+        if kind in ("min", "max"):
+            pick = min if kind == "min" else max
+            d = pick(self.depth)
+            return AutoFormerConfig(d, pick(self.embed_dim), (pick(self.mlp_ratio),) * d, (pick(self.num_heads),) * d)
+        if kind != "random":
+            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+        # Same draw order as the official sampler: depth, then per-layer ratio/heads, then one embed dim.
+        d = rng.choice(self.depth)
+        ratios = tuple(rng.choice(self.mlp_ratio) for _ in range(d))
+        heads = tuple(rng.choice(self.num_heads) for _ in range(d))
+        return AutoFormerConfig(d, rng.choice(self.embed_dim), ratios, heads)
+
+    def mutate(self, cfg: AutoFormerConfig, rng: random.Random, m_prob: float = 0.2,
+               s_prob: float = 0.4) -> AutoFormerConfig:
+        """AutoFormer's mutation: depth first (grow with random genes or truncate), per-layer flips, then embed."""
+        ratios, heads, depth = list(cfg.mlp_ratio), list(cfg.num_heads), cfg.depth
+        if rng.random() < s_prob:
+            depth = rng.choice(self.depth)
+            while len(ratios) < depth:
+                ratios.append(rng.choice(self.mlp_ratio))
+                heads.append(rng.choice(self.num_heads))
+            ratios, heads = ratios[:depth], heads[:depth]
+        for i in range(depth):
+            if rng.random() < m_prob:
+                ratios[i] = rng.choice(self.mlp_ratio)
+            if rng.random() < m_prob:
+                heads[i] = rng.choice(self.num_heads)
+        embed = rng.choice(self.embed_dim) if rng.random() < s_prob else cfg.embed_dim
+        return AutoFormerConfig(depth, embed, tuple(ratios), tuple(heads))
+
+    def crossover(self, a: AutoFormerConfig, b: AutoFormerConfig, rng: random.Random) -> AutoFormerConfig:
+        """Uniform per-gene crossover; parents must have equal depth (as in the official search)."""
+        if a.depth != b.depth:
+            raise ValueError(f"crossover needs parents of equal depth, got {a.depth} and {b.depth}")
+        pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
+        return AutoFormerConfig(a.depth, pick(a.embed_dim, b.embed_dim),
+                                tuple(pick(x, y) for x, y in zip(a.mlp_ratio, b.mlp_ratio)),
+                                tuple(pick(x, y) for x, y in zip(a.num_heads, b.num_heads)))
+
+    # --- official formats -------------------------------------------------------------------------------------
+    def config_from_official(self, obj: Any) -> AutoFormerConfig:
+        """A config from the official dict or YAML form, validated against this space."""
+        return self.validate(AutoFormerConfig.from_dict(obj))
+
+    @classmethod
+    def from_official_yaml(cls, obj: dict[str, Any], name: str, **sizes: Any) -> "AutoFormerSpace":
+        """A space from the `SUPERNET` and `SEARCH_SPACE` sections of an official YAML file."""
+        try:
+            sup, sp = obj["SUPERNET"], obj["SEARCH_SPACE"]
+            return cls(name=name, embed_dim=tuple(sp["EMBED_DIM"]), num_heads=tuple(sp["NUM_HEADS"]),
+                       mlp_ratio=tuple(sp["MLP_RATIO"]), depth=tuple(sp["DEPTH"]),
+                       super_embed_dim=int(sup["EMBED_DIM"]), super_num_heads=int(sup["NUM_HEADS"]),
+                       super_depth=int(sup["DEPTH"]), super_mlp_ratio=float(sup["MLP_RATIO"]), **sizes)
+        except (KeyError, TypeError) as err:
+            raise InvalidSubnetConfig(f"not an AutoFormer supernet YAML (needs SUPERNET and SEARCH_SPACE with "
+                                      f"EMBED_DIM, NUM_HEADS, MLP_RATIO, DEPTH): missing {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        d["family"] = FAMILY
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoFormerSpace":
+        d = dict(d)
+        if d.pop("family", FAMILY) != FAMILY:
+            raise InvalidSubnetConfig(f"space is not an {FAMILY} space")
+        return cls(**d)
+
+    def narrowed(self, factor: int, name: str | None = None, **sizes: Any) -> "AutoFormerSpace":
+        """The same choices with every width divided by `factor` (for fast tests of the S/B structure)."""
+        return replace(self, name=name or f"{self.name}/{factor}",
+                       embed_dim=tuple(e // factor for e in self.embed_dim),
+                       super_embed_dim=self.super_embed_dim // factor, head_dim=self.head_dim // factor, **sizes)

@@ -1,0 +1,250 @@
+"""The AutoFormer supernet (Cream `Vision_TransformerSuper`), with the official state-dict key layout.
+
+`forward(x, cfg)` reproduces the official model in eval mode for the sampled config; `subnet_state(cfg)` returns the
+dense spec and the sliced weights that `deploy_nas.materialize` turns into a standalone model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deploy_nas.dense.spec import BlockSpec, DenseSpec
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
+from deploy_nas.kernels import relpos
+from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
+from deploy_nas.supernets.elastic import (ElasticAttention, ElasticBlock, ElasticLayerNorm, ElasticLinear,
+                                          ElasticPatchEmbed)
+
+
+@dataclass(frozen=True)
+class AutoFormerArch:
+    """Super sizes and the flags that cannot be read from weights (`change_qkv`, `gp`, `pre_norm`)."""
+
+    embed_dim: int
+    depth: int
+    mlp_hidden: int
+    num_classes: int = 1000
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    head_dim: int = 64  # Q = heads * head_dim with change_qkv; the official code hard-codes 64
+    table_dim: int = 64  # width of the relative-position tables (E_sup / H_sup)
+    max_relative_position: int = 14
+    qkv_bias: bool = True
+    abs_pos: bool = True
+    relative_position: bool = True
+    change_qkv: bool = True
+    gp: bool = True
+    pre_norm: bool = True
+
+    @classmethod
+    def from_space(cls, space: AutoFormerSpace, **flags: Any) -> "AutoFormerArch":
+        return cls(embed_dim=space.super_embed_dim, depth=space.super_depth,
+                   mlp_hidden=int(space.super_embed_dim * space.super_mlp_ratio), num_classes=space.num_classes,
+                   img_size=space.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
+                   head_dim=space.head_dim, table_dim=space.super_embed_dim // space.super_num_heads,
+                   max_relative_position=space.max_relative_position, **flags)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoFormerArch":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class AutoFormerSupernet(nn.Module):
+    family = FAMILY
+
+    def __init__(self, arch: AutoFormerArch, reference_relpos: bool = False):
+        super().__init__()
+        self.arch = arch
+        a = arch
+        self.patch_embed_super = ElasticPatchEmbed(a.img_size, a.patch_size, a.in_chans, a.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, a.embed_dim))
+        if a.abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, a.num_patches + 1, a.embed_dim))
+        self.blocks = nn.ModuleList(
+            ElasticBlock(a.embed_dim, a.mlp_hidden, ElasticAttention(
+                a.embed_dim, a.head_dim, a.qkv_bias, a.change_qkv, a.relative_position, a.max_relative_position,
+                a.table_dim, reference_relpos), a.pre_norm)
+            for _ in range(a.depth))
+        if a.pre_norm:
+            self.norm = ElasticLayerNorm(a.embed_dim)
+        self.head = ElasticLinear(a.embed_dim, a.num_classes)
+        grid = a.img_size // a.patch_size
+        iv, ih = relpos.relative_position_index(grid, a.max_relative_position)
+        self.register_buffer("rel_index_v", iv, persistent=False)
+        self.register_buffer("rel_index_h", ih, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Official init: truncated normal (std .02) for linears, tables, cls and pos; LN weight 1, biases 0."""
+        for name, p in self.named_parameters():
+            if name.endswith("bias") and p.dim() == 1:
+                p.zero_()
+            elif "layer_norm" in name or name.startswith("norm."):
+                p.fill_(1.0)
+            else:
+                nn.init.trunc_normal_(p, std=0.02, generator=generator)
+
+    # --- config handling --------------------------------------------------------------------------------------
+    def check_config(self, cfg: Any) -> AutoFormerConfig:
+        """Raise InvalidSubnetConfig unless `cfg` is an AutoFormer config that fits inside this supernet."""
+        if getattr(cfg, "family", None) != FAMILY:
+            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
+                                      f"this supernet is {FAMILY!r}")
+        a = self.arch
+        if not 1 <= cfg.depth <= a.depth:
+            raise InvalidSubnetConfig(f"depth = {cfg.depth} does not fit the supernet (allowed: 1..{a.depth})")
+        if not 1 <= cfg.embed_dim <= a.embed_dim:
+            raise InvalidSubnetConfig(f"embed_dim = {cfg.embed_dim} does not fit the supernet (max {a.embed_dim})")
+        for i, (heads, hidden) in enumerate(zip(cfg.num_heads, cfg.hidden_dims())):
+            q_dim, hd, _ = self.blocks[i].attn.dims(cfg.embed_dim, heads)
+            if heads < 1 or q_dim > a.embed_dim or q_dim % heads or (a.relative_position and hd > a.table_dim):
+                raise InvalidSubnetConfig(f"num_heads[{i}] = {heads} does not fit the supernet (Q = {q_dim} must be "
+                                          f"<= {a.embed_dim} and split evenly into heads of <= {a.table_dim})")
+            if not 1 <= hidden <= a.mlp_hidden:
+                raise InvalidSubnetConfig(f"mlp_ratio[{i}] = {cfg.mlp_ratio[i]} gives MLP width {hidden}, "
+                                          f"outside 1..{a.mlp_hidden}")
+        return cfg
+
+    # --- forward ----------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, cfg: AutoFormerConfig) -> Tensor:
+        cfg = self.check_config(cfg)
+        E = cfg.embed_dim
+        x = self.patch_embed_super(x, E)  # (B, N-1, E)
+        x = torch.cat([self.cls_token[..., :E].expand(x.shape[0], -1, -1), x], dim=1)
+        if self.arch.abs_pos:
+            x = x + self.pos_embed[..., :E]
+        index = (self.rel_index_v, self.rel_index_h) if self.arch.relative_position else None
+        for block, heads, hidden in zip(self.blocks, cfg.num_heads, cfg.hidden_dims()):
+            x = block(x, heads, hidden, index)  # blocks past cfg.depth are identities: not run
+        if self.arch.pre_norm:
+            x = self.norm(x)
+        x = x[:, 1:].mean(dim=1) if self.arch.gp else x[:, 0]  # gp: mean over patch tokens (cls excluded)
+        return self.head(x, self.arch.num_classes)
+
+    # --- materialization --------------------------------------------------------------------------------------
+    def dense_spec(self, cfg: AutoFormerConfig) -> DenseSpec:
+        cfg = self.check_config(cfg)
+        a = self.arch
+        blocks = []
+        for i, (heads, hidden) in enumerate(zip(cfg.num_heads, cfg.hidden_dims())):
+            _, hd, scale = self.blocks[i].attn.dims(cfg.embed_dim, heads)
+            blocks.append(BlockSpec(num_heads=heads, head_dim=hd, attn_scale=scale, mlp_hidden=hidden,
+                                    qkv_bias=a.qkv_bias, relative_position=a.relative_position))
+        return DenseSpec(img_size=a.img_size, patch_size=a.patch_size, in_chans=a.in_chans,
+                         num_classes=a.num_classes, embed_dim=cfg.embed_dim, blocks=tuple(blocks),
+                         pos_embed=a.abs_pos, pool="mean" if a.gp else "cls", pre_norm=a.pre_norm, norm_eps=1e-5,
+                         activation="gelu_erf", max_relative_position=a.max_relative_position,
+                         source={"family": FAMILY, "config": cfg.to_dict(), "config_id": cfg.id,
+                                 "supernet": a.to_dict()})
+
+    @torch.no_grad()
+    def subnet_state(self, cfg: AutoFormerConfig) -> tuple[DenseSpec, dict[str, Tensor]]:
+        """The dense spec and a state dict in the dense model's key layout (fresh contiguous copies)."""
+        spec = self.dense_spec(cfg)
+        E = cfg.embed_dim
+        sd: dict[str, Tensor] = {}
+        sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"] = self.patch_embed_super.sliced(E)
+        sd["cls_token"] = self.cls_token[..., :E]
+        if self.arch.abs_pos:
+            sd["pos_embed"] = self.pos_embed[..., :E]
+        for i, bs in enumerate(spec.blocks):
+            sb, p = self.blocks[i], f"blocks.{i}."
+            q_dim = bs.num_heads * bs.head_dim
+            sd[p + "norm1.weight"], sd[p + "norm1.bias"] = sb.attn_layer_norm.sliced(E)
+            sd[p + "attn.qkv.weight"], qkv_bias = sb.attn.sliced_qkv(E, q_dim)
+            if qkv_bias is not None:
+                sd[p + "attn.qkv.bias"] = qkv_bias
+            sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"] = sb.attn.proj.sliced(q_dim, E)
+            if bs.relative_position:
+                for term in ("k", "v"):
+                    table_v, table_h = getattr(sb.attn, f"rel_pos_embed_{term}").sliced(bs.head_dim)
+                    sd[p + f"attn.rel_pos_{term}.table_v"], sd[p + f"attn.rel_pos_{term}.table_h"] = table_v, table_h
+            sd[p + "norm2.weight"], sd[p + "norm2.bias"] = sb.ffn_layer_norm.sliced(E)
+            sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"] = sb.fc1.sliced(E, bs.mlp_hidden)
+            sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"] = sb.fc2.sliced(bs.mlp_hidden, E)
+        if self.arch.pre_norm:
+            sd["norm.weight"], sd["norm.bias"] = self.norm.sliced(E)
+        sd["head.weight"], sd["head.bias"] = self.head.sliced(E, self.arch.num_classes)
+        return spec, {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+    def official_param_count(self, cfg: AutoFormerConfig) -> int:
+        """`get_sampled_params_numel` of the official code, by its own formula (sampled modules + E * (2 + patches))."""
+        spec = self.dense_spec(cfg)
+        E, total = cfg.embed_dim, 0
+        total += E * self.arch.in_chans * self.arch.patch_size ** 2 + E
+        for bs in spec.blocks:
+            q_dim = bs.num_heads * bs.head_dim
+            total += 3 * q_dim * E + (3 * q_dim if bs.qkv_bias else 0) + q_dim * E + E + 4 * E
+            total += 2 * E * bs.mlp_hidden + bs.mlp_hidden + E
+            if bs.relative_position:
+                total += 4 * (2 * self.arch.max_relative_position + 2) * bs.head_dim
+        total += (2 * E if self.arch.pre_norm else 0) + E * self.arch.num_classes + self.arch.num_classes
+        return total + E * (2 + self.arch.num_patches)
+
+
+# --- the official checkpoint format -------------------------------------------------------------------------
+BLOCK_KEYS = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+              "attn.rel_pos_embed_k.embeddings_table_v", "attn.rel_pos_embed_k.embeddings_table_h",
+              "attn.rel_pos_embed_v.embeddings_table_v", "attn.rel_pos_embed_v.embeddings_table_h",
+              "attn_layer_norm.weight", "attn_layer_norm.bias", "ffn_layer_norm.weight", "ffn_layer_norm.bias",
+              "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+
+
+def arch_from_state_dict(sd: dict[str, Tensor], change_qkv: bool = True, gp: bool = True,
+                         pre_norm: bool = True, head_dim: int | None = None) -> AutoFormerArch:
+    """Infer super sizes and R from tensor shapes; the three flags that weights cannot tell are explicit."""
+    needed = ["patch_embed_super.proj.weight", "cls_token", "head.weight", "blocks.0.fc1.weight"]
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise CheckpointError(f"not an AutoFormer supernet state dict: missing {', '.join(missing)} "
+                              f"(found {len(sd)} keys, e.g. {', '.join(list(sd)[:3])})")
+    conv = sd["patch_embed_super.proj.weight"]
+    E, in_chans, patch = conv.shape[0], conv.shape[1], conv.shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit())
+    table = sd.get("blocks.0.attn.rel_pos_embed_k.embeddings_table_v")
+    relative = table is not None
+    table_rows, table_dim = (table.shape[0], table.shape[1]) if relative else (30, 64)
+    if table_rows % 2:
+        raise CheckpointError(f"relative-position table has {table_rows} rows; expected an even 2R+2")
+    pos = sd.get("pos_embed")
+    if pos is not None:
+        grid = math.isqrt(pos.shape[1] - 1)
+        if grid * grid != pos.shape[1] - 1:
+            raise CheckpointError(f"pos_embed has {pos.shape[1]} tokens, not 1 + a square number of patches")
+    else:
+        grid = 224 // patch  # without abs pos the input size is not in the weights; the official default is 224
+    return AutoFormerArch(
+        embed_dim=E, depth=depth, mlp_hidden=sd["blocks.0.fc1.weight"].shape[0], num_classes=sd["head.weight"].shape[0],
+        img_size=grid * patch, patch_size=patch, in_chans=in_chans,
+        head_dim=head_dim or (table_dim if relative else 64), table_dim=table_dim,
+        max_relative_position=table_rows // 2 - 1, qkv_bias="blocks.0.attn.qkv.bias" in sd, abs_pos=pos is not None,
+        relative_position=relative, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm)
+
+
+def check_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:
+    """Raise CheckpointError listing every missing, unexpected and misshapen key."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    misshapen = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
+                       for k in set(expected) & set(sd) if tuple(sd[k].shape) != tuple(expected[k]))
+    problems = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
+                for name, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
+    if problems:
+        raise CheckpointError("checkpoint does not match an AutoFormer supernet: " + "; ".join(problems)
+                              + ". Check the file is an official AutoFormer supernet and the flags "
+                              "(--change-qkv/--pre-norm) match how it was trained")

@@ -1,0 +1,1 @@
+"""Backends behind one interface, registered by name, imported lazily."""
