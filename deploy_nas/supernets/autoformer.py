@@ -182,7 +182,9 @@ class AutoFormerSupernet(nn.Module):
         return spec, {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
     def official_param_count(self, cfg: AutoFormerConfig) -> int:
-        """`get_sampled_params_numel` of the official code, by its own formula (sampled modules + E * (2 + patches))."""
+        """`get_sampled_params_numel` of the official code, by its own formula (sampled modules + E * (2 + patches)).
+
+        Like the official code it counts a position embedding even when the supernet has none (abs_pos off)."""
         spec = self.dense_spec(cfg)
         E, total = cfg.embed_dim, 0
         total += E * self.arch.in_chans * self.arch.patch_size ** 2 + E

@@ -1,0 +1,57 @@
+"""Shared fixtures: small supernets with weights scaled so logits are O(1) (a 1e-5 check then means something)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploy_nas.spaces import SPACES, AutoFormerSpace
+from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "official"
+
+# Narrowed S and B spaces: the official choices of depth, heads and MLP ratio, widths / 8, 32 px input.
+NARROW = dict(img_size=32, patch_size=8, num_classes=10, max_relative_position=2)
+
+
+def narrow_space(name: str) -> AutoFormerSpace:
+    return SPACES.get(name).narrowed(8, **NARROW)
+
+
+@torch.no_grad()
+def make_supernet(space: AutoFormerSpace, seed: int = 0, reference_relpos: bool = True, **flags) -> AutoFormerSupernet:
+    """A random-initialised supernet in the official layout; weights ~N(0, s) with s chosen so activations stay O(1)."""
+    model = AutoFormerSupernet(AutoFormerArch.from_space(space, **flags), reference_relpos=reference_relpos)
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        fan_in = p.shape[-1] if p.dim() > 1 else 1
+        if p.dim() == 4:
+            fan_in = p[0].numel()
+        if "layer_norm" in name or name.startswith("norm."):
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g) if name.endswith("weight")
+                    else 0.1 * torch.randn(p.shape, generator=g))
+        elif "embeddings_table" in name:
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        elif p.dim() == 1:
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+    return model.eval()
+
+
+def seeded_configs(space: AutoFormerSpace, n: int, seed: int = 0) -> list:
+    rng = random.Random(seed)
+    return [space.sample(rng, "min"), space.sample(rng, "max")] + [space.sample(rng) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_space() -> AutoFormerSpace:
+    return SPACES.get("autoformer-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_supernet(tiny_space) -> AutoFormerSupernet:
+    return make_supernet(tiny_space)
