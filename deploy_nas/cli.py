@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a failed parity gate (after its report is written), 2 b
 from __future__ import annotations
 
 import functools
+import random
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -63,8 +64,13 @@ def extract_subnet(family: str, checkpoint: Path | None, supernet_dir: Path | No
         raise InvalidSubnetConfig("give --checkpoint or --supernet, not both")
     source = checkpoint if checkpoint is not None else supernet_dir
     supernet, own_space = load_supernet(source, family, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm)
-    cfg = load_config(config, family)
     chosen = load_space(space) if space else own_space
+    if config in ("min", "max"):
+        if chosen is None:
+            raise InvalidSubnetConfig(f"--config {config} needs a search space; pass --space")
+        cfg = chosen.sample(random.Random(0), config)
+    else:
+        cfg = load_config(config, family)
     if chosen is not None:
         chosen.validate(cfg)
     supernet.check_config(cfg)
@@ -79,8 +85,8 @@ def main() -> None:
 
 @main.command()
 @supernet_options
-@click.option("--config", required=True, help="Preset name (autoformer-t|s|b), or a JSON/YAML config file "
-              "(canonical, official dict, or official RETRAIN YAML).")
+@click.option("--config", required=True, help="Preset name (autoformer-t|s|b), min or max of the space, or a "
+              "JSON/YAML config file (canonical, official dict, or official RETRAIN YAML).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory for the dense model.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 def extract(family: str, checkpoint: Path | None, supernet_dir: Path | None, space: str | None, config: str,
@@ -124,6 +130,19 @@ def architecture_table(model: Any, flops: Any):
                       f"{b.attn_scale:.4g}", str(b.mlp_hidden), "yes" if b.relative_position else "no",
                       f"{n:,}", f"{flops.by_module.get(f'blocks.{i}', 0) / 1e6:.1f}")
     return table
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
+def demo(out: Path) -> None:
+    """The main job on the embedded default supernet: extract its largest subnet and show it."""
+    from deploy_nas.dense import save_dense
+    from deploy_nas.flops import count_flops
+
+    model, cfg, _ = extract_subnet("autoformer", None, None, None, "max", True, True, True)
+    save_dense(model, out / "dense", force=True)
+    click.echo(f"extracted the embedded default supernet's max subnet {cfg.id} -> {out / 'dense'}")
+    _console().print(architecture_table(model, count_flops(model)))
 
 
 if __name__ == "__main__":  # pragma: no cover

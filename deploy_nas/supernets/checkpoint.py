@@ -7,6 +7,7 @@ unpickler can build it without importing or calling argparse. Any other non-tens
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ def read_checkpoint(path: str | Path) -> Any:
                                   f"({first}); refusing. Re-save only the tensors, e.g. "
                                   "torch.save(ckpt['model'], 'weights.pth') or as safetensors") from err
         raise CheckpointError(f"{path} is not a valid checkpoint ({first}); the file may be truncated") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, IndexError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, IndexError, KeyError,
+            TypeError, struct.error) as err:  # what a corrupt stream makes the unpickler raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a readable torch checkpoint ({first}); the file may be "
                               "truncated or not a checkpoint") from err

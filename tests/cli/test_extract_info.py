@@ -1,0 +1,100 @@
+"""The installed console script: extract and info, exit codes and no partial output on bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploy_nas import load_dense
+from tests.conftest import OFFICIAL, make_supernet, narrow_space
+
+EXE = shutil.which("deploy-nas") or str(Path(__import__("sys").executable).parent / "deploy-nas")
+
+
+def run(*args, cwd=None):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_works_without_backends():
+    r = run("--help")
+    assert r.returncode == 0 and "extract" in r.stdout and "info" in r.stdout
+
+
+def test_extract_default_supernet_then_info(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"depth": 3, "embed_dim": 64, "mlp_ratio": [2, 3, 4], "num_heads": [2, 3, 4]}))
+    r = run("extract", "--config", cfg, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    model = load_dense(tmp_path / "out")
+    assert [b.num_heads for b in model.spec.blocks] == [2, 3, 4]
+    r = run("info", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "params" in r.stdout and "GMAC" in r.stdout and "head dim" in r.stdout
+
+
+def test_extract_official_checkpoint_with_official_yaml_config(tmp_path):
+    space = narrow_space("autoformer-S")
+    supernet = make_supernet(space, seed=1, reference_relpos=False)
+    ckpt = tmp_path / "supernet-small.pth"
+    torch.save({"model": supernet.state_dict(), "epoch": 1}, ckpt)
+    sub = tmp_path / "sub.yaml"
+    sub.write_text((OFFICIAL / "autoformer" / "AutoFormer-S.yaml").read_text().replace("EMBED_DIM: 384", "EMBED_DIM: 48"))
+    r = run("extract", "--family", "autoformer", "--checkpoint", ckpt, "--config", sub, "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    x = torch.randn(2, 3, 32, 32)
+    from deploy_nas.spaces import load_config
+    with torch.no_grad():
+        assert (load_dense(tmp_path / "s")(x) - supernet(x, load_config(sub))).abs().max() <= 1e-5
+
+
+def _bad_checkpoint(tmp_path: Path) -> Path:
+    p = tmp_path / "trunc.pth"
+    torch.save({"model": {"x": torch.zeros(10)}}, p)
+    p.write_bytes(p.read_bytes()[:50])
+    return p
+
+
+@pytest.mark.parametrize("case", ["outside_space", "other_family", "truncated", "missing_keys", "not_checkpoint",
+                                  "out_is_file", "unknown_family"])
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, case):
+    out = tmp_path / "out"
+    args = ["extract", "--config", "autoformer-t", "--out", out]  # T preset does not fit the tiny default
+    if case == "other_family":
+        (tmp_path / "c.json").write_text(json.dumps({"family": "nasvit", "depth": 1}))
+        args = ["extract", "--config", tmp_path / "c.json", "--out", out]
+    elif case == "truncated":
+        args += ["--checkpoint", _bad_checkpoint(tmp_path)]
+    elif case == "missing_keys":
+        sd = make_supernet(narrow_space("autoformer-S"), reference_relpos=False).state_dict()
+        sd.pop("blocks.1.fc1.weight")
+        torch.save({"model": sd}, tmp_path / "m.pth")
+        args += ["--checkpoint", tmp_path / "m.pth"]
+    elif case == "not_checkpoint":
+        (tmp_path / "x.pth").write_text("not a checkpoint")
+        args += ["--checkpoint", tmp_path / "x.pth"]
+    elif case == "out_is_file":
+        out.write_text("i am a file")
+    elif case == "unknown_family":
+        args += ["--family", "nope"]
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    if case == "missing_keys":
+        assert "blocks.1.fc1.weight" in lines[0]
+    if case == "out_is_file":
+        assert out.read_text() == "i am a file"
+    else:
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp dir left
+
+
+def test_info_on_corrupt_dir_exits_2(tmp_path):
+    (tmp_path / "spec.json").write_text("{not json")
+    (tmp_path / "weights.safetensors").write_bytes(b"junk")
+    r = run("info", tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
