@@ -132,17 +132,259 @@ def architecture_table(model: Any, flops: Any):
     return table
 
 
+def csv_list(cast: Callable[[str], Any] = str) -> Callable:
+    """A click callback that turns "a,b" (and repeated options) into a tuple of `cast` values."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> tuple:
+        if value is None:
+            return ()
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        try:
+            return tuple(cast(v.strip()) for item in items for v in str(item).split(",") if v.strip())
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r}: {err}") from err
+
+    return parse
+
+
+def _out_argument(fn: Callable) -> Callable:
+    return click.argument("out", type=click.Path(path_type=Path))(fn)
+
+
+_threads = click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help="CPU threads (default: the cores this process may use).")
+
+
+@main.group("export")
+def export_group() -> None:
+    """Lower the dense model of a deployment directory (OUT/dense) to ONNX, OpenVINO IR or a TensorRT engine."""
+
+
+@export_group.command("onnx")
+@_out_argument
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset >= 18).")
+@click.option("--no-simplify", is_flag=True, help="Keep the exported graph as is (no onnxsim).")
+def export_onnx_cmd(out: Path, opset: int, dynamo: bool, no_simplify: bool) -> None:
+    """OUT/model.onnx (+ model.onnx.json), proven against torch with onnxruntime."""
+    from deploy_nas.export.pipeline import export_to
+
+    r = export_to(out, opset=opset, dynamo=dynamo, simplify=not no_simplify)
+    click.echo(f"{r.path}: {r.exporter} exporter, opset {r.opset}, {r.nodes_after} nodes, max abs vs torch "
+               f"{r.max_abs_after:.3g}; {r.simplify_note}")
+
+
+def _build_cmd(out: Path, backend: str, precision: str, threads: int | None, calib_dir: Path | None = None,
+               max_batch: int = 32) -> None:
+    from deploy_nas.export.pipeline import build
+
+    with build(out, backend, precision, threads, calib_dir, max_batch) as engine:
+        click.echo(f"built {backend} {precision} -> {out / backend / precision} "
+                   f"({', '.join(f'{k} {v}' for k, v in engine.info().items() if k.endswith('hint'))})")
+
+
+@export_group.command("openvino")
+@_out_argument
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | int8")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None,
+              help="int8: a folder of images to calibrate on (default: the embedded data set).")
+@_threads
+def export_openvino_cmd(out: Path, precision: str, calib_data: Path | None, threads: int | None) -> None:
+    """OUT/openvino/<precision>/model.xml from OUT/model.onnx."""
+    _build_cmd(out, "openvino", precision, threads, calib_data)
+
+
+@export_group.command("tensorrt")
+@_out_argument
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+def export_tensorrt_cmd(out: Path, precision: str, max_batch: int) -> None:
+    """OUT/tensorrt/<precision>/model.engine from OUT/model.onnx (needs a CUDA GPU and tensorrt)."""
+    _build_cmd(out, "tensorrt", precision, None, max_batch=max_batch)
+
+
+@main.command("parity")
+@_out_argument
+@click.option("--backend", required=True, help="onnxruntime | openvino | tensorrt")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder of images for the parity batch (default: the embedded test split).")
+@_threads
+def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, threads: int | None) -> None:
+    """Compare a built engine with the dense torch model; updates OUT/parity.json, exit 1 if a gate fails."""
+    from deploy_nas.errors import ParityError
+    from deploy_nas.export.pipeline import build, open_engine, parity
+
+    with build(out, "torch", threads=threads) as reference, open_engine(out, backend, precision, threads) as engine:
+        try:
+            result = parity(out, engine, reference, data_dir)
+        except ParityError as err:
+            _console().print(parity_table([err.result.to_dict()]))
+            raise
+    _console().print(parity_table([result.to_dict()]))
+
+
+@main.command("bench")
+@_out_argument
+@click.option("--backend", required=True, help="torch | onnxruntime | openvino | tensorrt")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=csv_list(int),
+              help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
+@click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@_threads
+def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...], runs: int, warmup: int,
+              threads: int | None) -> None:
+    """Latency (p50/p90/p99) and throughput of an engine; updates OUT/bench.json."""
+    from deploy_nas.errors import DeployNASError
+    from deploy_nas.export.pipeline import bench, open_engine
+
+    if not batches or min(batches) < 1:
+        raise DeployNASError(f"--batch needs sizes >= 1, got {list(batches)}")
+    with open_engine(out, backend, precision, threads) as engine:
+        rows = bench(out, engine, batches, runs, warmup)
+    _console().print(fps_table([r.to_dict(raw=False) for r in rows]))
+
+
+def parity_table(results: list[dict[str, Any]]):
+    """A rich table of ParityResult.to_dict() entries."""
+    from rich.table import Table
+
+    table = Table(title="parity vs the dense torch model")
+    for col in ("backend", "precision", "max abs", "max rel", "cos min", "top-1", "top-5", "gate"):
+        table.add_column(col, justify="right")
+    for r in results:
+        for o in r["outputs"]:
+            table.add_row(r["backend"], r["precision"], f"{o['max_abs']:.3g}", f"{o['max_rel']:.3g}",
+                          f"{o['cosine_min']:.6f}", f"{o['top1']:.3f}", f"{o['top5']:.3f}",
+                          "[green]pass" if r["passed"] else "[red]FAIL")
+    return table
+
+
+def fps_table(rows: list[dict[str, Any]]):
+    """A rich table of bench.json rows."""
+    from rich.table import Table
+
+    table = Table(title="speed")
+    for col in ("backend", "precision", "mode", "batch", "threads", "requests", "p50 ms", "p90 ms", "p99 ms",
+                "images/s"):
+        table.add_column(col, justify="right")
+    for f in rows:
+        table.add_row(f["backend"], f["precision"], f["mode"], str(f["batch"]), str(f["threads"]),
+                      str(f.get("requests", 1)), f"{f['p50_ms']:.3f}", f"{f['p90_ms']:.3f}", f"{f['p99_ms']:.3f}",
+                      f"{f['throughput_fps']:.1f}")
+    return table
+
+
+def _targets(backends: tuple[str, ...], precisions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Every backend at every precision it builds (fp32 always; others where the backend supports them)."""
+    from deploy_nas.errors import DeployNASError
+    from deploy_nas.export.backends import BuildConfig, backend_class
+
+    for p in precisions:
+        BuildConfig(precision=p).validate()
+    targets = []
+    for b in backends:
+        supported = [p for p in precisions if p in backend_class(b).precisions]
+        if not supported:
+            raise DeployNASError(f"{b} builds none of {', '.join(precisions)}; it builds "
+                                 f"{', '.join(backend_class(b).precisions)}")
+        targets += [(b, p) for p in supported]
+    return tuple(targets)
+
+
+def deploy(model: Any, cfg: Any, out: Path, backends: tuple[str, ...], precisions: tuple[str, ...],
+           force: bool, **plan: Any) -> Any:
+    """`run` on a materialized model: the pipeline with a rich progress bar, then the report's tables."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from deploy_nas.errors import ParityError
+    from deploy_nas.export.pipeline import RunPlan, run
+    from deploy_nas.flops import count_flops
+
+    flops = count_flops(model)
+    spec = model.spec
+    info = {"family": spec.source.get("family", spec.arch), "config_id": cfg.id, "config": cfg.to_dict(),
+            "img_size": spec.img_size, "params": flops.params, "gmacs": round(flops.gmacs, 6)}
+    run_plan = RunPlan(targets=_targets(backends, precisions), model_info=info, **plan).check()
+    steps = 4 + 3 * len(run_plan.targets) + any(t == ("openvino", "fp32") for t in run_plan.targets)
+    console = _console()
+    with Progress(TextColumn("{task.description:<44}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("start", total=steps)
+
+        def progress(step: str) -> None:
+            bar.update(task, advance=0 if bar.tasks[0].description == "start" else 1, description=step)
+
+        try:
+            report = run(model, out, run_plan, progress, force=force)
+        except ParityError:
+            show_report(out)  # the directory is complete, the gate failed: show why, then exit 1
+            raise
+        finally:
+            bar.update(task, completed=steps, description="done")
+    show_report(out)
+    return report
+
+
+def show_report(out: Path) -> None:
+    """The headline of OUT/report.json: the model, then the parity and speed tables."""
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    m = report["model"]
+    console = _console()
+    console.print(f"[bold]{'PASSED' if report['passed'] else 'FAILED'}[/]: {m.get('family')} subnet "
+                  f"{m.get('config_id')}, {m.get('params', 0) / 1e6:.3f}M params, {m.get('gmacs', 0):.4f} GMAC, "
+                  f"{m.get('img_size')}px")
+    console.print(parity_table(report["parity"]))
+    console.print(fps_table(report["fps"]))
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+    click.echo(f"report: {out / 'report.md'} (+ report.json, manifest.json)")
+
+
+def run_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--backend", "backends", default="onnxruntime,openvino", show_default=True,
+                     callback=csv_list(), help="Comma-separated: onnxruntime, openvino, tensorrt."),
+        click.option("--precision", "precisions", default="fp32", show_default=True, callback=csv_list(),
+                     help="Comma-separated: fp32, fp16, int8 (each backend builds those it supports)."),
+        click.option("--batch", "batches", default="1,8", show_default=True, callback=csv_list(int)),
+        click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True),
+        _threads,
+        click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None),
+        click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                     help="Images for the parity batch (default: the embedded test split)."),
+        click.option("--opset", type=int, default=17, show_default=True),
+        click.option("--dynamo", is_flag=True),
+        click.option("--force", is_flag=True, help="Replace a non-empty output directory."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
+
+
+@main.command("run")
+@supernet_options
+@click.option("--config", required=True, help="Preset, min/max of the space, or a config file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@run_options
+def run_cmd(family: str, checkpoint: Path | None, supernet_dir: Path | None, space: str | None, config: str,
+            out: Path, change_qkv: bool, gp: bool, pre_norm: bool, force: bool, backends: tuple[str, ...],
+            precisions: tuple[str, ...], **plan: Any) -> None:
+    """extract -> ONNX -> build -> parity -> bench, one report.md + report.json + manifest.json in OUT."""
+    from deploy_nas.io import check_output_dir
+
+    check_output_dir(out, force)
+    model, cfg, _ = extract_subnet(family, checkpoint, supernet_dir, space, config, change_qkv, gp, pre_norm)
+    deploy(model, cfg, out, backends, precisions, force, **plan)
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 def demo(out: Path) -> None:
-    """The main job on the embedded default supernet: extract its largest subnet and show it."""
-    from deploy_nas.dense import save_dense
-    from deploy_nas.flops import count_flops
-
+    """The main job on the embedded default supernet: deploy its largest subnet to onnxruntime and OpenVINO."""
     model, cfg, _ = extract_subnet("autoformer", None, None, None, "max", True, True, True)
-    save_dense(model, out / "dense", force=True)
-    click.echo(f"extracted the embedded default supernet's max subnet {cfg.id} -> {out / 'dense'}")
-    _console().print(architecture_table(model, count_flops(model)))
+    deploy(model, cfg, out, ("onnxruntime", "openvino"), ("fp32", "fp16", "int8"), force=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,261 @@
+"""OpenVINO on CPU: IR from the ONNX file (or, as a cross-check, straight from the nn.Module), fp32 / fp16 / int8.
+
+* fp32: IR saved with `compress_to_fp16=False`, compiled with INFERENCE_PRECISION_HINT=f32 (the CPU plugin would
+  otherwise run bf16 on AMX/AVX512-BF16 hosts).
+* fp16: IR saved with fp16-compressed weights, compiled with the f16 hint where the CPU lists FP16 among its
+  optimization capabilities, else f32 (the hint actually used is recorded).
+* int8: NNCF post-training quantization (model_type=TRANSFORMER) calibrated on images from calib_dir or the
+  embedded set; SmoothQuant is tried on and off unless BuildConfig.smooth_quant fixes it, and the variant closer
+  to fp32 on the calibration batch is kept (on small untrained ViTs SmoothQuant costs accuracy, on trained ones
+  with outlier channels it helps). Compiled with the f32 hint so that only the quantization differs from fp32.
+
+Artifacts: out_dir/openvino/<precision>/{model.xml, model.bin, build.json}, written atomically.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy_nas.errors import ExportError
+from deploy_nas.export.backends.base import INPUT_NAME, OUTPUT_NAME, Backend, BuildConfig, Engine
+from deploy_nas.export.backends.runner import Runner
+
+XML, BUILD_JSON = "model.xml", "build.json"
+
+
+@functools.lru_cache(maxsize=1)
+def ov_core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def ir_from_onnx(onnx_path: str | Path) -> Any:
+    """An ov.Model read from the ONNX file (input "input", output "logits", dynamic batch)."""
+    from deploy_nas.export.onnx import check_onnx
+
+    import openvino as ov
+
+    check_onnx(onnx_path)
+    try:
+        return ov.convert_model(str(onnx_path))
+    except RuntimeError as err:
+        raise ExportError(f"openvino cannot convert {onnx_path}: {str(err).splitlines()[0]}; "
+                          "re-export the ONNX file") from err
+
+
+def ir_from_module(model: Any) -> Any:
+    """An ov.Model converted straight from the dense nn.Module (a cross-check of the ONNX path)."""
+    import openvino as ov
+    import torch
+
+    from deploy_nas.export.onnx import fixed_batch, input_shape
+
+    shape = input_shape(model)
+    example = torch.from_numpy(fixed_batch(shape, batch=2, seed=1))
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            ov_model = ov.convert_model(model.eval().cpu(), example_input=example)
+        except (RuntimeError, TypeError) as err:
+            raise ExportError(f"openvino cannot convert the module: {str(err).splitlines()[0]}; "
+                              "use the ONNX path (build from model.onnx)") from err
+    ov_model.reshape({0: ov.PartialShape([-1, *shape])})
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def model_shape(ov_model: Any) -> tuple[int, int, int]:
+    """(C, H, W) of the single input; the batch axis may be dynamic, the rest must be static."""
+    dims = ov_model.inputs[0].get_partial_shape()
+    if len(dims) != 4 or not all(d.is_static for d in list(dims)[1:]):
+        raise ExportError(f"openvino model input has shape {dims}; expected (batch, C, H, W) with static C, H, W")
+    return tuple(d.get_length() for d in list(dims)[1:])
+
+
+def fp16_supported() -> bool:
+    return "FP16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def precision_hint(precision: str) -> tuple[str, str]:
+    """(INFERENCE_PRECISION_HINT, why) for a build precision."""
+    if precision == "fp16":
+        if fp16_supported():
+            return "f16", "CPU lists FP16 among its optimization capabilities"
+        return "f32", "CPU has no FP16 capability: fp16 weights, f32 compute"
+    if precision == "int8":
+        return "f32", "non-quantized ops in f32 so that only the int8 quantization differs from fp32"
+    return "f32", "pinned to f32: the CPU default may be bf16"
+
+
+def compile_ir(model: Any, hint: str, threads: int, mode: str = "LATENCY") -> Any:
+    """Compile an ov.Model or an IR path for CPU with explicit precision hint, threads and performance hint."""
+    props = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": mode}
+    try:
+        return ov_core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", props)
+    except RuntimeError as err:
+        raise ExportError(f"openvino cannot compile the model: {str(err).splitlines()[0]}; "
+                          "re-export the ONNX file or rebuild the IR") from err
+
+
+class OpenVinoEngine(Engine):
+    """A compiled model with one InferRequest; `runner()` gives benchmark_app-style timing loops."""
+
+    name = "openvino"
+
+    def __init__(self, xml: Path, precision: str, hint: str, threads: int, meta: dict[str, Any] | None = None,
+                 tmp: tempfile.TemporaryDirectory | None = None):
+        self.xml, self.precision, self.hint, self.threads = xml, precision, hint, threads
+        self.meta = dict(meta or {})
+        self._tmp = tmp
+        self._compiled: dict[str, Any] = {}
+        self.compiled = self.compiled_for("LATENCY")
+        self.request = self.compiled.create_infer_request()
+        self.input_name = self.compiled.inputs[0].get_any_name()
+        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+        self.input_shape = tuple(d.get_length() for d in list(self.compiled.inputs[0].get_partial_shape())[1:])
+
+    def compiled_for(self, mode: str) -> Any:
+        """The compiled model for PERFORMANCE_HINT `mode` ("LATENCY" | "THROUGHPUT"), compiled once."""
+        if mode not in self._compiled:
+            self._compiled[mode] = compile_ir(self.xml, self.hint, self.threads, mode)
+        return self._compiled[mode]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.request.infer({0: self._feed(feeds)})
+        return {n: self.request.get_output_tensor(i).data.copy() for i, n in enumerate(self.output_names)}
+
+    def info(self) -> dict[str, Any]:
+        c = self.compiled
+        return {**super().info(), "xml": str(self.xml), "precision_hint": c.get_property("INFERENCE_PRECISION_HINT").to_string(),
+                "performance_hint": str(c.get_property("PERFORMANCE_HINT")),
+                "inference_num_threads": int(c.get_property("INFERENCE_NUM_THREADS")), **self.meta}
+
+    def runner(self, x: np.ndarray, mode: str = "latency", requests: int | None = None,
+               threads: int | None = None) -> Runner:
+        """latency: one InferRequest, input tensor set once, `infer()` per step; throughput: AsyncInferQueue."""
+        import openvino as ov
+
+        self._check_threads(threads)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if mode == "throughput":
+            return OpenVinoAsyncRunner(self.compiled_for("THROUGHPUT"), x, requests, self.hint)
+        request = self.compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(x))
+        return Runner(len(x), request.infer, {"runner": "openvino-sync", "precision_hint": self.hint,
+                                              "performance_hint": "LATENCY", "requests": 1})
+
+    def close(self) -> None:
+        self._compiled.clear()
+        self.request = self.compiled = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class OpenVinoAsyncRunner(Runner):
+    """`requests` InferRequests in flight (default: the plugin's optimal number), each with its input set once."""
+
+    asynchronous = True
+
+    def __init__(self, compiled: Any, x: np.ndarray, requests: int | None, hint: str):
+        import openvino as ov
+
+        jobs = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queue = ov.AsyncInferQueue(compiled, jobs)
+        for request in self.queue:
+            request.set_input_tensor(ov.Tensor(x.copy()))
+        self._latencies: list[float] = []
+        self.queue.set_callback(lambda request, _: self._latencies.append(float(request.latency)))
+        super().__init__(len(x), self._one, {"runner": "openvino-async", "requests": jobs, "precision_hint": hint,
+                                             "performance_hint": "THROUGHPUT"})
+
+    def _one(self) -> None:
+        self.queue.start_async()
+        self.queue.wait_all()
+
+    def run_async(self, n: int) -> tuple[int, list[float]]:
+        self._latencies.clear()
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            self.queue.start_async()
+        self.queue.wait_all()
+        return time.perf_counter_ns() - start, list(self._latencies)
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (pip install deploy-nas[openvino])"
+        return None
+
+    def build(self, onnx_path: str | Path, config: BuildConfig) -> OpenVinoEngine:
+        config = self.check(config)
+        from deploy_nas.io import sha256_file
+
+        source = {"source": "onnx", "onnx": Path(onnx_path).name, "onnx_sha256": sha256_file(onnx_path)}
+        return self.engine_from_ir(ir_from_onnx(onnx_path), config, source)
+
+    def build_from_module(self, model: Any, config: BuildConfig) -> OpenVinoEngine:
+        """Same engine, IR converted from the nn.Module (artifacts under out_dir/openvino-module/<precision>)."""
+        config = self.check(config)
+        return self.engine_from_ir(ir_from_module(model), config, {"source": "module"}, subdir="openvino-module")
+
+    def engine_from_ir(self, ov_model: Any, config: BuildConfig, source: dict[str, Any],
+                       subdir: str = "openvino") -> OpenVinoEngine:
+        """Apply the precision, save the IR (atomically, or to a temp dir), compile it."""
+        hint, why = precision_hint(config.precision)
+        meta: dict[str, Any] = {**source, "hint_reason": why, "compress_to_fp16": config.precision == "fp16"}
+        if config.precision == "int8":
+            from deploy_nas.export.backends.openvino_int8 import quantize_int8
+
+            ov_model, int8_meta = quantize_int8(ov_model, config)
+            meta["int8"] = int8_meta
+        out = None if config.out_dir is None else Path(config.out_dir) / subdir / config.precision
+        tmp = tempfile.TemporaryDirectory(prefix="deploy_nas_openvino_") if out is None else None
+        xml = save_ir(ov_model, out or Path(tmp.name) / "ir", config, hint, meta)
+        return OpenVinoEngine(xml, config.precision, hint, config.threads, meta, tmp)
+
+    def load(self, artifact_dir: str | Path, config: BuildConfig) -> OpenVinoEngine:
+        """Compile a saved IR: `artifact_dir` is the <precision> directory or the out_dir above it."""
+        import json
+
+        config = self.check(config)
+        d = Path(artifact_dir)
+        d = d if (d / XML).is_file() else d / self.name / config.precision
+        if not (d / XML).is_file() or not (d / BUILD_JSON).is_file():
+            raise ExportError(f"no OpenVINO IR ({XML} + {BUILD_JSON}) in {d}; build it first with "
+                              f"`deploy-nas export openvino OUT --precision {config.precision}`")
+        meta = json.loads((d / BUILD_JSON).read_text())
+        return OpenVinoEngine(d / XML, meta["precision"], meta["precision_hint"], config.threads, meta)
+
+
+def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict[str, Any]) -> Path:
+    """model.xml/.bin + build.json in `out`, replaced as a whole."""
+    import openvino as ov
+
+    from deploy_nas.export.files import artifact_dir, write_json_atomic
+    from deploy_nas.export.report import versions
+    from deploy_nas.io import sha256_file
+
+    with artifact_dir(out) as tmp:
+        ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        write_json_atomic(tmp / BUILD_JSON, {
+            "backend": "openvino", "precision": config.precision, "precision_hint": hint, "config": config.to_dict(),
+            "files": files, "versions": versions(("openvino", "nncf")), **meta})
+    return out / XML

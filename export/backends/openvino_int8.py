@@ -1,0 +1,59 @@
+"""NNCF post-training int8 quantization of an OpenVINO model (transformer model type)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from deploy_nas.errors import ExportError
+from deploy_nas.export.backends.base import BuildConfig
+
+
+def quantize_int8(ov_model: Any, config: BuildConfig) -> tuple[Any, dict[str, Any]]:
+    """(quantized model, what was done). With smooth_quant=None both variants are built and the one whose
+    outputs on the calibration batch are closer to fp32 (mean cosine) is kept; ties keep SmoothQuant on."""
+    from deploy_nas.export.backends.openvino_backend import compile_ir, model_shape
+    from deploy_nas.data import calibration_images
+
+    channels, height, width = model_shape(ov_model)
+    if height != width:
+        raise ExportError(f"int8 calibration needs a square input, the model takes {height}x{width}")
+    calib = calibration_images(height, channels, config.calib_size, config.calib_dir)
+    reference = compile_ir(ov_model, "f32", config.threads)(calib)[0]
+    choices = (True, False) if config.smooth_quant is None else (bool(config.smooth_quant),)
+    scores, models = {}, {}
+    for sq in choices:
+        models[sq] = nncf_quantize(ov_model, calib, sq)
+        scores[sq] = mean_cosine(compile_ir(models[sq], "f32", config.threads)(calib)[0], reference)
+    best = max(choices, key=lambda sq: scores[sq])
+    meta = {"method": "nncf.quantize", "model_type": "transformer", "smooth_quant": best,
+            "calibration_mean_cosine": {("smooth_quant" if sq else "no_smooth_quant"): s for sq, s in scores.items()},
+            "calibration": str(config.calib_dir) if config.calib_dir else "embedded", "calibration_images": len(calib)}
+    return models[best], meta
+
+
+def nncf_quantize(ov_model: Any, calib: np.ndarray, smooth_quant: bool) -> Any:
+    """int8 weights and activations; SmoothQuant off means alpha -1 for MatMul (NNCF's "disabled")."""
+    # nncf imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on CPU-only machines
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.ERROR)
+    advanced = None if smooth_quant else AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
+    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    try:
+        return nncf.quantize(ov_model.clone(), dataset, model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calib), advanced_parameters=advanced)
+    except (RuntimeError, ValueError, nncf.InternalError) as err:
+        raise ExportError(f"NNCF int8 quantization failed: {str(err).splitlines()[0]}; "
+                          "build fp16 instead or report the model") from err
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    from deploy_nas.export.parity import cosine_rows
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.mean(cosine_rows(a.reshape(len(a), -1), b.reshape(len(b), -1))))

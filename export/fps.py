@@ -1,0 +1,83 @@
+"""FPS / latency measurement, benchmark_app-style: inputs prepared once, warm-up first, raw times kept.
+
+latency mode: batch 1 (by default), one request at a time; p50/p90/p99 of per-inference wall times.
+throughput mode: a larger batch (8 by default) and, where the engine supports it (OpenVINO), several requests in
+flight; images/s = runs * batch / wall time of the whole run, percentiles over per-request latencies.
+Times come from time.perf_counter_ns (or, for OpenVINO async requests, the runtime's own per-request latency).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploy_nas.errors import ExportError
+from deploy_nas.export.backends.runner import Runner
+
+MIN_RUNS = 50
+MODES = ("latency", "throughput")
+DEFAULT_BATCH = {"latency": 1, "throughput": 8}
+
+
+@dataclass(frozen=True)
+class FpsResult:
+    backend: str
+    precision: str
+    batch: int
+    mode: str
+    threads: int | None
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    cv: float  # std / mean of the per-request times; > 0.025 means a noisy machine
+    throughput_fps: float
+    runs: int
+    warmup: int
+    wall_ms: float
+    times_ms: tuple[float, ...] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not raw:
+            d.pop("times_ms")
+        return d
+
+
+def measure_fps(engine: Any, batch: int | Sequence[int] | None = None, mode: str = "latency", warmup: int = 10,
+                runs: int = MIN_RUNS, threads: int | None = None, requests: int | None = None,
+                seed: int = 0) -> list[FpsResult]:
+    """One FpsResult per batch size. `engine` is an Engine (a runner is made per batch) or a ready Runner."""
+    if mode not in MODES:
+        raise ExportError(f"unknown FPS mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if runs < MIN_RUNS or warmup < 0:
+        raise ExportError(f"runs={runs}, warmup={warmup}: need runs >= {MIN_RUNS} (stable p99) and warmup >= 0")
+    if isinstance(engine, Runner):
+        return [_measure(engine, "runner", "-", mode, warmup, runs, None)]
+    if not engine.input_shape:
+        raise ExportError(f"the {engine.name} engine does not know its input shape; pass a Runner instead")
+    sizes = [DEFAULT_BATCH[mode]] if batch is None else [batch] if isinstance(batch, int) else list(batch)
+    rows = []
+    for b in sizes:
+        x = np.random.default_rng(seed).standard_normal((b, *engine.input_shape), dtype=np.float32)
+        with engine.runner(x, mode=mode, requests=requests, threads=threads) as runner:
+            rows.append(_measure(runner, engine.name, engine.precision, mode, warmup, runs, engine.threads))
+    return rows
+
+
+def _measure(runner: Runner, backend: str, precision: str, mode: str, warmup: int, runs: int,
+             threads: int | None) -> FpsResult:
+    if warmup:
+        runner.run_async(warmup)
+    wall_ns, times = runner.run_async(runs)
+    t = np.asarray(times, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return FpsResult(backend=backend, precision=precision, batch=runner.batch, mode=mode,
+                     threads=runner.info.get("threads", threads), requests=int(runner.info.get("requests", 1)),
+                     p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), mean_ms=float(t.mean()),
+                     cv=float(t.std() / t.mean()) if t.mean() > 0 else 0.0,
+                     throughput_fps=runs * runner.batch / (wall_ns / 1e9), runs=runs, warmup=warmup,
+                     wall_ms=wall_ns / 1e6, times_ms=tuple(float(v) for v in t), info=dict(runner.info))

@@ -1,0 +1,122 @@
+"""Deployment reports: a manifest (sha256 of every artifact + tool versions), report.json and report.md."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from deploy_nas.export.files import write_bytes_atomic, write_json_atomic
+from deploy_nas.io import sha256_file
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "tensorrt", "numpy")
+# TensorRT ships under several distribution names, one per CUDA major version.
+_DISTRIBUTIONS = {"tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")}
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a tool, read from package metadata (nothing is imported); None if absent."""
+    for dist in _DISTRIBUTIONS.get(name, (name,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions(names: Iterable[str] = TOOLS) -> dict[str, str | None]:
+    out = {n: package_version(n) for n in names}
+    out["python"] = platform.python_version()
+    out["deploy_nas"] = package_version("deploy-nas")
+    return out
+
+
+def manifest(directory: str | Path, exclude: Sequence[str] = (REPORT_JSON, REPORT_MD)) -> dict[str, Any]:
+    """{"files": {relative path: {"sha256", "bytes"}}, "versions": {...}} for every artifact under `directory`
+    (hidden temporaries and the report files themselves excluded)."""
+    root = Path(directory)
+    files = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel not in exclude and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return {"files": files, "versions": versions()}
+
+
+@dataclass(frozen=True)
+class DeployReport:
+    """What one deployment run produced and proved."""
+
+    model: dict[str, Any] = field(default_factory=dict)  # spec summary, config id, params, FLOPs ...
+    onnx: dict[str, Any] | None = None  # OnnxExportResult.to_dict()
+    engines: tuple[dict[str, Any], ...] = ()  # Engine.info() per built engine
+    parity: tuple[Any, ...] = ()  # ParityResult
+    fps: tuple[Any, ...] = ()  # FpsResult
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.parity)
+
+    def to_dict(self, directory: str | Path | None = None) -> dict[str, Any]:
+        return {"passed": self.passed, "model": self.model, "onnx": self.onnx, "engines": list(self.engines),
+                "parity": [p.to_dict() for p in self.parity], "fps": [f.to_dict(raw=True) for f in self.fps],
+                "notes": list(self.notes),
+                "manifest": manifest(directory) if directory is not None else {"files": {}, "versions": versions()}}
+
+
+def write_report(directory: str | Path, report: DeployReport) -> tuple[Path, Path]:
+    """report.json (with the manifest of `directory`) and report.md, each written atomically."""
+    directory = Path(directory)
+    data = report.to_dict(directory)
+    json_path = write_json_atomic(directory / REPORT_JSON, data)
+    md_path = write_bytes_atomic(directory / REPORT_MD, render_markdown(report, data["manifest"]).encode())
+    return json_path, md_path
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def parity_table(results: Sequence[Any]) -> list[str]:
+    rows = ["| backend | precision | output | max abs | max rel | cos min | top-1 | top-5 | tolerance | result |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        t = r.tolerance
+        tol = (f"abs<={_fmt(t.max_abs, 'g')}, cos>={_fmt(t.min_cosine, 'g')}, top1>={_fmt(t.min_top1, 'g')}")
+        for o in r.outputs:
+            rows.append(f"| {r.backend} | {r.precision} | {o.name} | {o.max_abs:.3g} | {o.max_rel:.3g} | "
+                        f"{o.cosine_min:.6f} | {o.top1:.3f} | {o.top5:.3f} | {tol} | "
+                        f"{'pass' if r.passed else 'FAIL'} |")
+    return rows
+
+
+def fps_table(results: Sequence[Any]) -> list[str]:
+    rows = ["| backend | precision | mode | batch | threads | requests | p50 ms | p90 ms | p99 ms | images/s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in results:
+        rows.append(f"| {f.backend} | {f.precision} | {f.mode} | {f.batch} | {f.threads} | {f.requests} | "
+                    f"{f.p50_ms:.3f} | {f.p90_ms:.3f} | {f.p99_ms:.3f} | {f.throughput_fps:.1f} |")
+    return rows
+
+
+def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
+    lines = [f"# Deployment report: {'PASSED' if report.passed else 'FAILED'}", ""]
+    if report.model:
+        lines += ["## Model", "", *(f"- {k}: {v}" for k, v in report.model.items()), ""]
+    if report.onnx:
+        o = report.onnx
+        lines += ["## ONNX", "", f"- exporter {o.get('exporter')}, opset {o.get('opset')}, simplified "
+                  f"{o.get('simplified')} ({o.get('simplify_note')})", f"- sha256 {o.get('sha256')}", ""]
+    if report.parity:
+        lines += ["## Parity (vs the dense torch model)", "", *parity_table(report.parity), ""]
+    if report.fps:
+        lines += ["## Speed", "", *fps_table(report.fps), ""]
+    lines += ["## Artifacts", "", "| file | bytes | sha256 |", "|---|---|---|",
+              *(f"| {k} | {v['bytes']} | `{v['sha256'][:16]}` |" for k, v in files["files"].items()), "",
+              "## Versions", "", *(f"- {k}: {v}" for k, v in files["versions"].items()), ""]
+    if report.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
+    return "\n".join(lines)

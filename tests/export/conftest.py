@@ -1,0 +1,115 @@
+"""Fixtures for the export tests: tiny dense models (min and max configs of the default supernet), their ONNX
+files, a folder of synthetic images, and a hook that skips backend tests with the backend's own reason."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deploy_nas.export.backends import backend_class
+from deploy_nas.materialize import materialize
+from deploy_nas.supernets import default_supernet
+
+HERE = Path(__file__).parent
+BACKEND_MARKERS = ("openvino", "tensorrt")
+KINDS = ("min", "max")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Items under tests/export marked openvino/tensorrt/gpu are skipped when that requirement is unmet."""
+    for item in items:
+        if HERE not in item.path.parents:
+            continue
+        for marker in BACKEND_MARKERS:
+            reason = backend_class(marker).unavailable_reason() if item.get_closest_marker(marker) else None
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU: torch.cuda.is_available() is False"))
+
+
+def fit(model: torch.nn.Module, epochs: int = 15, batch: int = 64, lr: float = 2e-3) -> torch.nn.Module:
+    """A few seeded AdamW epochs on the embedded digits train split, so that logits mean something (untrained
+    ViTs give near-tied logits, where any rounding flips the argmax and top-1 agreement tests nothing)."""
+    from deploy_nas.data import digits_splits
+
+    torch.manual_seed(0)
+    train = digits_splits(model.spec.img_size, model.spec.in_chans)["train"]
+    x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    steps = epochs * -(-len(x) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(batch):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def dense_models() -> dict[str, torch.nn.Module]:
+    """{"min": ..., "max": ...}: the smallest and largest subnets of the embedded default supernet, fitted to the
+    digits (min ~70%, max ~90% test top-1)."""
+    supernet, space = default_supernet()
+    return {kind: fit(materialize(supernet, space.sample(random.Random(0), kind))) for kind in KINDS}
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory, dense_models) -> dict:
+    """Each dense model exported once (TorchScript exporter, simplified): {kind: OnnxExportResult}."""
+    from deploy_nas.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx")
+    return {k: export_onnx(m, root / k / "model.onnx") for k, m in dense_models.items()}
+
+
+def write_digits(root: Path, split: str, n: int) -> Path:
+    """The first `n` images of a digits split as PNGs in ImageFolder layout (class folders 0-9)."""
+    from PIL import Image
+
+    from deploy_nas.data import IMAGENET_MEAN, IMAGENET_STD, digits_splits
+
+    data = digits_splits(40, 3)[split]  # 40x40: the loader's resize to 32x32 is exercised
+    pixels = (data.images.transpose(0, 2, 3, 1) * IMAGENET_STD + IMAGENET_MEAN).clip(0, 1) * 255
+    for i in range(n):
+        folder = root / str(data.labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i].round().astype(np.uint8)).save(folder / f"img{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder directory of 48 digits from the train split, as 40x40 PNGs."""
+    return write_digits(tmp_path_factory.mktemp("calib"), "train", 48)
+
+
+@pytest.fixture(scope="session")
+def parity_batch(dense_models) -> np.ndarray:
+    """The fixed parity batch: 64 embedded test images + 8 seeded random inputs."""
+    from deploy_nas.data import embedded_images
+    from deploy_nas.export.parity import parity_inputs
+
+    spec = dense_models["min"].spec
+    return parity_inputs(spec, embedded_images(64, spec.img_size, spec.in_chans), n_random=8)
+
+
+@pytest.fixture(scope="session")
+def reference_engines(dense_models) -> dict:
+    """The torch reference Engine per kind."""
+    from deploy_nas.export.backends.torch_backend import TorchEngine
+
+    return {k: TorchEngine(m) for k, m in dense_models.items()}

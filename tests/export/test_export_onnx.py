@@ -1,0 +1,126 @@
+"""export_onnx / check_onnx: checker, determinism, both exporters, simplification fallback, typed errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from deploy_nas.errors import ExportError
+from deploy_nas.export import onnx as onnx_export
+from deploy_nas.export.onnx import EXPORT_ATOL, check_onnx, export_onnx, fixed_batch, sidecar_path
+
+
+def ort_vs_torch(path, model) -> float:
+    from deploy_nas.export.onnx import max_abs, ort_outputs, torch_outputs
+
+    x = fixed_batch(onnx_export.input_shape(model), batch=5, seed=7)
+    return max_abs(ort_outputs(open(path, "rb").read(), x), torch_outputs(model, x))
+
+
+def test_export_passes_checker_with_named_dynamic_io(onnx_files, kind):
+    result = onnx_files[kind]
+    proto = check_onnx(result.path)
+    assert result.opset == 17 and result.exporter == "torchscript"
+    assert result.inputs == {"input": ["batch", 3, 32, 32]} and result.outputs == {"logits": ["batch", 10]}
+    assert {o.op_type for o in proto.graph.node} >= {"LayerNormalization", "GatherElements", "ScatterElements"}
+    assert result.simplified and result.max_abs_after <= EXPORT_ATOL
+
+
+def test_sidecar_records_versions_and_hash(onnx_files, kind):
+    result = onnx_files[kind]
+    meta = json.loads(sidecar_path(result.path).read_text())
+    assert meta["sha256"] == result.sha256
+    assert meta["opset"] == 17 and meta["exporter"] == "torchscript" and meta["simplified"] is True
+    assert {"torch", "onnx", "onnxruntime"} <= set(meta["versions"])
+    assert meta["inputs"] == {"input": ["batch", 3, 32, 32]}
+
+
+def test_double_export_is_byte_identical(dense_models, tmp_path):
+    a = export_onnx(dense_models["max"], tmp_path / "a" / "model.onnx")
+    b = export_onnx(dense_models["max"], tmp_path / "b" / "model.onnx")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert sidecar_path(a.path).read_text() == sidecar_path(b.path).read_text()
+
+
+@pytest.mark.slow
+def test_dynamo_export_parity(dense_models, tmp_path):
+    model = dense_models["max"]
+    result = export_onnx(model, tmp_path / "model.onnx", dynamo=True)
+    check_onnx(result.path)
+    assert result.exporter == "dynamo" and result.opset >= 18
+    assert ort_vs_torch(result.path, model) <= 1e-5
+    assert not (tmp_path / "model.onnx.data").exists()  # weights inline, no external data file
+
+
+def test_simplify_failure_keeps_exported_graph(dense_models, tmp_path, monkeypatch):
+    import onnxsim
+
+    def broken(model, *a, **k):
+        raise RuntimeError("simulated onnxsim crash")
+
+    monkeypatch.setattr(onnxsim, "simplify", broken)
+    result = export_onnx(dense_models["min"], tmp_path / "model.onnx")
+    assert not result.simplified and "onnxsim failed" in result.simplify_note
+    assert result.nodes_after == result.nodes_before
+    assert ort_vs_torch(result.path, dense_models["min"]) <= 1e-5
+
+
+def test_simplify_that_changes_outputs_is_rejected(dense_models, tmp_path, monkeypatch):
+    import onnxsim
+
+    real = onnxsim.simplify
+
+    def wrong(model, *a, **k):  # a "simplification" that scales one weight: outputs change
+        simplified, ok = real(model, *a, **k)
+        head = next(t for t in simplified.graph.initializer if t.name == "head.weight")
+        head.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(head) * 1.5, head.name))
+        return simplified, ok
+
+    monkeypatch.setattr(onnxsim, "simplify", wrong)
+    result = export_onnx(dense_models["min"], tmp_path / "model.onnx")
+    assert not result.simplified and "changed the outputs" in result.simplify_note
+    assert result.max_abs_simplify > 1e-5 and result.max_abs_after <= 1e-5
+
+
+def test_opset_below_17_is_refused(dense_models, tmp_path):
+    with pytest.raises(ExportError, match="opset 16"):
+        export_onnx(dense_models["min"], tmp_path / "model.onnx", opset=16)
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_export_leaves_no_files(dense_models, tmp_path, monkeypatch):
+    def diverging(data, x):  # onnxruntime disagrees with torch: the export must not be written
+        return np.zeros((len(x), 10), dtype=np.float32) + 1.0
+
+    monkeypatch.setattr(onnx_export, "ort_outputs", diverging)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="changed the outputs"):
+        export_onnx(dense_models["min"], out / "model.onnx")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_check_onnx_missing_file(tmp_path):
+    with pytest.raises(ExportError, match="not found.*deploy-nas export"):
+        check_onnx(tmp_path / "absent.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage-not-a-protobuf\xff\xfe", "truncated"])
+def test_check_onnx_corrupt_file(onnx_files, tmp_path, content):
+    path = tmp_path / "model.onnx"
+    data = onnx_files["min"].path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if content == "truncated" else content)
+    with pytest.raises(ExportError, match="not a valid ONNX model.*re-export") as info:
+        check_onnx(path)
+    assert "\n" not in str(info.value)
+
+
+def test_sidecar_failure_removes_the_model(dense_models, tmp_path, monkeypatch):
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "write_json_atomic", disk_full)
+    with pytest.raises(OSError):
+        export_onnx(dense_models["min"], tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []  # neither model.onnx nor a temporary file
