@@ -379,6 +379,19 @@ def run_cmd(family: str, checkpoint: Path | None, supernet_dir: Path | None, spa
     deploy(model, cfg, out, backends, precisions, force, **plan)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args: tuple[str, ...]) -> None:
+    """Sandwich-rule supernet training on the embedded digits (options: `deploy-nas train --help`).
+
+    The same as `python -m deploy_nas.train`; run it under `torchrun --nproc_per_node N` for data parallelism."""
+    from deploy_nas.train.__main__ import main as train_main
+
+    code = train_main(list(args))
+    if code:
+        sys.exit(code)
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 def demo(out: Path) -> None:

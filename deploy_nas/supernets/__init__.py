@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
 from deploy_nas.io import atomic_dir

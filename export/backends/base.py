@@ -18,6 +18,7 @@ from deploy_nas.export.backends.runner import Runner, infer_runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+BUILD_JSON = "build.json"  # the sidecar of every saved engine
 
 
 class UnknownBackend(DeployNASError, LookupError):
@@ -153,6 +154,24 @@ class Backend(abc.ABC):
             raise UnsupportedPrecision(f"the {self.name} backend builds {', '.join(self.precisions)} only, "
                                        f"not {config.precision}; {hint}")
         return config
+
+    def saved_artifacts(self, artifact_dir: str | Path, config: BuildConfig, main_file: str) -> tuple[Path, dict]:
+        """(directory, build.json) of what `build` saved; `artifact_dir` is that directory or the out_dir above it."""
+        import json
+
+        d = Path(artifact_dir)
+        d = d if (d / main_file).is_file() else d / self.name / config.precision
+        rebuild = f"build it with `deploy-nas export {self.name} OUT --precision {config.precision}`"
+        if not (d / main_file).is_file() or not (d / BUILD_JSON).is_file():
+            raise ExportError(f"no {self.name} artifacts ({main_file} + {BUILD_JSON}) in {d}; {rebuild}")
+        try:
+            meta = json.loads((d / BUILD_JSON).read_text())
+            precision = meta["precision"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ExportError(f"{d / BUILD_JSON} is damaged ({type(err).__name__}); {rebuild}") from err
+        if precision != config.precision:
+            raise ExportError(f"{d} holds a {precision} build, not {config.precision}; {rebuild}")
+        return d, meta
 
     def artifact_dir(self, config: BuildConfig) -> Path | None:
         """Where this backend writes artifacts for `config`: out_dir/<backend>/<precision>, or None."""

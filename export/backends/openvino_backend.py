@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from deploy_nas.errors import ExportError
-from deploy_nas.export.backends.base import INPUT_NAME, OUTPUT_NAME, Backend, BuildConfig, Engine
+from deploy_nas.export.backends.base import BUILD_JSON, INPUT_NAME, OUTPUT_NAME, Backend, BuildConfig, Engine
 from deploy_nas.export.backends.runner import Runner
 
-XML, BUILD_JSON = "model.xml", "build.json"
+XML = "model.xml"
 
 
 @functools.lru_cache(maxsize=1)
@@ -232,16 +232,9 @@ class OpenVinoBackend(Backend):
 
     def load(self, artifact_dir: str | Path, config: BuildConfig) -> OpenVinoEngine:
         """Compile a saved IR: `artifact_dir` is the <precision> directory or the out_dir above it."""
-        import json
-
         config = self.check(config)
-        d = Path(artifact_dir)
-        d = d if (d / XML).is_file() else d / self.name / config.precision
-        if not (d / XML).is_file() or not (d / BUILD_JSON).is_file():
-            raise ExportError(f"no OpenVINO IR ({XML} + {BUILD_JSON}) in {d}; build it first with "
-                              f"`deploy-nas export openvino OUT --precision {config.precision}`")
-        meta = json.loads((d / BUILD_JSON).read_text())
-        return OpenVinoEngine(d / XML, meta["precision"], meta["precision_hint"], config.threads, meta)
+        d, meta = self.saved_artifacts(artifact_dir, config, XML)
+        return OpenVinoEngine(d / XML, meta["precision"], meta.get("precision_hint", "f32"), config.threads, meta)
 
 
 def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict[str, Any]) -> Path:

@@ -8,17 +8,16 @@ Runtime: execute_async_v3 with torch CUDA tensors as the I/O buffers.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploy_nas.errors import ExportError
-from deploy_nas.export.backends.base import Backend, BuildConfig, Engine
+from deploy_nas.export.backends.base import BUILD_JSON, Backend, BuildConfig, Engine
 from deploy_nas.export.backends.runner import Runner
 
-ENGINE_FILE, BUILD_JSON, CACHE_FILE = "model.engine", "build.json", "timing.cache"
+ENGINE_FILE, CACHE_FILE = "model.engine", "timing.cache"
 
 
 def _trt() -> Any:
@@ -195,12 +194,7 @@ class TensorRTBackend(Backend):
 
     def load(self, artifact_dir: str | Path, config: BuildConfig) -> TensorRTEngine:
         config = self.check(config)
-        d = Path(artifact_dir)
-        d = d if (d / ENGINE_FILE).is_file() else d / self.name / config.precision
-        if not (d / ENGINE_FILE).is_file() or not (d / BUILD_JSON).is_file():
-            raise ExportError(f"no TensorRT engine ({ENGINE_FILE} + {BUILD_JSON}) in {d}; build it first with "
-                              f"`deploy-nas export tensorrt OUT --precision {config.precision}`")
-        meta = json.loads((d / BUILD_JSON).read_text())
+        d, meta = self.saved_artifacts(artifact_dir, config, ENGINE_FILE)
         return TensorRTEngine((d / ENGINE_FILE).read_bytes(), meta["precision"], config.device or "cuda:0", meta)
 
 

@@ -148,7 +148,7 @@ def test_missing_and_corrupt_artifacts_exit_2(tmp_path):
     assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr
     assert not (out / "openvino").exists()
     r = run("parity", out, "--backend", "openvino", "--precision", "fp16")
-    assert r.returncode == 2 and "export openvino OUT --precision fp16" in r.stderr
+    assert r.returncode == 2 and "export openvino OUT --precision fp16" in r.stderr, r.stderr
     assert not (out / "parity.json").exists()
 
 

@@ -1,0 +1,259 @@
+"""Supernet training with the sandwich rule, family-agnostic over `supernet(x, cfg)` + `space.sample(rng, kind)`.
+
+Each step trains the max subnet on the labels, then the min subnet and `num_random` random subnets distilled from
+the max subnet's (detached) predictions (in-place distillation, BigNAS/AutoFormer-v2 style). Optionally NASViT's
+gradient projection combines, per parameter tensor, the gradient of the subnets g_sub with that of the max subnet
+g_s as `(1 + a) g_sub + g_s` with `a = clamp(-<g_sub, g_s> / |g_sub|^2, 0, 2)`, from a chosen epoch on.
+AdamW with linear warm-up then cosine decay per step; optional EMA of the weights; checkpoint + resume.
+
+Data-parallel: every rank draws the same subnets (one seeded RNG per step), takes its equal slice of the same
+global batch, and gradients are averaged with all-reduce before the update, so every rank holds the same weights
+and they equal what one process computes on the global batch. (LayerNorm only: nothing to synchronise but grads.)
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deploy_nas.errors import DeployNASError
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64  # global batch, split evenly across ranks
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    num_random: int = 2  # random subnets per step besides max and min
+    distill: bool = True  # smaller subnets learn the max subnet's predictions
+    label_smoothing: float = 0.1
+    grad_projection: bool = False
+    projection_from_epoch: int = 0
+    ema_decay: float | None = None
+    clip_grad: float | None = 5.0
+    seed: int = 0
+    max_steps: int | None = None  # stop early (tests, smoke runs)
+
+    def validate(self) -> "TrainConfig":
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.num_random < 0:
+            raise DeployNASError(f"bad training config {asdict(self)}: epochs, batch_size >= 1, lr > 0, "
+                                 "num_random >= 0")
+        return self
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class World:
+    """The torch.distributed process group (or a single process)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.size = self.dist.get_world_size() if self.dist else 1
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        """All-reduce the tensors in place to their mean over ranks (one flat buffer, one call)."""
+        if self.size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    """Each parameter's gradient (zeros where a subnet did not touch it), in parameter order."""
+    out = []
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        out.append(p.grad)
+    return out
+
+
+def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
+    """NASViT's per-tensor combination (1 + a) g_sub + g_s, a = clamp(-<g_sub, g_s> / |g_sub|^2, 0, 2)."""
+    norm = g_sub.pow(2).sum()
+    if norm == 0:
+        return g_s.clone()
+    a = (-(g_sub * g_s).sum() / norm).clamp(0, 2)
+    return (1 + a) * g_sub + g_s
+
+
+class SandwichTrainer:
+    def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: World | None = None):
+        self.model, self.space, self.config = supernet, space, config.validate()
+        self.world = world or World()
+        if config.batch_size % self.world.size:
+            raise DeployNASError(f"batch size {config.batch_size} does not split evenly over {self.world.size} "
+                                 "ranks; pick a multiple of the world size")
+        decay = [p for n, p in supernet.named_parameters() if p.dim() > 1 and "embeddings_table" not in n]
+        no_decay = [p for n, p in supernet.named_parameters() if not (p.dim() > 1 and "embeddings_table" not in n)]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.ema = ({k: v.detach().clone() for k, v in supernet.state_dict().items()}
+                    if config.ema_decay else None)
+        self.step_count, self.epoch = 0, 0
+
+    # --------------------------------------------------------------------------------------------- one step
+    def configs_for_step(self, step: int) -> list[Any]:
+        rng = random.Random(self.config.seed * 1_000_003 + step)  # the same draw on every rank
+        return ([self.space.sample(rng, "max"), self.space.sample(rng, "min")]
+                + [self.space.sample(rng) for _ in range(self.config.num_random)])
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, total_steps: int, steps_per_epoch: int) -> dict:
+        """One sandwich step on this rank's slice (x, y) of the global batch."""
+        c, model = self.config, self.model
+        model.train()
+        configs = self.configs_for_step(self.step_count)
+        projection = c.grad_projection and self.epoch >= c.projection_from_epoch
+        self.optimizer.zero_grad(set_to_none=False)
+        logits = model(x, configs[0])
+        loss_max = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+        loss_max.backward()
+        if projection:
+            g_s = [g.clone() for g in _grads(model)]
+            self.optimizer.zero_grad(set_to_none=False)
+        teacher = logits.detach().softmax(-1)
+        sub_losses = []
+        for cfg in configs[1:]:
+            out = model(x, cfg)
+            if c.distill:
+                loss = F.kl_div(out.log_softmax(-1), teacher, reduction="batchmean")
+            else:
+                loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
+            loss.backward()
+            sub_losses.append(float(loss.detach()))
+        grads = _grads(model)
+        if projection:
+            self.world.mean_(g_s)
+            self.world.mean_(grads)
+            for g, gs in zip(grads, g_s):
+                g.copy_(project(g, gs))
+        else:
+            self.world.mean_(grads)
+        if c.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
+        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    self.ema[k].mul_(c.ema_decay).add_(v.detach(), alpha=1 - c.ema_decay)
+        self.step_count += 1
+        return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0, "lr": lr}
+
+    # ------------------------------------------------------------------------------------------------ loops
+    def batches(self, n: int, epoch: int) -> list[np.ndarray]:
+        """This rank's index slices of each full global batch of the epoch (a seeded shuffle, same on all ranks)."""
+        order = np.random.default_rng(self.config.seed + 7919 * epoch).permutation(n)
+        b, per = self.config.batch_size, self.config.batch_size // self.world.size
+        return [order[i:i + b][self.world.rank * per:(self.world.rank + 1) * per] for i in range(0, n - b + 1, b)]
+
+    def fit(self, train: Any, val: Any | None = None, out: str | Path | None = None,
+            log: Callable[[dict], None] = lambda row: None) -> list[dict]:
+        """Train for the configured epochs (from where a resumed state left off); returns one row per epoch."""
+        c = self.config
+        x_all, y_all = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+        steps_per_epoch = len(x_all) // c.batch_size
+        if steps_per_epoch == 0:
+            raise DeployNASError(f"{len(x_all)} training images < one batch of {c.batch_size}")
+        total = c.epochs * steps_per_epoch
+        history = []
+        while self.epoch < c.epochs:
+            losses = []
+            for idx in self.batches(len(x_all), self.epoch):
+                if c.max_steps is not None and self.step_count >= c.max_steps:
+                    break
+                losses.append(self.train_step(x_all[idx], y_all[idx], total, steps_per_epoch))
+            self.epoch += 1
+            row = {"epoch": self.epoch, "steps": self.step_count,
+                   "loss_max": float(np.mean([r["loss_max"] for r in losses])) if losses else None,
+                   "loss_sub": float(np.mean([r["loss_sub"] for r in losses])) if losses else None}
+            if val is not None:
+                row.update({f"val_top1_{k}": v for k, v in self.evaluate(val).items()})
+            history.append(row)
+            log(row)
+            if out is not None and self.world.rank == 0:
+                self.save(out)
+            if c.max_steps is not None and self.step_count >= c.max_steps:
+                break
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
+        """Top-1 of the max/min subnets (EMA weights when kept)."""
+        model = self.model
+        saved = None
+        if self.ema is not None:
+            saved = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(self.ema)
+        model.eval()
+        result = {}
+        for kind in kinds:
+            cfg = self.space.sample(random.Random(0), kind)
+            correct = 0
+            for xb, yb in split.batches(batch):
+                correct += int((model(torch.from_numpy(xb), cfg).argmax(-1).numpy() == yb).sum())
+            result[kind] = correct / len(split)
+        if saved is not None:
+            model.load_state_dict(saved)
+        return result
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def save(self, out: str | Path) -> None:
+        """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from."""
+        from deploy_nas.io import atomic_file
+        from deploy_nas.supernets import save_supernet
+
+        out = Path(out)
+        weights = self.model
+        if self.ema is not None:
+            weights = type(self.model)(self.model.arch)
+            weights.load_state_dict(self.ema)
+        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
+                      force=True)
+        state = {"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                 "model": self.model.state_dict(), "ema": self.ema}
+        with atomic_file(out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self, out: str | Path) -> bool:
+        """Load the state `save` wrote into `out`; False when there is none."""
+        path = Path(out) / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = state["ema"]
+        self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+        return True
+
+
+__all__ = ["TrainConfig", "SandwichTrainer", "World", "lr_at", "project"]

@@ -1,0 +1,75 @@
+"""`python -m deploy_nas.train` and `torchrun --nproc_per_node N -m deploy_nas.train`: sandwich supernet training
+on the embedded digits (gloo on CPU, NCCL on GPU when torchrun starts several processes)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m deploy_nas.train", description=__doc__)
+    ap.add_argument("--family", default="autoformer")
+    ap.add_argument("--space", default="autoformer-tiny", help="registered space name or YAML/JSON file")
+    ap.add_argument("--out", type=Path, required=True, help="supernet directory to write (and resume from)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=64, help="global batch, split across ranks")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--num-random", type=int, default=2)
+    ap.add_argument("--no-distill", action="store_true")
+    ap.add_argument("--grad-projection", action="store_true")
+    ap.add_argument("--projection-from-epoch", type=int, default=0)
+    ap.add_argument("--ema-decay", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deploy_nas.data import digits_splits
+    from deploy_nas.errors import DeployNASError
+    from deploy_nas.spaces import load_space
+    from deploy_nas.supernets import FAMILIES, AutoFormerArch, AutoFormerSupernet
+    from deploy_nas.train import SandwichTrainer, TrainConfig, World
+
+    args = parse(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        FAMILIES.get(args.family)
+        space = load_space(args.space)
+        torch.manual_seed(args.seed)
+        supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
+        supernet.reset_parameters(torch.Generator().manual_seed(args.seed))
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=args.num_random,
+                             distill=not args.no_distill, grad_projection=args.grad_projection,
+                             projection_from_epoch=args.projection_from_epoch, ema_decay=args.ema_decay,
+                             seed=args.seed, max_steps=args.max_steps)
+        world = World()
+        trainer = SandwichTrainer(supernet, space, config, world)
+        if args.resume and trainer.resume(args.out) and world.rank == 0:
+            print(f"resumed from {args.out} at epoch {trainer.epoch}", flush=True)
+        data = digits_splits(space.img_size, space.in_chans, seed=0)
+        log = (lambda row: print(json.dumps(row), flush=True)) if world.rank == 0 else (lambda row: None)
+        trainer.fit(data["train"], data["val"], args.out, log=log)
+        if world.rank == 0:
+            print(json.dumps({"test_top1": trainer.evaluate(data["test"])}), flush=True)
+    except DeployNASError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
