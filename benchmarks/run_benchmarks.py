@@ -35,7 +35,7 @@ from deploy_nas.dense import write_dense
 from deploy_nas.export.backends import default_threads
 from deploy_nas.export.backends.runner import Runner
 from deploy_nas.export.backends.torch_backend import torch_threads
-from deploy_nas.export.fps import measure_fps
+from deploy_nas.export.fps import measure_fps, mode_for_batch
 from deploy_nas.export.pipeline import DENSE_DIR, build, export_to, parity_batch
 from deploy_nas.export.parity import check_parity
 from deploy_nas.export.report import versions
@@ -144,7 +144,7 @@ def bench_preset(preset: str, args: argparse.Namespace, work: Path) -> dict[str,
     for rep in range(args.repeats):
         for (backend, precision), engine in engines.items():
             for batch in args.batches:
-                mode = "latency" if batch == 1 else "throughput"
+                mode = mode_for_batch(batch)
                 print(f"[{preset}] round {rep + 1}/{args.repeats}: {backend} {precision} batch {batch}", flush=True)
                 r = measure_fps(engine, batch=batch, mode=mode, runs=args.runs, warmup=args.warmup)[0].to_dict()
                 rows.append({**r, "backend": backend, "precision": precision, "repeat": rep})

@@ -20,6 +20,11 @@ MODES = ("latency", "throughput")
 DEFAULT_BATCH = {"latency": 1, "throughput": 8}
 
 
+def mode_for_batch(batch: int) -> str:
+    """Batch 1 is measured in latency mode, larger batches in throughput mode."""
+    return "latency" if batch == 1 else "throughput"
+
+
 @dataclass(frozen=True)
 class FpsResult:
     backend: str

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from deploy_nas.errors import DeployNASError, ExportError, ParityError
-from deploy_nas.export.backends import PRECISIONS, BuildConfig, Engine, backend_class, get_backend
+from deploy_nas.export.backends import BuildConfig, Engine, backend_class, get_backend
 from deploy_nas.export.files import write_json_atomic
 
 DENSE_DIR, ONNX_FILE = "dense", "model.onnx"
@@ -55,8 +55,7 @@ def onnx_path(out: str | Path) -> Path:
 def check_request(backend: str, precision: str) -> None:
     """Typed errors for an unknown backend or precision, or one the backend cannot build or run here."""
     cls = backend_class(backend)
-    if precision not in PRECISIONS:
-        BuildConfig(precision=precision).validate()
+    BuildConfig(precision=precision).validate()
     reason = cls.unavailable_reason()
     if reason is not None:
         from deploy_nas.errors import BackendUnavailable
@@ -131,12 +130,11 @@ def parity(out: str | Path, engine: Engine, reference: Engine, data_dir: str | P
 def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs: int = 50, warmup: int = 10,
           write: bool = True) -> list:
     """FPS rows for each batch size (1: latency mode, > 1: throughput mode), recorded in out/bench.json."""
-    from deploy_nas.export.fps import measure_fps
+    from deploy_nas.export.fps import measure_fps, mode_for_batch
 
     rows = []
     for b in batches:
-        mode = "latency" if b == 1 else "throughput"
-        rows += measure_fps(engine, batch=b, mode=mode, runs=runs, warmup=warmup)
+        rows += measure_fps(engine, batch=b, mode=mode_for_batch(b), runs=runs, warmup=warmup)
     if write:
         update_bench(Path(out) / BENCH_JSON, [bench_row(r) for r in rows])
     return rows

@@ -6,6 +6,7 @@ Backends import their runtime (onnxruntime, openvino, tensorrt) inside methods, 
 from __future__ import annotations
 
 import abc
+import importlib
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -125,10 +126,20 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    runtime: ClassVar[str | None] = None  # the module the backend needs, imported only to check it is there
+    install: ClassVar[str] = ""  # how to get it
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why this backend cannot run here (a one-line fix), or None when it can. Never raises."""
+        if cls.runtime is None:
+            return None
+        try:
+            importlib.import_module(cls.runtime)
+        except ImportError:
+            return f"{cls.runtime} is not installed ({cls.install})"
+        except OSError as err:  # a wheel whose native libraries do not load
+            return f"{cls.runtime} cannot load its libraries ({err}); reinstall it for this machine"
         return None
 
     @abc.abstractmethod

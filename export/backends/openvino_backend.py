@@ -194,14 +194,7 @@ class OpenVinoAsyncRunner(Runner):
 class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "openvino is not installed (pip install deploy-nas[openvino])"
-        return None
+    runtime, install = "openvino", "pip install deploy-nas[openvino]"
 
     def build(self, onnx_path: str | Path, config: BuildConfig) -> OpenVinoEngine:
         config = self.check(config)

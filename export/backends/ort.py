@@ -71,14 +71,7 @@ class OrtEngine(Engine):
 class OrtBackend(Backend):
     name = "onnxruntime"
     precisions = ("fp32",)
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed (pip install onnxruntime)"
-        return None
+    runtime, install = "onnxruntime", "pip install onnxruntime"
 
     def build(self, onnx_path: str | Path, config: BuildConfig) -> OrtEngine:
         from deploy_nas.export.onnx import check_onnx

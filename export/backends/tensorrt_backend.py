@@ -161,15 +161,13 @@ class TensorRTEngine(Engine):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("fp32", "fp16")
+    runtime, install = "tensorrt", "pip install deploy-nas[tensorrt]"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "tensorrt is not installed (pip install deploy-nas[tensorrt])"
-        except OSError as err:
-            return f"tensorrt cannot load its libraries ({err}); install a TensorRT matching the CUDA driver"
+        reason = super().unavailable_reason()
+        if reason is not None:
+            return reason
         import torch
 
         if not torch.cuda.is_available():

@@ -80,7 +80,7 @@ def test_step_by_step_commands_update_parity_and_bench(deployed, tmp_path):
         assert r.returncode == 0, r.stderr
     rows = json.loads((out / "bench.json").read_text())
     assert {(r["backend"], r["batch"]) for r in rows} == {("torch", 1), ("torch", 2), ("openvino", 1), ("openvino", 2)}
-    assert all(BENCH_KEYS <= set(r) and r["p50_ms"] > 0 and r["throughput_fps"] > 0 for r in rows)
+    assert all(BENCH_KEYS <= set(r) and len(r["times_ms"]) == 50 for r in rows)
 
 
 def test_parity_failure_writes_its_report_and_exits_1(tmp_path):
