@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean default-supernet
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Rebuild the embedded default supernet shipped in deploy_nas/assets (about 3 min on 2 cores).
+default-supernet: $(STAMP)
+	$(PY) -m deploy_nas.train --space autoformer-tiny --epochs 80 --shift 1 --no-state --seed 0 \
+		--out deploy_nas/assets/default_supernet
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

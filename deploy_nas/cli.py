@@ -392,12 +392,146 @@ def train(args: tuple[str, ...]) -> None:
         sys.exit(code)
 
 
+def _range(kind: Callable[[str], Any]) -> Callable:
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        try:
+            lo, hi = (kind(v) for v in value.split(","))
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r}: expected LOW,HIGH") from err
+        return lo, hi
+
+    return parse
+
+
+def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
+    """val/test splits: the embedded digits, or DIR/val and DIR/test image folders."""
+    from deploy_nas.data import digits_splits, load_image_folder
+
+    if data_dir is None:
+        return digits_splits(space.img_size, space.in_chans)
+    return {k: load_image_folder(data_dir / k, space.img_size, space.in_chans) for k in ("val", "test")}
+
+
+def run_search(supernet: Any, space: Any, out: Path, backend: str, precision: str, threads: int | None,
+               budget: float, data_dir: Path | None = None, resume: bool = False, generations: int = 20,
+               population: int = 50, measure: int = 32, params_range: tuple | None = None,
+               flops_range: tuple | None = None, seed: int = 0) -> dict[str, Any]:
+    from deploy_nas.export.latency import BackendLatency
+    from deploy_nas.search import EvolutionConfig, Search, SearchConstraints, SearchSetup
+
+    if space is None:
+        raise DeployNASError("this supernet has no search space; pass --space")
+    if budget <= 0:
+        raise DeployNASError(f"--latency-budget-ms must be > 0, got {budget}")
+    latency = BackendLatency(backend, precision, threads)
+    data = search_data(space, data_dir)
+    evo = EvolutionConfig(population=population, parents=min(10, population), mutations=population // 2,
+                          crossovers=population - population // 2, generations=generations, seed=seed)
+    search = Search(supernet, space, data, latency, SearchConstraints(budget, params_range, flops_range),
+                    SearchSetup(measure=measure, evolution=evo), log=lambda m: _console().log(m))
+    return search.run(out, resume=resume)
+
+
+def show_search(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    p = result["predictor"]["held_out"]
+    table = Table(title=f"search under {result['budget_ms']:.3f} ms (predictor: Kendall tau {p['kendall_tau']:.3f}, "
+                        f"{p['mape_percent']:.1f}% error on {p['n']} held-out subnets)")
+    for col in ("method", "config", "evaluated", "val top-1", "test top-1", "latency ms", "meets budget"):
+        table.add_column(col, justify="right")
+    for name in ("evolution", "random"):
+        w = result[name]["winner"]
+        table.add_row(name, w["id"], str(result[name]["evaluated"]), f"{w['val_top1']:.4f}", f"{w['test_top1']:.4f}",
+                      f"{w['latency_ms']:.3f}", "yes" if w["meets_budget"] else "NO")
+    _console().print(table)
+
+
+@main.command("search")
+@click.option("--family", default="autoformer", show_default=True)
+@click.option("--supernet", "supernet_dir", type=click.Path(path_type=Path), default=None,
+              help="A supernet directory (`deploy-nas train`). Default: the embedded trained supernet.")
+@click.option("--backend", default="openvino", show_default=True, help="Where latency is measured.")
+@click.option("--precision", default="fp32", show_default=True)
+@_threads
+@click.option("--latency-budget-ms", "budget", type=float, required=True)
+@click.option("--params-range", callback=_range(int), default=None, help="LOW,HIGH parameter count.")
+@click.option("--flops-range", callback=_range(float), default=None, help="LOW,HIGH GMAC.")
+@click.option("--generations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--population", type=click.IntRange(min=4), default=50, show_default=True)
+@click.option("--measure", type=click.IntRange(min=8), default=32, show_default=True,
+              help="Subnets measured to fit the latency predictor.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Image folders DIR/val and DIR/test (default: the embedded digits).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT from its log.")
+def search_cmd(family: str, supernet_dir: Path | None, backend: str, precision: str, threads: int | None,
+               budget: float, params_range: tuple | None, flops_range: tuple | None, generations: int,
+               population: int, measure: int, data_dir: Path | None, out: Path, resume: bool) -> None:
+    """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget."""
+    from deploy_nas.supernets import load_supernet
+
+    supernet, space = load_supernet(supernet_dir, family)
+    try:
+        result = run_search(supernet, space, out, backend, precision, threads, budget, data_dir, resume,
+                            generations, population, measure, params_range, flops_range)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
+        sys.exit(130)
+    show_search(result)
+    click.echo(f"best config: {out / 'best.json'} (deploy it with `deploy-nas run --config {out / 'best.json'}`)")
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-def demo(out: Path) -> None:
-    """The main job on the embedded default supernet: deploy its largest subnet to onnxruntime and OpenVINO."""
-    model, cfg, _ = extract_subnet("autoformer", None, None, None, "max", True, True, True)
-    deploy(model, cfg, out, ("onnxruntime", "openvino"), ("fp32", "fp16", "int8"), force=True)
+@click.option("--generations", type=click.IntRange(min=1), default=10, show_default=True)
+def demo(out: Path, generations: int) -> None:
+    """The main job on the embedded trained supernet: search under a latency budget that binds on this machine
+    (OpenVINO fp32), evolution and random side by side, then deploy the winner to onnxruntime and OpenVINO."""
+    import json
+    import shutil
+
+    from deploy_nas.data import digits_splits
+    from deploy_nas.export.latency import BackendLatency
+    from deploy_nas.io import check_output_dir, write_text_atomic
+    from deploy_nas.materialize import materialize
+    from deploy_nas.search import top1
+    from deploy_nas.spaces import load_config
+    from deploy_nas.supernets import default_supernet
+
+    supernet, space = default_supernet()
+    test = digits_splits(space.img_size, space.in_chans)["test"]
+    ends = {k: space.sample(None, k) for k in ("min", "max")}
+    accuracy = {f"{k}_test_top1": top1(supernet, c, test) for k, c in ends.items()}
+    latency = BackendLatency("openvino", "fp32")
+    fast, slow = (latency(materialize(supernet, ends[k])) for k in ("min", "max"))
+    budget = round(fast + 0.35 * (slow - fast), 4)
+    _console().print(f"embedded supernet: max subnet {accuracy['max_test_top1']:.4f}, min subnet "
+                     f"{accuracy['min_test_top1']:.4f} test top-1; OpenVINO fp32 latency {fast:.3f} to {slow:.3f} ms "
+                     f"-> budget {budget} ms")
+    if check_output_dir(out, force=True).exists():
+        shutil.rmtree(out)  # the demo owns its directory; search and deploy each write atomically below
+    result = run_search(supernet, space, out / "search", "openvino", "fp32", None, budget,
+                        generations=generations)
+    show_search(result)
+    winner = load_config(result["evolution"]["winner"]["config"], "autoformer")
+    deploy(materialize(supernet, winner), winner, out / "deploy", ("onnxruntime", "openvino"),
+           ("fp32", "fp16", "int8"), force=True)
+    deployed = json.loads((out / "deploy" / "report.json").read_text())
+    keys = ("config", "val_top1", "test_top1", "latency_ms", "meets_budget")
+    summary = {
+        "supernet": accuracy,
+        "search": {"budget_ms": budget, "latency_range_ms": [fast, slow],
+                   "predictor": result["predictor"]["held_out"],
+                   **{m: {k: result[m]["winner"][k] for k in keys} for m in ("evolution", "random")}},
+        "parity": {f"{p['backend']}/{p['precision']}": {"pass": p["passed"], "max_abs": max(
+            o["max_abs"] for o in p["outputs"])} for p in deployed["parity"]},
+        "bench": json.loads((out / "deploy" / "bench.json").read_text()),
+    }
+    write_text_atomic(out / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    click.echo(f"demo report: {out / 'report.json'}; deployment: {out / 'deploy'}; search: {out / 'search'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ FAMILIES: Registry[type] = Registry("family", InvalidSubnetConfig)
 FAMILIES.register("autoformer", AutoFormerSupernet)
 SUPERNET_FILE, WEIGHTS_FILE = "supernet.json", "weights.safetensors"
 DEFAULT_SPACE = "autoformer-tiny"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_supernet"
 
 
 def load_official(path: str | Path, change_qkv: bool = True, gp: bool = True, pre_norm: bool = True,
@@ -68,11 +69,14 @@ def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple
     return model.eval(), space
 
 
-def default_supernet(seed: int = 0) -> tuple[AutoFormerSupernet, AutoFormerSpace]:
-    """The embedded default: a small AutoFormer supernet of the `autoformer-tiny` space, initialised from a seed."""
+def default_supernet(seed: int | None = None) -> tuple[AutoFormerSupernet, AutoFormerSpace]:
+    """The embedded default: the `autoformer-tiny` supernet trained on the digits set, shipped with the package
+    (`make default-supernet` rebuilds it). With `seed`, or if the weights are absent, a random initialisation."""
+    if seed is None and (DEFAULT_DIR / WEIGHTS_FILE).is_file():
+        return load_supernet_dir(DEFAULT_DIR, "autoformer")
     space = SPACES.get(DEFAULT_SPACE)
     model = AutoFormerSupernet(AutoFormerArch.from_space(space))
-    model.reset_parameters(torch.Generator().manual_seed(seed))
+    model.reset_parameters(torch.Generator().manual_seed(seed or 0))
     return model.eval(), space
 
 

@@ -1,7 +1,7 @@
 """Supernet training with the sandwich rule, family-agnostic over `supernet(x, cfg)` + `space.sample(rng, kind)`.
 
-Each step trains the max subnet on the labels, then the min subnet and `num_random` random subnets distilled from
-the max subnet's (detached) predictions (in-place distillation, BigNAS/AutoFormer-v2 style). Optionally NASViT's
+Each step trains the max subnet on the labels, then the min subnet and `num_random` random subnets on the labels
+mixed with the max subnet's (detached) predictions (in-place distillation, BigNAS style). Optionally NASViT's
 gradient projection combines, per parameter tensor, the gradient of the subnets g_sub with that of the max subnet
 g_s as `(1 + a) g_sub + g_s` with `a = clamp(-<g_sub, g_s> / |g_sub|^2, 0, 2)`, from a chosen epoch on.
 AdamW with linear warm-up then cosine decay per step; optional EMA of the weights; checkpoint + resume.
@@ -37,7 +37,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     num_random: int = 2  # random subnets per step besides max and min
-    distill: bool = True  # smaller subnets learn the max subnet's predictions
+    distill: bool = True  # smaller subnets learn the max subnet's predictions ...
+    distill_weight: float = 0.5  # ... mixed with the labels: (1 - w) CE + w KL (a pure KL target stalls early
+    #                              training on small data, when the max subnet's predictions are still near-uniform)
     label_smoothing: float = 0.1
     grad_projection: bool = False
     projection_from_epoch: int = 0
@@ -45,6 +47,8 @@ class TrainConfig:
     clip_grad: float | None = 5.0
     seed: int = 0
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    shift: int = 0  # augmentation: random translation by up to this many pixels (zero padding)
+    save_state: bool = True  # write train_state.pt next to the weights (needed to resume)
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.num_random < 0:
@@ -124,10 +128,25 @@ class SandwichTrainer:
         return ([self.space.sample(rng, "max"), self.space.sample(rng, "min")]
                 + [self.space.sample(rng) for _ in range(self.config.num_random)])
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random shifts drawn for the whole global batch from (seed, step), this rank's slice applied: the same
+        images get the same shifts whatever the number of ranks."""
+        s = self.config.shift
+        if not s:
+            return x
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count + 17)
+        offsets = torch.randint(0, 2 * s + 1, (self.config.batch_size, 2), generator=g)
+        per = self.config.batch_size // self.world.size
+        offsets = offsets[self.world.rank * per:self.world.rank * per + len(x)]
+        padded = F.pad(x, (s, s, s, s))
+        h, w = x.shape[-2:]
+        return torch.stack([p[:, i:i + h, j:j + w] for p, (i, j) in zip(padded, offsets.tolist())])
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, total_steps: int, steps_per_epoch: int) -> dict:
         """One sandwich step on this rank's slice (x, y) of the global batch."""
         c, model = self.config, self.model
         model.train()
+        x = self.augment(x)
         configs = self.configs_for_step(self.step_count)
         projection = c.grad_projection and self.epoch >= c.projection_from_epoch
         self.optimizer.zero_grad(set_to_none=False)
@@ -141,10 +160,10 @@ class SandwichTrainer:
         sub_losses = []
         for cfg in configs[1:]:
             out = model(x, cfg)
+            loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
             if c.distill:
-                loss = F.kl_div(out.log_softmax(-1), teacher, reduction="batchmean")
-            else:
-                loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
+                kl = F.kl_div(out.log_softmax(-1), teacher, reduction="batchmean")
+                loss = (1 - c.distill_weight) * loss + c.distill_weight * kl
             loss.backward()
             sub_losses.append(float(loss.detach()))
         grads = _grads(model)
@@ -238,6 +257,8 @@ class SandwichTrainer:
             weights.load_state_dict(self.ema)
         save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
                       force=True)
+        if not self.config.save_state:
+            return
         state = {"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
                  "model": self.model.state_dict(), "ema": self.ema}
         with atomic_file(out / STATE_FILE) as tmp:

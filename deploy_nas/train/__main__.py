@@ -21,11 +21,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--num-random", type=int, default=2)
     ap.add_argument("--no-distill", action="store_true")
+    ap.add_argument("--distill-weight", type=float, default=0.5, help="sub loss = (1 - w) CE + w KL(max || sub)")
     ap.add_argument("--grad-projection", action="store_true")
     ap.add_argument("--projection-from-epoch", type=int, default=0)
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--shift", type=int, default=0, help="augmentation: random shifts of up to this many pixels")
+    ap.add_argument("--no-state", action="store_true", help="do not keep train_state.pt (no resume; for shipping)")
     ap.add_argument("--resume", action="store_true")
     return ap.parse_args(argv)
 
@@ -50,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
         supernet.reset_parameters(torch.Generator().manual_seed(args.seed))
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=args.num_random,
-                             distill=not args.no_distill, grad_projection=args.grad_projection,
+                             distill=not args.no_distill, distill_weight=args.distill_weight, grad_projection=args.grad_projection,
                              projection_from_epoch=args.projection_from_epoch, ema_decay=args.ema_decay,
-                             seed=args.seed, max_steps=args.max_steps)
+                             seed=args.seed, max_steps=args.max_steps, shift=args.shift,
+                             save_state=not args.no_state)
         world = World()
         trainer = SandwichTrainer(supernet, space, config, world)
         if args.resume and trainer.resume(args.out) and world.rank == 0:

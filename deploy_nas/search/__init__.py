@@ -1,0 +1,223 @@
+"""Latency-aware subnet search: accuracy (val top-1 with inherited supernet weights) under a latency budget
+measured on the backend that will serve the model.
+
+1. Measure a seeded sample of subnets on the backend (the min and max subnets included); fit the latency predictor
+   on three quarters of them and report Kendall tau and mean abs % error on the held-out quarter, then refit on all.
+   A budget below the min subnet's measured latency cannot be met: InfeasibleBudget names the fastest latency.
+2. Evolution (AutoFormer's) and random search with the same number of evaluations, constrained by predicted latency
+   (and optional params / FLOPs ranges). Each generation is appended to `generations.jsonl`, so an interrupted
+   search keeps its log and `resume=True` continues from it.
+3. The top candidates of each method are measured directly; the winner is the most accurate whose measured
+   latency meets the budget. Outputs: best.json (a config `deploy-nas run` accepts), pareto.json, pareto.png.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from deploy_nas.errors import DeployNASError, OutputPathError
+from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
+from deploy_nas.search.predictor import LatencyPredictor
+
+LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    from deploy_nas.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class InfeasibleBudget(DeployNASError):
+    """No subnet of the space can meet the latency budget."""
+
+
+@dataclass(frozen=True)
+class SearchConstraints:
+    latency_budget_ms: float
+    params_range: tuple[int, int] | None = None
+    flops_range: tuple[float, float] | None = None  # GMAC
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    measure: int = 32  # subnets measured to fit the predictor
+    finalists: int = 5  # per method, measured directly at the end
+    evolution: EvolutionConfig = EvolutionConfig()
+
+
+@torch.no_grad()
+def top1(supernet: Any, cfg: Any, split: Any, batch: int = 512) -> float:
+    supernet.eval()
+    correct = sum(int((supernet(torch.from_numpy(x), cfg).argmax(-1).numpy() == y).sum())
+                  for x, y in split.batches(batch))
+    return correct / len(split)
+
+
+class Search:
+    def __init__(self, supernet: Any, space: Any, data: dict[str, Any], latency: Callable[[Any], float],
+                 constraints: SearchConstraints, setup: SearchSetup = SearchSetup(),
+                 log: Callable[[str], None] = print):
+        self.supernet, self.space, self.data, self.latency = supernet, space, data, latency
+        self.constraints, self.setup, self.log = constraints, setup, log
+        self._val: dict[str, float] = {}
+        self._measured: dict[str, float] = {}
+        self.predictor = LatencyPredictor(space)
+
+    # ---------------------------------------------------------------------------------------------- pieces
+    def measure(self, cfg: Any) -> float:
+        from deploy_nas.materialize import materialize
+
+        if cfg.id not in self._measured:
+            self._measured[cfg.id] = self.latency(materialize(self.supernet, cfg))
+        return self._measured[cfg.id]
+
+    def val_top1(self, cfg: Any) -> float:
+        if cfg.id not in self._val:
+            self._val[cfg.id] = top1(self.supernet, cfg, self.data["val"])
+        return self._val[cfg.id]
+
+    def feasible(self, cfg: Any) -> bool:
+        c = self.constraints
+        if self.predictor(cfg) > c.latency_budget_ms:
+            return False
+        if c.params_range is not None:
+            n = self.supernet.official_param_count(cfg)
+            if not c.params_range[0] <= n <= c.params_range[1]:
+                return False
+        if c.flops_range is not None:
+            from deploy_nas.flops import count_flops
+            from deploy_nas.materialize import materialize
+
+            g = count_flops(materialize(self.supernet, cfg)).gmacs
+            if not c.flops_range[0] <= g <= c.flops_range[1]:
+                return False
+        return True
+
+    def fit_predictor(self, known: dict[str, float] | None = None) -> dict[str, Any]:
+        """Measure (or reuse) the predictor's subnets; check the budget can be met; fit and validate."""
+        rng = random.Random(self.setup.evolution.seed + 31)
+        cfgs = [self.space.sample(rng, "min"), self.space.sample(rng, "max")]
+        while len(cfgs) < self.setup.measure:
+            cfg = self.space.sample(rng)
+            if cfg.id not in {c.id for c in cfgs}:
+                cfgs.append(cfg)
+        self._measured.update(known or {})
+        fastest = self.measure(cfgs[0])
+        if fastest > self.constraints.latency_budget_ms:
+            raise InfeasibleBudget(f"no subnet can meet {self.constraints.latency_budget_ms:g} ms: the fastest, the "
+                                   f"min subnet, measured {fastest:.3f} ms; raise --latency-budget-ms")
+        for i, cfg in enumerate(cfgs):
+            self.log(f"measure {i + 1}/{len(cfgs)}: {cfg.id} {self.measure(cfg):.3f} ms")
+        ms = [self._measured[c.id] for c in cfgs]
+        held = [i for i in range(len(cfgs)) if i % 4 == 3]
+        fit = [i for i in range(len(cfgs)) if i % 4 != 3]
+        self.predictor.fit([cfgs[i] for i in fit], [ms[i] for i in fit])
+        quality = self.predictor.validate([cfgs[i] for i in held], [ms[i] for i in held])
+        self.predictor.fit(cfgs, ms)
+        return {**self.predictor.to_dict(), "held_out": quality, "measured": len(cfgs),
+                "fastest_ms": fastest, "slowest_ms": max(ms)}
+
+    def finalists(self, scores: dict[str, tuple[Any, float]]) -> dict[str, Any]:
+        """Measure the top candidates; the winner is the most accurate one within the budget."""
+        top = sorted(scores.values(), key=lambda cs: (-cs[1], cs[0].id))[:self.setup.finalists]
+        rows = [{"config": cfg.to_dict(), "id": cfg.id, "val_top1": f, "predicted_ms": self.predictor(cfg),
+                 "latency_ms": self.measure(cfg)} for cfg, f in top]
+        ok = [r for r in rows if r["latency_ms"] <= self.constraints.latency_budget_ms]
+        winner = dict(ok[0] if ok else min(rows, key=lambda r: r["latency_ms"]))
+        winner["meets_budget"] = bool(ok)
+        cfg = next(c for c, _ in top if c.id == winner["id"])
+        winner["test_top1"] = top1(self.supernet, cfg, self.data["test"])
+        points = [{"val_top1": f, "predicted_ms": self.predictor(c)} for c, f in scores.values()]
+        return {"finalists": rows, "winner": winner, "evaluated": len(scores), "points": points,
+                "front": pareto_front(points)}
+
+    # ------------------------------------------------------------------------------------------------- run
+    def run(self, out: str | Path, resume: bool = False) -> dict[str, Any]:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise OutputPathError(f"output {out} is a file; choose a directory path")
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
+        known = json.loads((out / MEASURED_FILE).read_text()) if resume and (out / MEASURED_FILE).is_file() else {}
+        predictor = self.fit_predictor(known)
+        self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
+                 f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
+                 "held-out subnets")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / MEASURED_FILE, self._measured)
+        evo = self._evolve(out, resume)
+        rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed)
+        result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
+                  "predictor": predictor, "evolution": self.finalists(evo.scores), "random": self.finalists(rand)}
+        write_json_atomic(out / MEASURED_FILE, self._measured)
+        write_json_atomic(out / "best.json", result["evolution"]["winner"]["config"])
+        write_json_atomic(out / "pareto.json", result)
+        plot_pareto(result, out / "pareto.png")
+        return result
+
+    def _evolve(self, out: Path, resume: bool) -> Evolution:
+        from deploy_nas.spaces import load_config
+
+        evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution)
+        log_path = out / LOG_FILE
+        if resume and log_path.is_file():
+            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            evo.restore(rows, lambda d: load_config(d, self.supernet.family))
+            self.log(f"resumed after generation {evo.generation - 1}")
+        with open(log_path, "a") as f:
+            while evo.generation < self.setup.evolution.generations:
+                row = evo.step()
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                best = row["best"][0]
+                self.log(f"generation {row['generation']}: best val top-1 {best['fitness']:.4f}, "
+                         f"{row['evaluated']} evaluated")
+        return evo
+
+
+def pareto_front(points: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Points not beaten on both accuracy (higher) and latency (lower)."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p["predicted_ms"], -p["val_top1"])):
+        if p["val_top1"] > best:
+            front.append(p)
+            best = p["val_top1"]
+    return front
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deploy_nas.io import atomic_file
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, colour in (("evolution", "tab:blue"), ("random", "tab:orange")):
+        r = result[name]
+        pts = np.array([(p["predicted_ms"], p["val_top1"]) for p in r["points"]])
+        ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.3, color=colour, label=f"{name}: evaluated (predicted ms)")
+        fin = np.array([(f["latency_ms"], f["val_top1"]) for f in r["finalists"]])
+        ax.scatter(fin[:, 0], fin[:, 1], s=40, marker="D", color=colour, edgecolor="k",
+                   label=f"{name}: finalists (measured ms)")
+        w = r["winner"]
+        ax.scatter([w["latency_ms"]], [w["val_top1"]], s=160, marker="*", color=colour, edgecolor="k")
+    ax.axvline(result["budget_ms"], color="k", linestyle="--", label="budget")
+    ax.set_xlabel("latency, ms (batch 1)")
+    ax.set_ylabel("val top-1 (inherited weights)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+__all__ = ["InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup", "EvolutionConfig", "pareto_front"]

@@ -1,0 +1,119 @@
+"""AutoFormer's evolution search and a random-search baseline with the same evaluation budget.
+
+Per generation: the top `parents` of everything evaluated so far are the parents; `mutations` children come from
+`space.mutate` (per-layer probability `m_prob`, depth/embed probability `s_prob`) and `crossovers` from
+`space.crossover` between two parents of equal depth; only children that meet the constraints are kept.
+Fitness values are cached by config id, so a config is never evaluated twice.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from deploy_nas.errors import DeployNASError
+
+Fitness = Callable[[Any], float]
+Feasible = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    population: int = 50
+    parents: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    generations: int = 20
+    m_prob: float = 0.2
+    s_prob: float = 0.4
+    max_tries: int = 10_000  # draws allowed to find one feasible config / child
+    seed: int = 0
+
+
+def sample_feasible(space: Any, rng: random.Random, feasible: Feasible, n: int, max_tries: int,
+                    seen: set[str] | None = None) -> list[Any]:
+    """`n` distinct feasible random configs."""
+    out, seen = [], set(seen or ())
+    for _ in range(max_tries):
+        if len(out) == n:
+            return out
+        cfg = space.sample(rng)
+        if cfg.id not in seen and feasible(cfg):
+            seen.add(cfg.id)
+            out.append(cfg)
+    if not out:
+        raise DeployNASError(f"no config meeting the constraints in {max_tries} random draws; loosen them")
+    return out
+
+
+class Evolution:
+    """Stateful so that a search can stop after any generation and resume from its log."""
+
+    def __init__(self, space: Any, fitness: Fitness, feasible: Feasible, config: EvolutionConfig):
+        self.space, self.fitness, self.feasible, self.config = space, fitness, feasible, config
+        self.scores: dict[str, tuple[Any, float]] = {}  # id -> (config, fitness)
+        self.population: list[Any] = []
+        self.generation = 0
+
+    def evaluate(self, cfgs: Iterable[Any]) -> None:
+        for cfg in cfgs:
+            if cfg.id not in self.scores:
+                self.scores[cfg.id] = (cfg, self.fitness(cfg))
+
+    def top(self, k: int) -> list[tuple[Any, float]]:
+        return sorted(self.scores.values(), key=lambda cs: (-cs[1], cs[0].id))[:k]
+
+    def rng(self) -> random.Random:
+        return random.Random(self.config.seed * 7919 + self.generation)  # resumable: one stream per generation
+
+    def step(self) -> dict[str, Any]:
+        """Evaluate the current population (sampling the first one), then breed the next."""
+        c = self.config
+        if not self.population:
+            first = random.Random(c.seed * 7919 - 1)
+            self.population = sample_feasible(self.space, first, self.feasible, c.population, c.max_tries)
+        self.evaluate(self.population)
+        parents = [cfg for cfg, _ in self.top(c.parents)]
+        children = self._children(parents, self.rng())
+        row = {"generation": self.generation, "evaluated": len(self.scores),
+               "best": [{"config": cfg.to_dict(), "fitness": f} for cfg, f in self.top(3)],
+               "population": [cfg.to_dict() for cfg in self.population]}
+        self.population = children
+        self.generation += 1
+        return row
+
+    def _children(self, parents: list[Any], rng: random.Random) -> list[Any]:
+        c = self.config
+        mutated, crossed = [], []
+        for _ in range(c.max_tries):
+            if len(mutated) >= c.mutations:
+                break
+            child = self.space.mutate(rng.choice(parents), rng, c.m_prob, c.s_prob)
+            if self.feasible(child):
+                mutated.append(child)
+        for _ in range(c.max_tries):
+            if len(crossed) >= c.crossovers:
+                break
+            a, b = rng.choice(parents), rng.choice(parents)
+            if a.depth != b.depth:
+                continue
+            child = self.space.crossover(a, b, rng)
+            if self.feasible(child):
+                crossed.append(child)
+        return mutated + crossed
+
+    def restore(self, rows: list[dict[str, Any]], load: Callable[[dict], Any]) -> None:
+        """Replay logged generations: re-score their populations (cached fitness is cheap to recompute)."""
+        for row in rows:
+            self.population = [load(d) for d in row["population"]]
+            self.generation = row["generation"]
+            self.evaluate(self.population)
+            self.population = self._children([cfg for cfg, _ in self.top(self.config.parents)], self.rng())
+            self.generation += 1
+
+
+def random_search(space: Any, fitness: Fitness, feasible: Feasible, evaluations: int, seed: int = 0,
+                  max_tries: int = 100_000) -> dict[str, tuple[Any, float]]:
+    """The baseline: `evaluations` distinct feasible random configs, scored."""
+    cfgs = sample_feasible(space, random.Random(seed + 104729), feasible, evaluations, max_tries)
+    return {cfg.id: (cfg, fitness(cfg)) for cfg in cfgs}

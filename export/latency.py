@@ -1,0 +1,40 @@
+"""Measured latency of a dense model on a deployment backend: what the latency-aware search optimises against.
+
+The model goes the way `deploy-nas run` would send it (ONNX, then the backend's engine) in a temporary directory,
+and its batch-1 p50 is measured in latency mode like every `bench` row.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from deploy_nas.export.backends import BuildConfig, get_backend
+
+
+class BackendLatency:
+    """`latency(dense_model) -> p50 ms` at batch 1 on `backend`/`precision` with `threads` threads."""
+
+    def __init__(self, backend: str = "openvino", precision: str = "fp32", threads: int | None = None,
+                 runs: int = 50, warmup: int = 10):
+        from deploy_nas.export.pipeline import check_request
+
+        check_request(backend, precision)
+        self.backend, self.precision, self.threads, self.runs, self.warmup = backend, precision, threads, runs, warmup
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "threads": self.threads, "runs": self.runs}
+
+    def __call__(self, model: Any) -> float:
+        from deploy_nas.export.backends.torch_backend import TorchEngine
+        from deploy_nas.export.fps import measure_fps
+        from deploy_nas.export.onnx import export_onnx
+
+        if self.backend == "torch":
+            engine = TorchEngine(model, threads=self.threads)
+            return measure_fps(engine, batch=1, runs=self.runs, warmup=self.warmup)[0].p50_ms
+        with tempfile.TemporaryDirectory(prefix="deploy_nas_latency_") as tmp:
+            onnx = export_onnx(model, Path(tmp) / "model.onnx").path
+            config = BuildConfig(precision=self.precision, threads=self.threads)
+            with get_backend(self.backend).build(onnx, config) as engine:
+                return measure_fps(engine, batch=1, runs=self.runs, warmup=self.warmup)[0].p50_ms
