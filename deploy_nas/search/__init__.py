@@ -68,6 +68,7 @@ class Search:
         self.constraints, self.setup, self.log = constraints, setup, log
         self._val: dict[str, float] = {}
         self._measured: dict[str, float] = {}
+        self._gmacs: dict[str, float] = {}
         self.predictor = LatencyPredictor(space)
 
     # ---------------------------------------------------------------------------------------------- pieces
@@ -91,14 +92,17 @@ class Search:
             n = self.supernet.official_param_count(cfg)
             if not c.params_range[0] <= n <= c.params_range[1]:
                 return False
-        if c.flops_range is not None:
-            from deploy_nas.flops import count_flops
-            from deploy_nas.materialize import materialize
-
-            g = count_flops(materialize(self.supernet, cfg)).gmacs
-            if not c.flops_range[0] <= g <= c.flops_range[1]:
-                return False
+        if c.flops_range is not None and not c.flops_range[0] <= self.gmacs(cfg) <= c.flops_range[1]:
+            return False
         return True
+
+    def gmacs(self, cfg: Any) -> float:
+        from deploy_nas.flops import count_flops
+        from deploy_nas.materialize import materialize
+
+        if cfg.id not in self._gmacs:
+            self._gmacs[cfg.id] = count_flops(materialize(self.supernet, cfg)).gmacs
+        return self._gmacs[cfg.id]
 
     def fit_predictor(self, known: dict[str, float] | None = None) -> dict[str, Any]:
         """Measure (or reuse) the predictor's subnets; check the budget can be met; fit and validate."""

@@ -123,11 +123,19 @@ class OpenVinoEngine(Engine):
         self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
         self.input_shape = tuple(d.get_length() for d in list(self.compiled.inputs[0].get_partial_shape())[1:])
 
-    def compiled_for(self, mode: str) -> Any:
-        """The compiled model for PERFORMANCE_HINT `mode` ("LATENCY" | "THROUGHPUT"), compiled once."""
-        if mode not in self._compiled:
-            self._compiled[mode] = compile_ir(self.xml, self.hint, self.threads, mode)
-        return self._compiled[mode]
+    def compiled_for(self, mode: str, shape: tuple[int, ...] | None = None) -> Any:
+        """The compiled model for PERFORMANCE_HINT `mode` ("LATENCY" | "THROUGHPUT"), compiled once per shape.
+
+        With `shape`, the IR is reshaped to that static input shape first, as benchmark_app's `-shape` does: a
+        static graph lets the CPU plugin plan its memory and kernels once instead of on every call."""
+        key = (mode, shape)
+        if key not in self._compiled:
+            model: Any = self.xml
+            if shape is not None:
+                model = ov_core().read_model(str(self.xml))
+                model.reshape({0: list(shape)})
+            self._compiled[key] = compile_ir(model, self.hint, self.threads, mode)
+        return self._compiled[key]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.request.infer({0: self._feed(feeds)})
@@ -147,8 +155,8 @@ class OpenVinoEngine(Engine):
         self._check_threads(threads)
         x = np.ascontiguousarray(x, dtype=np.float32)
         if mode == "throughput":
-            return OpenVinoAsyncRunner(self.compiled_for("THROUGHPUT"), x, requests, self.hint)
-        request = self.compiled.create_infer_request()
+            return OpenVinoAsyncRunner(self.compiled_for("THROUGHPUT", x.shape), x, requests, self.hint)
+        request = self.compiled_for("LATENCY", x.shape).create_infer_request()
         request.set_input_tensor(ov.Tensor(x))
 
         def step() -> None:  # what benchmark_app does: no output dict built per call, unlike infer()
@@ -156,7 +164,7 @@ class OpenVinoEngine(Engine):
             request.wait()
 
         return Runner(len(x), step, {"runner": "openvino-request", "precision_hint": self.hint,
-                                     "performance_hint": "LATENCY", "requests": 1})
+                                     "performance_hint": "LATENCY", "requests": 1, "static_shape": list(x.shape)})
 
     def close(self) -> None:
         self._compiled.clear()
