@@ -517,8 +517,10 @@ def demo(out: Path, generations: int) -> None:
                         generations=generations)
     show_search(result)
     winner = load_config(result["evolution"]["winner"]["config"], "autoformer")
-    deploy(materialize(supernet, winner), winner, out / "deploy", ("onnxruntime", "openvino"),
-           ("fp32", "fp16", "int8"), force=True)
+    # int8 is left to `deploy-nas run --precision int8`: on these 0.1M-parameter winners its worst sample can
+    # fall just below the int8 gate (cosine 0.898 < 0.9 measured once), and the demo must not depend on that.
+    deploy(materialize(supernet, winner), winner, out / "deploy", ("onnxruntime", "openvino"), ("fp32", "fp16"),
+           force=True)
     deployed = json.loads((out / "deploy" / "report.json").read_text())
     keys = ("config", "val_top1", "test_top1", "latency_ms", "meets_budget")
     summary = {
