@@ -143,13 +143,15 @@ class Search:
                 "front": pareto_front(points)}
 
     # ------------------------------------------------------------------------------------------------- run
-    def run(self, out: str | Path, resume: bool = False) -> dict[str, Any]:
+    def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None) -> dict[str, Any]:
+        """`known`: latencies (ms) already measured, by config id; reused instead of measured again."""
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise OutputPathError(f"output {out} is a file; choose a directory path")
         if out.exists() and any(out.iterdir()) and not resume:
             raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
-        known = json.loads((out / MEASURED_FILE).read_text()) if resume and (out / MEASURED_FILE).is_file() else {}
+        if resume and (out / MEASURED_FILE).is_file():
+            known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
         predictor = self.fit_predictor(known)
         self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
