@@ -471,16 +471,22 @@ def show_search(result: dict[str, Any]) -> None:
 def search_cmd(family: str, supernet_dir: Path | None, backend: str, precision: str, threads: int | None,
                budget: float, params_range: tuple | None, flops_range: tuple | None, generations: int,
                population: int, measure: int, data_dir: Path | None, out: Path, resume: bool) -> None:
-    """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget."""
+    """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget.
+
+    Under `torchrun --nproc_per_node N -m deploy_nas.search ...` the populations are scored across the N ranks."""
+    from deploy_nas.distributed import World, process_group_from_env
     from deploy_nas.supernets import load_supernet
 
     supernet, space = load_supernet(supernet_dir, family)
-    try:
-        result = run_search(supernet, space, out, backend, precision, threads, budget, data_dir, resume,
-                            generations, population, measure, params_range, flops_range)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
-        sys.exit(130)
+    with process_group_from_env():
+        try:
+            result = run_search(supernet, space, out, backend, precision, threads, budget, data_dir, resume,
+                                generations, population, measure, params_range, flops_range)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
+            sys.exit(130)
+        if not World().main:
+            return
     show_search(result)
     click.echo(f"best config: {out / 'best.json'} (deploy it with `deploy-nas run --config {out / 'best.json'}`)")
 

@@ -9,9 +9,15 @@ measured on the backend that will serve the model.
    search keeps its log and `resume=True` continues from it.
 3. The top candidates of each method are measured directly; the winner is the most accurate whose measured
    latency meets the budget. Outputs: best.json (a config `deploy-nas run` accepts), pareto.json, pareto.png.
+
+Distributed (`torchrun --nproc_per_node N -m deploy_nas.search ...`): each population is scored in shards, one per
+rank, and the scores are all-gathered, so every rank keeps the same cache and breeds the same next generation
+(the RNG streams are seeded per generation). Latency is measured on rank 0 alone, so that ranks do not compete for
+the cores being timed, and broadcast; rank 0 alone writes the outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -21,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError, OutputPathError
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
 from deploy_nas.search.predictor import LatencyPredictor
@@ -63,9 +70,11 @@ def top1(supernet: Any, cfg: Any, split: Any, batch: int = 512) -> float:
 class Search:
     def __init__(self, supernet: Any, space: Any, data: dict[str, Any], latency: Callable[[Any], float],
                  constraints: SearchConstraints, setup: SearchSetup = SearchSetup(),
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, world: World | None = None):
         self.supernet, self.space, self.data, self.latency = supernet, space, data, latency
-        self.constraints, self.setup, self.log = constraints, setup, log
+        self.constraints, self.setup = constraints, setup
+        self.world = world or World()
+        self.log = log if self.world.main else (lambda message: None)
         self._val: dict[str, float] = {}
         self._measured: dict[str, float] = {}
         self._gmacs: dict[str, float] = {}
@@ -75,14 +84,29 @@ class Search:
     def measure(self, cfg: Any) -> float:
         from deploy_nas.materialize import materialize
 
-        if cfg.id not in self._measured:
-            self._measured[cfg.id] = self.latency(materialize(self.supernet, cfg))
+        if cfg.id not in self._measured:  # every rank asks for the same configs in the same order
+            ms: float | DeployNASError | None = None
+            if self.world.main:
+                try:
+                    ms = self.latency(materialize(self.supernet, cfg))
+                except DeployNASError as err:  # every rank fails with it, none waits forever
+                    ms = err
+            ms = self.world.broadcast(ms)
+            if isinstance(ms, DeployNASError):
+                raise ms
+            self._measured[cfg.id] = ms
         return self._measured[cfg.id]
 
     def val_top1(self, cfg: Any) -> float:
-        if cfg.id not in self._val:
-            self._val[cfg.id] = top1(self.supernet, cfg, self.data["val"])
-        return self._val[cfg.id]
+        return self.val_top1_many([cfg])[0]
+
+    def val_top1_many(self, cfgs: list[Any]) -> list[float]:
+        """Score the configs not yet cached, shard by shard over the ranks; every rank gets every score."""
+        new = list({c.id: c for c in cfgs if c.id not in self._val}.values())
+        mine = {c.id: top1(self.supernet, c, self.data["val"]) for c in new[self.world.rank::self.world.size]}
+        for shard in self.world.gather(mine):
+            self._val.update(shard)
+        return [self._val[c.id] for c in cfgs]
 
     def feasible(self, cfg: Any) -> bool:
         c = self.constraints
@@ -150,38 +174,51 @@ class Search:
             raise OutputPathError(f"output {out} is a file; choose a directory path")
         if out.exists() and any(out.iterdir()) and not resume:
             raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
-        if resume and (out / MEASURED_FILE).is_file():
+        self.world.barrier()  # every rank has checked OUT before rank 0 writes into it
+        if resume and (out / MEASURED_FILE).is_file() and self.world.main:
             known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
-        predictor = self.fit_predictor(known)
+        predictor = self.fit_predictor(self.world.broadcast(known))
         self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
                  "held-out subnets")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / MEASURED_FILE, self._measured)
+        self._write(out, MEASURED_FILE, self._measured)
         evo = self._evolve(out, resume)
-        rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed)
+        rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed,
+                             fitness_many=self.val_top1_many)
         result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
-                  "predictor": predictor, "evolution": self.finalists(evo.scores), "random": self.finalists(rand)}
-        write_json_atomic(out / MEASURED_FILE, self._measured)
-        write_json_atomic(out / "best.json", result["evolution"]["winner"]["config"])
-        write_json_atomic(out / "pareto.json", result)
-        plot_pareto(result, out / "pareto.png")
+                  "predictor": predictor, "evolution": self.finalists(evo.scores), "random": self.finalists(rand),
+                  "ranks": self.world.size}
+        self._write(out, MEASURED_FILE, self._measured)
+        self._write(out, "best.json", result["evolution"]["winner"]["config"])
+        self._write(out, "pareto.json", result)
+        if self.world.main:
+            plot_pareto(result, out / "pareto.png")
         return result
+
+    def _write(self, out: Path, name: str, obj: Any) -> None:
+        if self.world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / name, obj)
 
     def _evolve(self, out: Path, resume: bool) -> Evolution:
         from deploy_nas.spaces import load_config
 
-        evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution)
+        evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
+                        fitness_many=self.val_top1_many)
         log_path = out / LOG_FILE
-        if resume and log_path.is_file():
+        rows = None
+        if resume and log_path.is_file() and self.world.main:
             rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        rows = self.world.broadcast(rows)
+        if rows:
             evo.restore(rows, lambda d: load_config(d, self.supernet.family))
             self.log(f"resumed after generation {evo.generation - 1}")
-        with open(log_path, "a") as f:
+        with open(log_path, "a") if self.world.main else contextlib.nullcontext() as f:
             while evo.generation < self.setup.evolution.generations:
                 row = evo.step()
-                f.write(json.dumps(row) + "\n")
-                f.flush()
+                if f is not None:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
                 best = row["best"][0]
                 self.log(f"generation {row['generation']}: best val top-1 {best['fitness']:.4f}, "
                          f"{row['evaluated']} evaluated")

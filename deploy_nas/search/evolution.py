@@ -3,7 +3,8 @@
 Per generation: the top `parents` of everything evaluated so far are the parents; `mutations` children come from
 `space.mutate` (per-layer probability `m_prob`, depth/embed probability `s_prob`) and `crossovers` from
 `space.crossover` between two parents of equal depth; only children that meet the constraints are kept.
-Fitness values are cached by config id, so a config is never evaluated twice.
+Fitness values are cached by config id, so a config is never evaluated twice. A population is scored in one call
+(`fitness_many`), which is where the search spreads it over torch.distributed ranks.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, Iterable
 from deploy_nas.errors import DeployNASError
 
 Fitness = Callable[[Any], float]
+FitnessMany = Callable[[list], list]  # configs -> their fitness values, in order
 Feasible = Callable[[Any], bool]
 
 
@@ -49,16 +51,18 @@ def sample_feasible(space: Any, rng: random.Random, feasible: Feasible, n: int, 
 class Evolution:
     """Stateful so that a search can stop after any generation and resume from its log."""
 
-    def __init__(self, space: Any, fitness: Fitness, feasible: Feasible, config: EvolutionConfig):
+    def __init__(self, space: Any, fitness: Fitness, feasible: Feasible, config: EvolutionConfig,
+                 fitness_many: FitnessMany | None = None):
         self.space, self.fitness, self.feasible, self.config = space, fitness, feasible, config
+        self.fitness_many = fitness_many or (lambda cfgs: [fitness(c) for c in cfgs])
         self.scores: dict[str, tuple[Any, float]] = {}  # id -> (config, fitness)
         self.population: list[Any] = []
         self.generation = 0
 
     def evaluate(self, cfgs: Iterable[Any]) -> None:
-        for cfg in cfgs:
-            if cfg.id not in self.scores:
-                self.scores[cfg.id] = (cfg, self.fitness(cfg))
+        new = list({c.id: c for c in cfgs if c.id not in self.scores}.values())
+        for cfg, f in zip(new, self.fitness_many(new)):
+            self.scores[cfg.id] = (cfg, f)
 
     def top(self, k: int) -> list[tuple[Any, float]]:
         return sorted(self.scores.values(), key=lambda cs: (-cs[1], cs[0].id))[:k]
@@ -113,7 +117,8 @@ class Evolution:
 
 
 def random_search(space: Any, fitness: Fitness, feasible: Feasible, evaluations: int, seed: int = 0,
-                  max_tries: int = 100_000) -> dict[str, tuple[Any, float]]:
+                  max_tries: int = 100_000, fitness_many: FitnessMany | None = None) -> dict[str, tuple[Any, float]]:
     """The baseline: `evaluations` distinct feasible random configs, scored."""
     cfgs = sample_feasible(space, random.Random(seed + 104729), feasible, evaluations, max_tries)
-    return {cfg.id: (cfg, fitness(cfg)) for cfg in cfgs}
+    scores = fitness_many(cfgs) if fitness_many else [fitness(c) for c in cfgs]
+    return {cfg.id: (cfg, f) for cfg, f in zip(cfgs, scores)}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError
 
 STATE_FILE = "train_state.pt"
@@ -63,29 +64,6 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-class World:
-    """The torch.distributed process group (or a single process)."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        self.dist = dist if dist.is_available() and dist.is_initialized() else None
-        self.rank = self.dist.get_rank() if self.dist else 0
-        self.size = self.dist.get_world_size() if self.dist else 1
-
-    def mean_(self, tensors: list[torch.Tensor]) -> None:
-        """All-reduce the tensors in place to their mean over ranks (one flat buffer, one call)."""
-        if self.size == 1 or not tensors:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        self.dist.all_reduce(flat)
-        flat /= self.size
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
 
 
 def _grads(model: nn.Module) -> list[torch.Tensor]:

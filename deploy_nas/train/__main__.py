@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -34,45 +33,44 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploy_nas.data import digits_splits
+    from deploy_nas.distributed import process_group_from_env
     from deploy_nas.errors import DeployNASError
+
+    args = parse(argv)
+    with process_group_from_env():
+        try:
+            train(args)
+        except DeployNASError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+    return 0
+
+
+def train(args: argparse.Namespace) -> None:
+    from deploy_nas.data import digits_splits
     from deploy_nas.spaces import load_space
     from deploy_nas.supernets import FAMILIES, AutoFormerArch, AutoFormerSupernet
     from deploy_nas.train import SandwichTrainer, TrainConfig, World
 
-    args = parse(argv)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        FAMILIES.get(args.family)
-        space = load_space(args.space)
-        torch.manual_seed(args.seed)
-        supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
-        supernet.reset_parameters(torch.Generator().manual_seed(args.seed))
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=args.num_random,
-                             distill=not args.no_distill, distill_weight=args.distill_weight, grad_projection=args.grad_projection,
-                             projection_from_epoch=args.projection_from_epoch, ema_decay=args.ema_decay,
-                             seed=args.seed, max_steps=args.max_steps, shift=args.shift,
-                             save_state=not args.no_state)
-        world = World()
-        trainer = SandwichTrainer(supernet, space, config, world)
-        if args.resume and trainer.resume(args.out) and world.rank == 0:
-            print(f"resumed from {args.out} at epoch {trainer.epoch}", flush=True)
-        data = digits_splits(space.img_size, space.in_chans, seed=0)
-        log = (lambda row: print(json.dumps(row), flush=True)) if world.rank == 0 else (lambda row: None)
-        trainer.fit(data["train"], data["val"], args.out, log=log)
-        if world.rank == 0:
-            print(json.dumps({"test_top1": trainer.evaluate(data["test"])}), flush=True)
-    except DeployNASError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-    return 0
+    FAMILIES.get(args.family)
+    space = load_space(args.space)
+    torch.manual_seed(args.seed)
+    supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
+    supernet.reset_parameters(torch.Generator().manual_seed(args.seed))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, num_random=args.num_random,
+                         distill=not args.no_distill, distill_weight=args.distill_weight,
+                         grad_projection=args.grad_projection, projection_from_epoch=args.projection_from_epoch,
+                         ema_decay=args.ema_decay, seed=args.seed, max_steps=args.max_steps, shift=args.shift,
+                         save_state=not args.no_state)
+    world = World()
+    trainer = SandwichTrainer(supernet, space, config, world)
+    if args.resume and trainer.resume(args.out) and world.main:
+        print(f"resumed from {args.out} at epoch {trainer.epoch}", flush=True)
+    data = digits_splits(space.img_size, space.in_chans, seed=0)
+    log = (lambda row: print(json.dumps(row), flush=True)) if world.main else (lambda row: None)
+    trainer.fit(data["train"], data["val"], args.out, log=log)
+    if world.main:
+        print(json.dumps({"test_top1": trainer.evaluate(data["test"])}), flush=True)
 
 
 if __name__ == "__main__":

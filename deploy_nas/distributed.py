@@ -1,0 +1,77 @@
+"""torch.distributed for training and search: the process group torchrun describes, or one process.
+
+`process_group_from_env()` joins the group when torchrun started several processes (WORLD_SIZE > 1; gloo on CPU,
+NCCL when CUDA is present) and leaves it afterwards; `World` wraps the group (or its absence) with the few
+collectives the trainer and the search need.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def process_group_from_env() -> Iterator[None]:
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+class World:
+    """The torch.distributed process group (or a single process)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.size = self.dist.get_world_size() if self.dist else 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean_(self, tensors: list[torch.Tensor]) -> None:
+        """All-reduce the tensors in place to their mean over ranks (one flat buffer, one call)."""
+        if self.size == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (picklable values computed by our own code only)."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.dist.barrier()
+
+
+__all__ = ["World", "process_group_from_env"]
