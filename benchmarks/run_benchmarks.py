@@ -118,14 +118,26 @@ def benchmark_app_p50(xml: Path, threads: int, seconds: int, shape: tuple[int, .
 
 def benchmark_app_rounds(engine: Any, xml: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """Our batch-1 p50 and benchmark_app's median on the same IR, alternated `--bapp-rounds` times (the machine
-    drifts: only measurements taken next to each other compare); the ratio is the median of the per-round ratios."""
+    drifts: only measurements taken next to each other compare); the ratio is the median of the per-round ratios.
+    Both sides sample the same stretch of time (`--bapp-seconds`; our run count is sized from a probe), and which
+    side goes first alternates, so a slow spell of the machine does not fall on one side only."""
+    probe = measure_fps(engine, batch=1, mode="latency", runs=args.runs, warmup=args.warmup)[0].p50_ms
+    runs = max(args.runs, round(args.bapp_seconds * 1000 / probe))
     pairs = []
-    for _ in range(args.bapp_rounds):
-        ours = measure_fps(engine, batch=1, mode="latency", runs=args.runs, warmup=args.warmup)[0].p50_ms
-        theirs = benchmark_app_p50(xml, args.threads, args.bapp_seconds, (1, *engine.input_shape))
-        if theirs is None:
+    for i in range(args.bapp_rounds):
+        def ours() -> float:
+            return measure_fps(engine, batch=1, mode="latency", runs=runs, warmup=args.warmup)[0].p50_ms
+
+        def theirs() -> float | None:
+            return benchmark_app_p50(xml, args.threads, args.bapp_seconds, (1, *engine.input_shape))
+
+        if i % 2:
+            b, o = theirs(), ours()
+        else:
+            o, b = ours(), theirs()
+        if b is None:
             return None
-        pairs.append({"ours_p50_ms": ours, "benchmark_app_median_ms": theirs, "ratio": ours / theirs})
+        pairs.append({"ours_p50_ms": o, "benchmark_app_median_ms": b, "ratio": o / b, "ours_runs": runs})
     return {"rounds": pairs, "ratio": statistics.median(p["ratio"] for p in pairs),
             "ours_p50_ms": statistics.median(p["ours_p50_ms"] for p in pairs),
             "benchmark_app_median_ms": statistics.median(p["benchmark_app_median_ms"] for p in pairs)}
@@ -254,7 +266,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="round-robin rounds; the table gives their medians")
     ap.add_argument("--bapp-seconds", type=int, default=10)
-    ap.add_argument("--bapp-rounds", type=int, default=3, help="our p50 and benchmark_app alternated this often")
+    ap.add_argument("--bapp-rounds", type=int, default=5, help="our p50 and benchmark_app alternated this often")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a failed parity gate (after its report is written), 2 b
 from __future__ import annotations
 
 import functools
+import os
 import random
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DeployNASError as err:
-            click.echo(f"error: {err}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; one says so
+                click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
 
 
@@ -483,7 +485,8 @@ def search_cmd(family: str, supernet_dir: Path | None, backend: str, precision: 
             result = run_search(supernet, space, out, backend, precision, threads, budget, data_dir, resume,
                                 generations, population, measure, params_range, flops_range)
         except KeyboardInterrupt:
-            click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
+            if World().main:
+                click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
             sys.exit(130)
         if not World().main:
             return

@@ -1,14 +1,16 @@
 """torch.distributed for training and search: the process group torchrun describes, or one process.
 
-`process_group_from_env()` joins the group when torchrun started several processes (WORLD_SIZE > 1; gloo on CPU,
-NCCL when CUDA is present) and leaves it afterwards; `World` wraps the group (or its absence) with the few
-collectives the trainer and the search need.
+`process_group_from_env()` joins the group when torchrun started several processes (WORLD_SIZE > 1) and leaves it
+afterwards; `World` wraps the group (or its absence) with the few collectives the trainer and the search need.
+
+The backend is gloo even on a CUDA machine: what travels is CPU tensors (the trainer runs on the CPU) and pickled
+Python objects, and NCCL would need each rank bound to its own GPU for both.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -20,7 +22,7 @@ def process_group_from_env() -> Iterator[None]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("gloo")
     try:
         yield
     finally:
@@ -52,6 +54,29 @@ class World:
         for t in tensors:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
+
+    def run_on_main(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on rank 0, its value (or its exception) on every rank: a failure on rank 0 never leaves the other
+        ranks waiting in a collective. Exceptions that are not DeployNASError reach the other ranks as one."""
+        from deploy_nas.errors import DeployNASError
+
+        value, error = None, None
+        if self.main:
+            try:
+                value = fn()
+            except Exception as err:  # noqa: BLE001 (re-raised on every rank below)
+                if self.size == 1:
+                    raise
+                error = err
+        if self.size > 1:
+            shared = error if isinstance(error, DeployNASError) or error is None else \
+                DeployNASError(f"rank 0 failed: {type(error).__name__}: {error}")
+            value, shared = self.broadcast((value, shared))
+            if error is not None:
+                raise error
+            if shared is not None:
+                raise shared
+        return value
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (picklable values computed by our own code only)."""

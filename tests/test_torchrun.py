@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from deploy_nas.supernets import default_supernet
 from tests.cli.test_extract_info import EXE
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -30,12 +32,15 @@ def test_search_over_two_ranks_scores_the_same_populations_as_one_process(tmp_pa
     one = subprocess.run([EXE, "search", *SEARCH, "--out", str(tmp_path / "one")], capture_output=True, text=True,
                          timeout=600, env=ENV)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert r.stdout.count("best config:") == 1  # rank 0 alone reports (and writes)
+    assert r.stdout.count("best config:") == 1  # rank 0 alone reports
     # the latency budget never binds, so the search is decided by val top-1 alone: identical generations
     logs = [(tmp_path / d / "generations.jsonl").read_text() for d in ("two", "one")]
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 3
     two, single = (json.loads((tmp_path / d / "pareto.json").read_text()) for d in ("two", "one"))
     assert two["ranks"] == 2 and single["ranks"] == 1
+    # the work was split: each rank scored about half of what one process scores alone
+    (alone,), shards = single["scored_per_rank"], two["scored_per_rank"]
+    assert sum(shards) == alone and min(shards) >= alone // 2 - 3 and max(shards) < alone
     for method in ("evolution", "random"):
         assert two[method]["evaluated"] == single[method]["evaluated"] > 8
         assert [p["val_top1"] for p in two[method]["points"]] == [p["val_top1"] for p in single[method]["points"]]
@@ -52,11 +57,17 @@ def test_training_under_torchrun_writes_one_loadable_supernet(tmp_path):
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert sum("test_top1" in row for row in rows) == 1  # rank 0 alone logs and evaluates
     supernet, space = load_supernet_dir(tmp_path / "sn", "autoformer")
-    assert space.name == "autoformer-tiny" and sum(p.numel() for p in supernet.parameters()) > 0
+    start = default_supernet(seed=0)[0].state_dict()  # what `train --seed 0` starts from
+    assert space.name == "autoformer-tiny"
+    assert any(not torch.equal(v, start[k]) for k, v in supernet.state_dict().items())  # it trained
 
 
 @pytest.mark.slow
-def test_torchrun_train_with_a_batch_that_does_not_split_exits_2(tmp_path):
+def test_bad_input_under_torchrun_fails_every_rank_with_one_message_and_no_output(tmp_path):
+    # training: a global batch the 2 ranks cannot split
     r = torchrun("deploy_nas.train", "--epochs", "1", "--batch-size", "15", "--out", tmp_path / "sn")
-    assert r.returncode != 0 and "does not split evenly over 2" in r.stderr
-    assert not (tmp_path / "sn").exists()
+    assert r.returncode != 0 and r.stderr.count("does not split evenly over 2") == 1
+    # search: an infeasible budget is found by rank 0's measurement and raised on both ranks
+    r = torchrun("deploy_nas.search", *SEARCH[:4], "--latency-budget-ms", "1e-6", "--out", tmp_path / "s")
+    assert r.returncode != 0 and r.stderr.count("error: no subnet can meet") == 1
+    assert not (tmp_path / "sn").exists() and not (tmp_path / "s").exists()

@@ -78,6 +78,7 @@ class Search:
         self._val: dict[str, float] = {}
         self._measured: dict[str, float] = {}
         self._gmacs: dict[str, float] = {}
+        self.scored_here = 0  # val top-1 evaluations this rank ran
         self.predictor = LatencyPredictor(space)
 
     # ---------------------------------------------------------------------------------------------- pieces
@@ -85,16 +86,7 @@ class Search:
         from deploy_nas.materialize import materialize
 
         if cfg.id not in self._measured:  # every rank asks for the same configs in the same order
-            ms: float | DeployNASError | None = None
-            if self.world.main:
-                try:
-                    ms = self.latency(materialize(self.supernet, cfg))
-                except DeployNASError as err:  # every rank fails with it, none waits forever
-                    ms = err
-            ms = self.world.broadcast(ms)
-            if isinstance(ms, DeployNASError):
-                raise ms
-            self._measured[cfg.id] = ms
+            self._measured[cfg.id] = self.world.run_on_main(lambda: self.latency(materialize(self.supernet, cfg)))
         return self._measured[cfg.id]
 
     def val_top1(self, cfg: Any) -> float:
@@ -104,6 +96,7 @@ class Search:
         """Score the configs not yet cached, shard by shard over the ranks; every rank gets every score."""
         new = list({c.id: c for c in cfgs if c.id not in self._val}.values())
         mine = {c.id: top1(self.supernet, c, self.data["val"]) for c in new[self.world.rank::self.world.size]}
+        self.scored_here += len(mine)
         for shard in self.world.gather(mine):
             self._val.update(shard)
         return [self._val[c.id] for c in cfgs]
@@ -149,6 +142,7 @@ class Search:
         self.predictor.fit([cfgs[i] for i in fit], [ms[i] for i in fit])
         quality = self.predictor.validate([cfgs[i] for i in held], [ms[i] for i in held])
         self.predictor.fit(cfgs, ms)
+        self.predictor.coef = self.world.broadcast(self.predictor.coef)  # one feasibility rule on every rank
         return {**self.predictor.to_dict(), "held_out": quality, "measured": len(cfgs),
                 "fastest_ms": fastest, "slowest_ms": max(ms)}
 
@@ -170,14 +164,7 @@ class Search:
     def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None) -> dict[str, Any]:
         """`known`: latencies (ms) already measured, by config id; reused instead of measured again."""
         out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise OutputPathError(f"output {out} is a file; choose a directory path")
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
-        self.world.barrier()  # every rank has checked OUT before rank 0 writes into it
-        if resume and (out / MEASURED_FILE).is_file() and self.world.main:
-            known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
-        predictor = self.fit_predictor(self.world.broadcast(known))
+        predictor = self.fit_predictor(self.world.run_on_main(lambda: self._check_out(out, resume, known)))
         self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
                  "held-out subnets")
@@ -187,13 +174,24 @@ class Search:
                              fitness_many=self.val_top1_many)
         result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
                   "predictor": predictor, "evolution": self.finalists(evo.scores), "random": self.finalists(rand),
-                  "ranks": self.world.size}
+                  "ranks": self.world.size, "scored_per_rank": self.world.gather(self.scored_here)}
         self._write(out, MEASURED_FILE, self._measured)
         self._write(out, "best.json", result["evolution"]["winner"]["config"])
         self._write(out, "pareto.json", result)
         if self.world.main:
             plot_pareto(result, out / "pareto.png")
         return result
+
+    @staticmethod
+    def _check_out(out: Path, resume: bool, known: dict[str, float] | None) -> dict[str, float] | None:
+        """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search)."""
+        if out.exists() and not out.is_dir():
+            raise OutputPathError(f"output {out} is a file; choose a directory path")
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
+        if resume and (out / MEASURED_FILE).is_file():
+            known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
+        return known
 
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:
@@ -206,10 +204,8 @@ class Search:
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         log_path = out / LOG_FILE
-        rows = None
-        if resume and log_path.is_file() and self.world.main:
-            rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-        rows = self.world.broadcast(rows)
+        rows = self.world.run_on_main(lambda: [json.loads(line) for line in log_path.read_text().splitlines()
+                                               if line.strip()] if resume and log_path.is_file() else None)
         if rows:
             evo.restore(rows, lambda d: load_config(d, self.supernet.family))
             self.log(f"resumed after generation {evo.generation - 1}")

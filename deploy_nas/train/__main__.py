@@ -1,9 +1,10 @@
 """`python -m deploy_nas.train` and `torchrun --nproc_per_node N -m deploy_nas.train`: sandwich supernet training
-on the embedded digits (gloo on CPU, NCCL on GPU when torchrun starts several processes)."""
+on the embedded digits; several processes under torchrun talk over gloo (the trainer runs on the CPU)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(args)
         except DeployNASError as err:
-            print(f"error: {err}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; one says so
+                print(f"error: {err}", file=sys.stderr)
             return err.exit_code
     return 0
 
