@@ -3,8 +3,8 @@
 `process_group_from_env()` joins the group when torchrun started several processes (WORLD_SIZE > 1) and leaves it
 afterwards; `World` wraps the group (or its absence) with the few collectives the trainer and the search need.
 
-The backend is gloo even on a CUDA machine: what travels is CPU tensors (the trainer runs on the CPU) and pickled
-Python objects, and NCCL would need each rank bound to its own GPU for both.
+Training on GPUs (`--device cuda`) binds each rank to cuda:LOCAL_RANK and uses NCCL; everything else (CPU
+training, the search, whose collectives carry pickled Python objects) uses gloo.
 """
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ import torch
 
 
 @contextlib.contextmanager
-def process_group_from_env() -> Iterator[None]:
+def process_group_from_env(cuda: bool = False) -> Iterator[None]:
+    """`cuda`: the work runs on GPUs; each rank is bound to cuda:LOCAL_RANK and the group uses NCCL."""
     import torch.distributed as dist
 
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield
         return
-    dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield
     finally:

@@ -50,12 +50,23 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (tests, smoke runs)
     shift: int = 0  # augmentation: random translation by up to this many pixels (zero padding)
     save_state: bool = True  # write train_state.pt next to the weights (needed to resume)
+    device: str = "cpu"  # "cuda": this rank's current CUDA device (torchrun: cuda:LOCAL_RANK, NCCL)
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.num_random < 0:
             raise DeployNASError(f"bad training config {asdict(self)}: epochs, batch_size >= 1, lr > 0, "
                                  "num_random >= 0")
         return self
+
+
+def resolve_device(device: str) -> torch.device:
+    """"cuda" means this process's current CUDA device (the one torchrun's LOCAL_RANK selected)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeployNASError(f"--device {device}: torch.cuda.is_available() is False; train with --device cpu")
+        return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    return dev
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -87,7 +98,8 @@ def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
 
 class SandwichTrainer:
     def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: World | None = None):
-        self.model, self.space, self.config = supernet, space, config.validate()
+        self.device = resolve_device(config.device)
+        self.model, self.space, self.config = supernet.to(self.device), space, config.validate()
         self.world = world or World()
         if config.batch_size % self.world.size:
             raise DeployNASError(f"batch size {config.batch_size} does not split evenly over {self.world.size} "
@@ -124,7 +136,7 @@ class SandwichTrainer:
         """One sandwich step on this rank's slice (x, y) of the global batch."""
         c, model = self.config, self.model
         model.train()
-        x = self.augment(x)
+        x, y = self.augment(x).to(self.device), y.to(self.device)
         configs = self.configs_for_step(self.step_count)
         projection = c.grad_projection and self.epoch >= c.projection_from_epoch
         self.optimizer.zero_grad(set_to_none=False)
@@ -216,7 +228,7 @@ class SandwichTrainer:
             cfg = self.space.sample(random.Random(0), kind)
             correct = 0
             for xb, yb in split.batches(batch):
-                correct += int((model(torch.from_numpy(xb), cfg).argmax(-1).numpy() == yb).sum())
+                correct += int((model(torch.from_numpy(xb).to(self.device), cfg).argmax(-1).cpu().numpy() == yb).sum())
             result[kind] = correct / len(split)
         if saved is not None:
             model.load_state_dict(saved)
@@ -229,10 +241,8 @@ class SandwichTrainer:
         from deploy_nas.supernets import save_supernet
 
         out = Path(out)
-        weights = self.model
-        if self.ema is not None:
-            weights = type(self.model)(self.model.arch)
-            weights.load_state_dict(self.ema)
+        weights = type(self.model)(self.model.arch)  # a CPU copy: what the supernet directory holds
+        weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
         save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
                       force=True)
         if not self.config.save_state:
@@ -247,7 +257,7 @@ class SandwichTrainer:
         path = Path(out) / STATE_FILE
         if not path.is_file():
             return False
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema = state["ema"]

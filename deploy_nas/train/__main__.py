@@ -1,5 +1,5 @@
 """`python -m deploy_nas.train` and `torchrun --nproc_per_node N -m deploy_nas.train`: sandwich supernet training
-on the embedded digits; several processes under torchrun talk over gloo (the trainer runs on the CPU)."""
+on the embedded digits; several processes under torchrun talk over gloo (CPU) or NCCL (`--device cuda`)."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shift", type=int, default=0, help="augmentation: random shifts of up to this many pixels")
     ap.add_argument("--no-state", action="store_true", help="do not keep train_state.pt (no resume; for shipping)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK, over NCCL)")
     return ap.parse_args(argv)
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from deploy_nas.errors import DeployNASError
 
     args = parse(argv)
-    with process_group_from_env():
+    with process_group_from_env(cuda=args.device.startswith("cuda")):
         try:
             train(args)
         except DeployNASError as err:
@@ -63,7 +64,7 @@ def train(args: argparse.Namespace) -> None:
                          distill=not args.no_distill, distill_weight=args.distill_weight,
                          grad_projection=args.grad_projection, projection_from_epoch=args.projection_from_epoch,
                          ema_decay=args.ema_decay, seed=args.seed, max_steps=args.max_steps, shift=args.shift,
-                         save_state=not args.no_state)
+                         save_state=not args.no_state, device=args.device)
     world = World()
     trainer = SandwichTrainer(supernet, space, config, world)
     if args.resume and trainer.resume(args.out) and world.main:

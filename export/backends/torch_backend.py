@@ -26,6 +26,22 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 means fp32 on CUDA too: TF32 off for matmuls and cuDNN convolutions (the patch embedding), which
+    torch enables for convolutions by default and which rounds operands to 10 mantissa bits."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def resolve_device(device: str | None) -> torch.device:
     dev = torch.device(device or "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -47,7 +63,7 @@ class TorchEngine(Engine):
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(self._feed(feeds)).to(self.device)
-        with torch_threads(self.threads), torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode(), ieee_fp32(self.device):
             y = self.model(x)
         return {self.output_names[0]: y.float().cpu().numpy().copy()}
 
@@ -62,7 +78,7 @@ class TorchEngine(Engine):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
         def step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), ieee_fp32(self.device):
                 self.model(xt)
             sync()
 

@@ -93,3 +93,27 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, projectio
         torch.testing.assert_close(r0[k], single[k], rtol=1e-4, atol=1e-6, msg=f"2 ranks != 1 process at {k}")
         moved += not torch.equal(single[k], start[k])
     assert moved > len(single) // 2  # the steps really changed the weights
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False")
+def test_training_on_cuda_follows_the_cpu_run(tmp_path):
+    from deploy_nas.export.backends.torch_backend import ieee_fp32
+    from deploy_nas.supernets import load_supernet_dir
+
+    data = digits_splits(32, 3)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        supernet, space = default_supernet(seed=0)
+        config = TrainConfig(epochs=1, batch_size=GLOBAL_BATCH, max_steps=STEPS, device=device, ema_decay=0.9)
+        with ieee_fp32(torch.device(device)):
+            trainer = SandwichTrainer(supernet, space, config)
+            runs[device] = trainer.fit(small_train_split(), data["val"], out=tmp_path / device)[0]
+        assert next(trainer.model.parameters()).device.type == device
+    cpu, cuda = runs["cpu"], runs["cuda"]
+    assert cuda["loss_max"] == pytest.approx(cpu["loss_max"], rel=1e-3)
+    assert cuda["loss_sub"] == pytest.approx(cpu["loss_sub"], rel=1e-3)
+    for kind in ("max", "min"):  # evaluated on the device; at most 2 of the val images may flip
+        assert abs(cuda[f"val_top1_{kind}"] - cpu[f"val_top1_{kind}"]) <= 2 / len(data["val"])
+    loaded, _ = load_supernet_dir(tmp_path / "cuda", "autoformer")  # saved as a CPU supernet directory
+    assert next(loaded.parameters()).device.type == "cpu"
