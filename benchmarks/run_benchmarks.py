@@ -35,7 +35,7 @@ from deploy_nas.dense import write_dense
 from deploy_nas.export.backends import default_threads
 from deploy_nas.export.backends.runner import Runner
 from deploy_nas.export.backends.torch_backend import torch_threads
-from deploy_nas.export.fps import measure_fps, mode_for_batch
+from deploy_nas.export.fps import measure_fps, mode_for_batch, runs_for_seconds
 from deploy_nas.export.pipeline import DENSE_DIR, build, export_to, parity_batch
 from deploy_nas.export.parity import check_parity
 from deploy_nas.export.report import versions
@@ -121,8 +121,7 @@ def benchmark_app_rounds(engine: Any, xml: Path, args: argparse.Namespace) -> di
     drifts: only measurements taken next to each other compare); the ratio is the median of the per-round ratios.
     Both sides sample the same stretch of time (`--bapp-seconds`; our run count is sized from a probe), and which
     side goes first alternates, so a slow spell of the machine does not fall on one side only."""
-    probe = measure_fps(engine, batch=1, mode="latency", runs=args.runs, warmup=args.warmup)[0].p50_ms
-    runs = max(args.runs, round(args.bapp_seconds * 1000 / probe))
+    runs, _ = runs_for_seconds(engine, args.bapp_seconds, args.runs, args.warmup)
     pairs = []
     for i in range(args.bapp_rounds):
         def ours() -> float:

@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 a failed parity gate (after its report is written), 2 b
 from __future__ import annotations
 
 import functools
-import os
 import random
 import sys
 from pathlib import Path
@@ -23,7 +22,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DeployNASError as err:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; one says so
+            from deploy_nas.distributed import main_process
+
+            if main_process():  # under torchrun every rank fails alike; one says so
                 click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
 
@@ -476,7 +477,7 @@ def search_cmd(family: str, supernet_dir: Path | None, backend: str, precision: 
     """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget.
 
     Under `torchrun --nproc_per_node N -m deploy_nas.search ...` the populations are scored across the N ranks."""
-    from deploy_nas.distributed import World, process_group_from_env
+    from deploy_nas.distributed import main_process, process_group_from_env
     from deploy_nas.supernets import load_supernet
 
     supernet, space = load_supernet(supernet_dir, family)
@@ -485,10 +486,10 @@ def search_cmd(family: str, supernet_dir: Path | None, backend: str, precision: 
             result = run_search(supernet, space, out, backend, precision, threads, budget, data_dir, resume,
                                 generations, population, measure, params_range, flops_range)
         except KeyboardInterrupt:
-            if World().main:
+            if main_process():
                 click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
             sys.exit(130)
-        if not World().main:
+        if not main_process():
             return
     show_search(result)
     click.echo(f"best config: {out / 'best.json'} (deploy it with `deploy-nas run --config {out / 'best.json'}`)")

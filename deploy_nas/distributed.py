@@ -15,6 +15,11 @@ from typing import Any, Callable, Iterator
 import torch
 
 
+def main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain process: the one that prints what every rank would."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextlib.contextmanager
 def process_group_from_env(cuda: bool = False) -> Iterator[None]:
     """`cuda`: the work runs on GPUs; each rank is bound to cuda:LOCAL_RANK and the group uses NCCL."""
@@ -102,4 +107,4 @@ class World:
             self.dist.barrier()
 
 
-__all__ = ["World", "process_group_from_env"]
+__all__ = ["World", "main_process", "process_group_from_env"]

@@ -7,6 +7,7 @@ Times come from time.perf_counter_ns (or, for OpenVINO async requests, the runti
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -71,6 +72,15 @@ def measure_fps(engine: Any, batch: int | Sequence[int] | None = None, mode: str
         with engine.runner(x, mode=mode, requests=requests, threads=threads) as runner:
             rows.append(_measure(runner, engine.name, engine.precision, mode, warmup, runs, engine.threads))
     return rows
+
+
+def runs_for_seconds(engine: Any, seconds: float, min_runs: int = MIN_RUNS, warmup: int = 10,
+                     max_runs: int | None = None) -> tuple[int, FpsResult]:
+    """How many batch-1 latency runs fill `seconds` (at least `min_runs`, at most `max_runs`), sized from a probe of
+    `min_runs` runs, which is returned too. Short windows let one slow spell of a shared machine move a p50."""
+    probe = measure_fps(engine, batch=1, mode="latency", runs=min_runs, warmup=warmup)[0]
+    runs = max(min_runs, math.ceil(seconds * 1000 / max(probe.p50_ms, 1e-3)))
+    return (runs if max_runs is None else min(runs, max_runs)), probe
 
 
 def _measure(runner: Runner, backend: str, precision: str, mode: str, warmup: int, runs: int,

@@ -7,7 +7,6 @@ slow spell of a shared machine inside so short a window moves the p50 of a whole
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,9 @@ class BackendLatency:
                 return self.p50(engine)
 
     def p50(self, engine: Any) -> float:
-        from deploy_nas.export.fps import measure_fps
+        from deploy_nas.export.fps import measure_fps, runs_for_seconds
 
-        probe = measure_fps(engine, batch=1, runs=self.runs, warmup=self.warmup)[0]
-        runs = min(self.max_runs, math.ceil(self.seconds * 1000 / max(probe.p50_ms, 1e-3)))
+        runs, probe = runs_for_seconds(engine, self.seconds, self.runs, self.warmup, self.max_runs)
         if runs <= self.runs:
             return probe.p50_ms
         return measure_fps(engine, batch=1, runs=runs, warmup=self.warmup)[0].p50_ms

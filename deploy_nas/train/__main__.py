@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploy_nas.distributed import process_group_from_env
+    from deploy_nas.distributed import main_process, process_group_from_env
     from deploy_nas.errors import DeployNASError
 
     args = parse(argv)
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             train(args)
         except DeployNASError as err:
-            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; one says so
+            if main_process():  # under torchrun every rank fails alike; one says so
                 print(f"error: {err}", file=sys.stderr)
             return err.exit_code
     return 0
