@@ -1,13 +1,15 @@
-"""Atomic artifact writing: build in a temporary sibling, then rename into place; sha256 of files."""
+"""Writing artifacts: atomically (a temporary sibling renamed into place), with the modes a user's umask gives any
+file they write (not the 0600/0700 of temporary files), and sha256 of files."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from deploy_nas.errors import OutputPathError
 
@@ -20,7 +22,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: Path) -> None:
+    """Give `path` (and, for a directory, everything under it) the modes of a normally created file or directory."""
+    mask = umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def check_output_dir(out: str | Path, force: bool = False) -> Path:
+    """The output directory `out` if it can be written: not a file, and empty unless `force`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"output {out} is a file; choose a directory path")
@@ -37,6 +55,7 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        make_public(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -57,11 +76,22 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        make_public(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Canonical JSON (sorted keys, indent 2, trailing newline), written atomically."""
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -1,15 +1,22 @@
-"""supernet + config -> a fresh dense model (the supernet is left untouched)."""
+"""supernet + config -> a fresh dense model of whatever arch the family describes (the supernet is left untouched).
+
+`materialize` asks the supernet for the subnet's state (`subnet_state`: the DenseSpec, the sliced weights and the
+folds they need), applies the folding passes (pure functions, `deploy_nas.folding`), and builds the dense module
+through the ARCHS registry with a strict load.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 
-from deploy_nas.dense import VisionTransformer, build_dense
+from deploy_nas.dense import build_dense
+from deploy_nas.folding import apply_folds
 
 
-def materialize(supernet: Any, cfg: Any) -> VisionTransformer:
-    """Slice the subnet's weights out of the supernet and load them into a plain dense ViT."""
-    spec, state = supernet.subnet_state(cfg)
-    model = build_dense(spec, state)
+def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
+    """The dense model of `cfg`. `calib`: data for families that recalibrate BatchNorm per subnet."""
+    sub = supernet.subnet_state(cfg, calib=calib)
+    model = build_dense(sub.spec, apply_folds(sub.state, sub.folds))
     return model.to(next(supernet.parameters()).device, torch.float32).eval()

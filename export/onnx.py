@@ -19,7 +19,7 @@ from torch import nn
 
 from deploy_nas.errors import ExportError
 from deploy_nas.export.backends.base import INPUT_NAME, OUTPUT_NAME, default_threads
-from deploy_nas.export.files import write_bytes_atomic, write_json_atomic
+from deploy_nas.io import write_bytes_atomic, write_json_atomic
 from deploy_nas.io import sha256_file
 
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17

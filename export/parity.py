@@ -29,14 +29,14 @@ two top-5 sets, 1 when they are the same set).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from deploy_nas.errors import DeployNASError, ParityError
-from deploy_nas.export.files import write_json_atomic
+from deploy_nas.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Tolerance:
     top1_tie: float = 0.0  # a different argmax agrees if within this many reference std of the best logit
     min_top5: float | None = None  # mean overlap of the top-5 sets
     note: str = ""
+    source: str = "default"  # "default" (the table below) or "family <name>" (a family's override)
 
 
 _FP32 = Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, top1_tie=1e-3, note="float32, other kernels")
@@ -66,7 +67,16 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 }
 
 
-def tolerance_for(backend: str, precision: str) -> Tolerance:
+def tolerance_for(backend: str, precision: str, family: str | None = None) -> Tolerance:
+    """The (backend, precision) row, or the family's own override of it (optimum keeps one per model type for
+    the same reason: some architectures carry more rounding than others); the result says which it is."""
+    if family is not None:
+        from deploy_nas.family import FAMILIES
+
+        if family in FAMILIES:
+            override = FAMILIES.get(family).tolerances().get((backend, precision))
+            if override is not None:
+                return replace(override, source=f"family {family}")
     try:
         return TOLERANCES[(backend, precision)]
     except KeyError:
@@ -152,14 +162,18 @@ def _run(engine: Any, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def check_parity(reference: Any, engine: Any, inputs: Any, tolerance: Tolerance | None = None) -> ParityResult:
-    """Run both engines on `inputs` (feeds dict, one array, or a list of batches) and compare every output."""
+def check_parity(reference: Any, engine: Any, inputs: Any, tolerance: Tolerance | None = None,
+                 family: str | None = None) -> ParityResult:
+    """Run both engines on `inputs` (feeds dict, one array, or a list of batches) and compare every output.
+    `family`: use its tolerance override where it has one (default: the family of the reference's model)."""
     batches = _batches(inputs, reference.input_name)
     ref, got = _run(reference, batches), _run(engine, batches)
     missing = sorted(set(ref) - set(got))
     if missing:
         raise DeployNASError(f"{engine.name} returned no output named {missing}; its outputs are {sorted(got)}")
-    tolerance = tolerance or tolerance_for(engine.name, engine.precision)
+    if family is None:
+        family = getattr(getattr(getattr(reference, "model", None), "spec", None), "source", {}).get("family")
+    tolerance = tolerance or tolerance_for(engine.name, engine.precision, family)
     outputs = tuple(compare(name, got[name], ref[name], tolerance.top1_tie) for name in sorted(ref))
     failures = tuple(f for o in outputs for f in gate_failures(o, tolerance))
     return ParityResult(backend=engine.name, precision=engine.precision, reference=reference.name,

@@ -25,7 +25,7 @@ import numpy as np
 
 from deploy_nas.errors import DeployNASError, ExportError, ParityError
 from deploy_nas.export.backends import BuildConfig, Engine, backend_class, get_backend
-from deploy_nas.export.files import write_json_atomic
+from deploy_nas.io import write_json_atomic
 
 DENSE_DIR, ONNX_FILE = "dense", "model.onnx"
 PARITY_JSON, BENCH_JSON, MANIFEST_JSON = "parity.json", "bench.json", "manifest.json"
@@ -140,6 +140,21 @@ def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs
     return rows
 
 
+def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: str | Path | None = None,
+              threads: int | None = None):
+    """`deploy-nas parity`: the saved engine of `out` against its dense torch model, recorded in out/parity.json;
+    ParityError (carrying the result) after the record when a gate fails."""
+    with build(out, "torch", threads=threads) as reference, open_engine(out, backend, precision, threads) as engine:
+        return parity(out, engine, reference, data_dir)
+
+
+def bench_of(out: str | Path, backend: str, precision: str = "fp32", batches: Sequence[int] = (1, 8),
+             runs: int = 50, warmup: int = 10, threads: int | None = None) -> list:
+    """`deploy-nas bench`: FPS rows of the saved engine of `out`, recorded in out/bench.json."""
+    with open_engine(out, backend, precision, threads) as engine:
+        return bench(out, engine, batches, runs, warmup)
+
+
 def bench_row(result: Any) -> dict[str, Any]:
     """The bench.json row of an FpsResult: the fixed keys first, then the details (raw times included)."""
     d = result.to_dict(raw=True)
@@ -174,6 +189,32 @@ def update_bench(path: Path, rows: list[dict[str, Any]]) -> Path:
 # ------------------------------------------------------------------------------------------------------- run
 
 
+def plan_targets(backends: Sequence[str], precisions: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Every backend at every precision it builds (each backend must build at least one of them)."""
+    for p in precisions:
+        BuildConfig(precision=p).validate()
+    targets: list[tuple[str, str]] = []
+    for b in backends:
+        supported = [p for p in precisions if p in backend_class(b).precisions]
+        if not supported:
+            raise DeployNASError(f"{b} builds none of {', '.join(precisions)}; it builds "
+                                 f"{', '.join(backend_class(b).precisions)}")
+        targets += [(b, p) for p in supported]
+    return tuple(targets)
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """What a report says about the deployed model: family, arch, config, input size, params, MACs."""
+    from deploy_nas.flops import count_flops
+
+    flops = count_flops(model)
+    spec = model.spec
+    src = spec.source
+    return {"family": src.get("family", spec.arch), "arch": spec.arch, "config_id": src.get("config_id"),
+            "config": src.get("config"), "img_size": spec.img_size, "params": flops.params,
+            "gmacs": round(flops.gmacs, 6)}
+
+
 @dataclass
 class RunPlan:
     """What `run` does: which engines to build, how to measure them."""
@@ -191,6 +232,12 @@ class RunPlan:
     max_batch: int = 32
     cross_check_module: bool = True  # also convert the nn.Module straight to OpenVINO and compare
     model_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        """The progress steps `run` reports: extract, export, torch bench, report; build/parity/bench per target;
+        the module cross-check."""
+        return 4 + 3 * len(self.targets) + (("openvino", "fp32") in self.targets and self.cross_check_module)
 
     def check(self) -> "RunPlan":
         if not self.targets:
@@ -220,11 +267,13 @@ def run(model: Any, out: str | Path, plan: RunPlan, progress: Progress = lambda 
     Returns the DeployReport. A failed parity gate still writes the whole directory, then raises ParityError.
     """
     from deploy_nas.dense import write_dense
-    from deploy_nas.export.files import artifact_dir
+    from deploy_nas.io import atomic_dir
 
     plan.check()
+    if not plan.model_info:
+        plan.model_info = model_info(model)
     out = Path(out)
-    with artifact_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force) as tmp:
         progress("extract: dense model")
         (tmp / DENSE_DIR).mkdir()
         write_dense(model, tmp / DENSE_DIR)

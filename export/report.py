@@ -7,7 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from deploy_nas.export.files import write_bytes_atomic, write_json_atomic
+from deploy_nas.console import Table
+from deploy_nas.io import write_bytes_atomic, write_json_atomic
 from deploy_nas.io import sha256_file
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -80,26 +81,29 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def parity_table(results: Sequence[Any]) -> list[str]:
-    rows = ["| backend | precision | output | max abs | max rel | cos min | top-1 | top-5 | tolerance | result |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+def parity_table(results: Sequence[dict[str, Any]]) -> Table:
+    """Parity rows (ParityResult.to_dict() entries), for report.md and the console alike."""
+    table = Table("parity vs the dense torch model", ("backend", "precision", "output", "max abs", "max rel",
+                                                      "cos min", "top-1", "top-5", "tolerance", "result"))
     for r in results:
-        t = r.tolerance
-        tol = (f"abs<={_fmt(t.max_abs, 'g')}, cos>={_fmt(t.min_cosine, 'g')}, top1>={_fmt(t.min_top1, 'g')}")
-        for o in r.outputs:
-            rows.append(f"| {r.backend} | {r.precision} | {o.name} | {o.max_abs:.3g} | {o.max_rel:.3g} | "
-                        f"{o.cosine_min:.6f} | {o.top1:.3f} | {o.top5:.3f} | {tol} | "
-                        f"{'pass' if r.passed else 'FAIL'} |")
-    return rows
+        t = r["tolerance"]
+        tol = (f"abs<={_fmt(t['max_abs'], 'g')}, cos>={_fmt(t['min_cosine'], 'g')}, top1>={_fmt(t['min_top1'], 'g')}"
+               + (f" ({t['source']})" if t.get("source", "default") != "default" else ""))
+        for o in r["outputs"]:
+            table.add_row(r["backend"], r["precision"], o["name"], f"{o['max_abs']:.3g}", f"{o['max_rel']:.3g}",
+                          f"{o['cosine_min']:.6f}", f"{o['top1']:.3f}", f"{o['top5']:.3f}", tol,
+                          "pass" if r["passed"] else "FAIL")
+    return table
 
 
-def fps_table(results: Sequence[Any]) -> list[str]:
-    rows = ["| backend | precision | mode | batch | threads | requests | p50 ms | p90 ms | p99 ms | images/s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for f in results:
-        rows.append(f"| {f.backend} | {f.precision} | {f.mode} | {f.batch} | {f.threads} | {f.requests} | "
-                    f"{f.p50_ms:.3f} | {f.p90_ms:.3f} | {f.p99_ms:.3f} | {f.throughput_fps:.1f} |")
-    return rows
+def fps_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Speed rows (bench.json / FpsResult.to_dict() entries)."""
+    table = Table("speed", ("backend", "precision", "mode", "batch", "threads", "requests", "p50 ms", "p90 ms",
+                            "p99 ms", "images/s"))
+    for f in rows:
+        table.add_row(f["backend"], f["precision"], f["mode"], f["batch"], f["threads"], f.get("requests", 1),
+                      f"{f['p50_ms']:.3f}", f"{f['p90_ms']:.3f}", f"{f['p99_ms']:.3f}", f"{f['throughput_fps']:.1f}")
+    return table
 
 
 def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
@@ -111,12 +115,28 @@ def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
         lines += ["## ONNX", "", f"- exporter {o.get('exporter')}, opset {o.get('opset')}, simplified "
                   f"{o.get('simplified')} ({o.get('simplify_note')})", f"- sha256 {o.get('sha256')}", ""]
     if report.parity:
-        lines += ["## Parity (vs the dense torch model)", "", *parity_table(report.parity), ""]
+        lines += ["## Parity (vs the dense torch model)", "",
+                  *parity_table([p.to_dict() for p in report.parity]).markdown_lines(), ""]
     if report.fps:
-        lines += ["## Speed", "", *fps_table(report.fps), ""]
+        lines += ["## Speed", "", *fps_table([f.to_dict(raw=False) for f in report.fps]).markdown_lines(), ""]
     lines += ["## Artifacts", "", "| file | bytes | sha256 |", "|---|---|---|",
               *(f"| {k} | {v['bytes']} | `{v['sha256'][:16]}` |" for k, v in files["files"].items()), "",
               "## Versions", "", *(f"- {k}: {v}" for k, v in files["versions"].items()), ""]
     if report.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in report.notes), ""]
     return "\n".join(lines)
+
+
+def summary_of(directory: str | Path) -> tuple[str, list[Table], list[str]]:
+    """(headline, [parity table, speed table], note lines) of a deployment directory's report.json."""
+    import json
+
+    directory = Path(directory)
+    report = json.loads((directory / REPORT_JSON).read_text())
+    m = report["model"]
+    headline = (f"{'PASSED' if report['passed'] else 'FAILED'}: {m.get('family')} subnet {m.get('config_id')} "
+                f"({m.get('arch')}), {m.get('params', 0) / 1e6:.3f}M params, {m.get('gmacs', 0):.4f} GMAC, "
+                f"{m.get('img_size')}px")
+    notes = [f"note: {n}" for n in report["notes"]]
+    notes.append(f"report: {directory / REPORT_MD} (+ report.json, manifest.json)")
+    return headline, [parity_table(report["parity"]), fps_table(report["fps"])], notes

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deploy_nas.spaces import SPACES, AutoFormerSpace
+from deploy_nas.spaces import SPACES
+from deploy_nas.spaces.autoformer import AutoFormerSpace
 from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,4 +1,5 @@
-"""The materialized form: DenseSpec (spec.json) + weights (weights.safetensors), rebuilt without pickle."""
+"""The materialized form: spec.json (a DenseSpec envelope) + weights.safetensors, rebuilt through the ARCHS
+registry with no supernet code and no pickle."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,50 +7,58 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from deploy_nas.dense.spec import BlockSpec, DenseSpec
-from deploy_nas.dense.vit import VisionTransformer
+from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
+from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
+from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec, VisionTransformer
 from deploy_nas.errors import DenseModelError
 from deploy_nas.io import atomic_dir
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
-DenseModel = VisionTransformer
 
 
-def build_dense(spec: DenseSpec, state_dict: dict[str, torch.Tensor] | None = None) -> VisionTransformer:
-    """A dense model from its spec; with a state dict, loaded strictly (every key, every shape)."""
-    model = VisionTransformer(spec)
+def build_dense(spec: DenseSpec, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The dense model of `spec` (its arch's module); with a state dict, loaded strictly (every key, every shape)."""
+    model = ARCHS.get(spec.arch)(spec)
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as err:
-            raise DenseModelError(f"weights do not match spec.json: {str(err).splitlines()[0]} ... "
+            raise DenseModelError(f"weights do not match spec.json: {str(err).splitlines()[0][:300]} ... "
                                   "re-extract the model") from err
     return model.eval()
 
 
-def write_dense(model: VisionTransformer, directory: Path) -> None:
+def write_dense(model: nn.Module, directory: Path) -> None:
     """Write spec.json + weights.safetensors into an existing directory."""
-    directory.joinpath(SPEC_FILE).write_text(model.spec.to_json())
+    from deploy_nas.io import write_text_atomic
+
+    write_text_atomic(directory / SPEC_FILE, model.spec.to_json())
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "deploy_nas.dense", "version": "1"})
+    save_file(weights, str(directory / WEIGHTS_FILE),
+              metadata={"format": "deploy_nas.dense", "version": str(FORMAT_VERSION)})
 
 
-def save_dense(model: VisionTransformer, out: str | Path, force: bool = False) -> Path:
+def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:
     """Save atomically: the directory appears complete or not at all."""
     with atomic_dir(out, force) as tmp:
         write_dense(model, tmp)
     return Path(out)
 
 
-def load_dense(directory: str | Path) -> VisionTransformer:
+def load_dense(directory: str | Path) -> nn.Module:
     """Rebuild a dense model from spec.json + weights.safetensors (no supernet code, no pickle)."""
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for p in (spec_path, weights_path):
         if not p.is_file():
             raise DenseModelError(f"{p} not found; point at a directory written by `deploy-nas extract`")
-    spec = DenseSpec.from_json(spec_path.read_text())
+    try:
+        text = spec_path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DenseModelError(f"cannot read {spec_path} ({err}); re-extract the model") from err
+    spec = DenseSpec.from_json(text)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -57,5 +66,5 @@ def load_dense(directory: str | Path) -> VisionTransformer:
     return build_dense(spec, state)
 
 
-__all__ = ["BlockSpec", "DenseSpec", "DenseModel", "VisionTransformer", "build_dense", "save_dense", "load_dense",
-           "write_dense", "SPEC_FILE", "WEIGHTS_FILE"]
+__all__ = ["ARCHS", "DenseSpec", "ViTBlockSpec", "ViTSpec", "VisionTransformer", "build_dense", "save_dense",
+           "load_dense", "write_dense", "SPEC_FILE", "WEIGHTS_FILE"]

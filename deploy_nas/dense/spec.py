@@ -1,62 +1,84 @@
-"""DenseSpec: everything needed to rebuild a materialized ViT with no supernet code (saved as spec.json)."""
+"""DenseSpec: the envelope of spec.json, and ARCHS, the registry of dense architectures.
+
+spec.json (format 2) is an envelope that every arch shares, with the arch's own body inside:
+
+    {"arch": "vit", "img_size": 224, "in_chans": 3, "num_classes": 1000, "body": {...}, "source": {...},
+     "format_version": 2}
+
+`ARCHS` maps `arch` to the nn.Module class that rebuilds the model; the class names its body dataclass
+(`body_type`, with `to_dict`/`from_dict`). Format 1 (written before the arch registry: one flat ViT spec) is still
+read, by the `vit` arch's converter.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from deploy_nas.errors import DenseModelError
+from deploy_nas.registry import Registry
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-@dataclass(frozen=True)
-class BlockSpec:
-    num_heads: int
-    head_dim: int
-    attn_scale: float  # always explicit: pruning heads or head dims must not change it
-    mlp_hidden: int
-    qkv_bias: bool = True
-    relative_position: bool = False
+def _load_archs() -> None:
+    import deploy_nas.dense  # noqa: F401  (registers the built-in archs)
+    from deploy_nas.family import load_builtin_families
+
+    load_builtin_families()  # families may bring archs of their own
+
+
+ARCHS: Registry[type] = Registry("dense arch", DenseModelError, loader=_load_archs)
+# Readers of older spec.json formats: {format_version: function(dict) -> DenseSpec}.
+LEGACY_READERS: dict[int, Callable[[dict[str, Any]], "DenseSpec"]] = {}
 
 
 @dataclass(frozen=True)
 class DenseSpec:
+    """What every dense model shares (input, classes, where it came from) plus its arch's own `body`."""
+
+    arch: str
     img_size: int
-    patch_size: int
     in_chans: int
     num_classes: int
-    embed_dim: int
-    blocks: tuple[BlockSpec, ...]
-    pos_embed: bool = True
-    pool: Literal["mean", "cls"] = "cls"  # mean = over patch tokens only (cls still attends)
-    pre_norm: bool = True
-    norm_eps: float = 1e-5
-    activation: Literal["gelu_erf", "gelu_tanh"] = "gelu_erf"
-    max_relative_position: int | None = None
+    body: Any  # the arch's body dataclass (ARCHS.get(arch).body_type)
     source: dict[str, Any] = field(default_factory=dict, compare=False)
-    arch: str = "vit"
     format_version: int = FORMAT_VERSION
 
     @property
-    def depth(self) -> int:
-        return len(self.blocks)
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.in_chans, self.img_size, self.img_size
 
-    @property
-    def num_tokens(self) -> int:
-        return (self.img_size // self.patch_size) ** 2 + 1
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "img_size": self.img_size, "in_chans": self.in_chans,
+                "num_classes": self.num_classes, "body": self.body.to_dict(), "source": self.source,
+                "format_version": FORMAT_VERSION}
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "DenseSpec":
+        if not isinstance(d, dict):
+            raise DenseModelError("spec.json does not hold an object; re-extract the model")
+        version = d.get("format_version")
+        if version in LEGACY_READERS:
+            return LEGACY_READERS[version](d)
+        if version != FORMAT_VERSION:
+            raise DenseModelError(f"spec.json has format {str(version)[:20]!r}; this deploy_nas reads formats "
+                                  f"{sorted([*LEGACY_READERS, FORMAT_VERSION])}. Upgrade deploy_nas or re-extract")
+        module = ARCHS.get(str(d.get("arch")))
+        try:
+            return cls(arch=d["arch"], img_size=int(d["img_size"]), in_chans=int(d["in_chans"]),
+                       num_classes=int(d["num_classes"]), body=module.body_type.from_dict(d["body"]),
+                       source=dict(d.get("source") or {}))
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            raise DenseModelError(f"spec.json is not a valid {d.get('arch')} spec ({type(err).__name__}: "
+                                  f"{str(err)[:200]}); re-extract the model") from err
 
     @classmethod
     def from_json(cls, text: str) -> "DenseSpec":
         try:
-            d = json.loads(text)
-            if d.get("format_version") != FORMAT_VERSION or d.get("arch") != "vit":
-                raise DenseModelError(f"spec.json has format {d.get('format_version')!r}/{d.get('arch')!r}; this "
-                                      f"deploy_nas reads format {FORMAT_VERSION} 'vit'. Re-extract the model")
-            d["blocks"] = tuple(BlockSpec(**b) for b in d["blocks"])
-            return cls(**d)
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as err:
-            raise DenseModelError(f"spec.json is not a valid dense spec ({err}); re-extract the model") from err
+            return cls.from_dict(json.loads(text))
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise DenseModelError(f"spec.json is not valid JSON ({str(err)[:200]}); re-extract the model") from err

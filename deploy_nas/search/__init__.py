@@ -25,20 +25,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from deploy_nas.distributed import World
-from deploy_nas.errors import DeployNASError, OutputPathError
+from deploy_nas.errors import DeployNASError
+from deploy_nas.evaluate import top1
+from deploy_nas.family import family_of
+from deploy_nas.io import check_output_dir, write_json_atomic
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
 from deploy_nas.search.predictor import LatencyPredictor
 
 LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    from deploy_nas.io import write_text_atomic
-
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class InfeasibleBudget(DeployNASError):
@@ -59,12 +55,9 @@ class SearchSetup:
     evolution: EvolutionConfig = EvolutionConfig()
 
 
-@torch.no_grad()
-def top1(supernet: Any, cfg: Any, split: Any, batch: int = 512) -> float:
-    supernet.eval()
-    correct = sum(int((supernet(torch.from_numpy(x), cfg).argmax(-1).numpy() == y).sum())
-                  for x, y in split.batches(batch))
-    return correct / len(split)
+def subnet_top1(supernet: Any, cfg: Any, split: Any) -> float:
+    """Top-1 of `cfg` with weights inherited from the supernet (its fixed-config eval view)."""
+    return top1(supernet.fixed(cfg), split)
 
 
 class Search:
@@ -79,7 +72,7 @@ class Search:
         self._measured: dict[str, float] = {}
         self._gmacs: dict[str, float] = {}
         self.scored_here = 0  # val top-1 evaluations this rank ran
-        self.predictor = LatencyPredictor(space)
+        self.predictor = LatencyPredictor(space, family_of(space).cost_features)
 
     # ---------------------------------------------------------------------------------------------- pieces
     def measure(self, cfg: Any) -> float:
@@ -95,7 +88,7 @@ class Search:
     def val_top1_many(self, cfgs: list[Any]) -> list[float]:
         """Score the configs not yet cached, shard by shard over the ranks; every rank gets every score."""
         new = list({c.id: c for c in cfgs if c.id not in self._val}.values())
-        mine = {c.id: top1(self.supernet, c, self.data["val"]) for c in new[self.world.rank::self.world.size]}
+        mine = {c.id: subnet_top1(self.supernet, c, self.data["val"]) for c in new[self.world.rank::self.world.size]}
         self.scored_here += len(mine)
         for shard in self.world.gather(mine):
             self._val.update(shard)
@@ -106,7 +99,7 @@ class Search:
         if self.predictor(cfg) > c.latency_budget_ms:
             return False
         if c.params_range is not None:
-            n = self.supernet.official_param_count(cfg)
+            n = self.supernet.param_count(cfg)
             if not c.params_range[0] <= n <= c.params_range[1]:
                 return False
         if c.flops_range is not None and not c.flops_range[0] <= self.gmacs(cfg) <= c.flops_range[1]:
@@ -155,7 +148,7 @@ class Search:
         winner = dict(ok[0] if ok else min(rows, key=lambda r: r["latency_ms"]))
         winner["meets_budget"] = bool(ok)
         cfg = next(c for c, _ in top if c.id == winner["id"])
-        winner["test_top1"] = top1(self.supernet, cfg, self.data["test"])
+        winner["test_top1"] = subnet_top1(self.supernet, cfg, self.data["test"])
         points = [{"val_top1": f, "predicted_ms": self.predictor(c)} for c, f in scores.values()]
         return {"finalists": rows, "winner": winner, "evaluated": len(scores), "points": points,
                 "front": pareto_front(points)}
@@ -185,10 +178,10 @@ class Search:
     @staticmethod
     def _check_out(out: Path, resume: bool, known: dict[str, float] | None) -> dict[str, float] | None:
         """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search)."""
-        if out.exists() and not out.is_dir():
-            raise OutputPathError(f"output {out} is a file; choose a directory path")
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --resume")
+        try:
+            check_output_dir(out, force=resume)
+        except DeployNASError as err:
+            raise type(err)(str(err).replace("pass --force", "pass --resume")) from None
         if resume and (out / MEASURED_FILE).is_file():
             known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
         return known
@@ -201,6 +194,9 @@ class Search:
     def _evolve(self, out: Path, resume: bool) -> Evolution:
         from deploy_nas.spaces import load_config
 
+        if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):
+            raise DeployNASError(f"space {self.space.name!r} cannot be evolved (no mutate/crossover); "
+                                 "its family searches another way")
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         log_path = out / LOG_FILE
@@ -259,4 +255,22 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup", "EvolutionConfig", "pareto_front"]
+
+
+def search_table(result: dict[str, Any]) -> "Table":
+    """Evolution vs random search: the winners (val and test top-1, measured latency, budget met)."""
+    from deploy_nas.console import Table
+
+    p = result["predictor"]["held_out"]
+    table = Table(f"search under {result['budget_ms']:.3f} ms (latency predictor: Kendall tau {p['kendall_tau']:.3f}, "
+                  f"{p['mape_percent']:.1f}% mean abs error on {p['n']} held-out subnets)",
+                  ("method", "config", "evaluated", "val top-1", "test top-1", "latency ms", "meets budget"))
+    for name in ("evolution", "random"):
+        w = result[name]["winner"]
+        table.add_row(name, w["id"], result[name]["evaluated"], f"{w['val_top1']:.4f}", f"{w['test_top1']:.4f}",
+                      f"{w['latency_ms']:.3f}", "yes" if w["meets_budget"] else "NO")
+    return table
+
+
+__all__ = ["EvolutionConfig", "InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup", "pareto_front",
+           "search_table", "subnet_top1"]

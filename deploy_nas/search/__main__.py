@@ -1,8 +1,7 @@
 """`torchrun --nproc_per_node N -m deploy_nas.search --latency-budget-ms B --out DIR ...`: `deploy-nas search` with
 each population scored across the N ranks (rank 0 measures latency and writes the outputs)."""
-import sys
-
-from deploy_nas.cli import main
+from deploy_nas.cli import search_cmd
+from deploy_nas.cli_options import main_one_line
 
 if __name__ == "__main__":
-    main(["search", *sys.argv[1:]], prog_name="python -m deploy_nas.search")
+    main_one_line(search_cmd, prog_name="python -m deploy_nas.search")

@@ -2,7 +2,7 @@
 
 Per generation: the top `parents` of everything evaluated so far are the parents; `mutations` children come from
 `space.mutate` (per-layer probability `m_prob`, depth/embed probability `s_prob`) and `crossovers` from
-`space.crossover` between two parents of equal depth; only children that meet the constraints are kept.
+`space.crossover` between two parents the space can cross (AutoFormer: equal depth); only children that meet the constraints are kept.
 Fitness values are cached by config id, so a config is never evaluated twice. A population is scored in one call
 (`fitness_many`), which is where the search spreads it over torch.distributed ranks.
 """
@@ -30,6 +30,13 @@ class EvolutionConfig:
     s_prob: float = 0.4
     max_tries: int = 10_000  # draws allowed to find one feasible config / child
     seed: int = 0
+
+    @classmethod
+    def for_population(cls, population: int, generations: int, seed: int = 0) -> "EvolutionConfig":
+        """AutoFormer's proportions for any population size: top-10 parents (or all), half mutations, half
+        crossovers."""
+        return cls(population=population, parents=min(10, population), mutations=population // 2,
+                   crossovers=population - population // 2, generations=generations, seed=seed)
 
 
 def sample_feasible(space: Any, rng: random.Random, feasible: Feasible, n: int, max_tries: int,
@@ -99,7 +106,7 @@ class Evolution:
             if len(crossed) >= c.crossovers:
                 break
             a, b = rng.choice(parents), rng.choice(parents)
-            if a.depth != b.depth:
+            if not self.space.can_cross(a, b):
                 continue
             child = self.space.crossover(a, b, rng)
             if self.feasible(child):

@@ -3,28 +3,18 @@
 Why a regression and not a per-block lookup table: on a 2-core CPU the cost of a block depends on its neighbours
 (fused kernels, cache reuse, thread start-up), so per-block tables add up badly, while a linear model over the
 operation counts that drive the time (matmul MACs of attention and MLP, attention-map sizes, per-layer fixed
-costs) is fitted to whole-network measurements and absorbs those effects. Its quality is reported on held-out
-measured subnets (Kendall tau and mean absolute % error) next to every search.
+costs) is fitted to whole-network measurements and absorbs those effects. The features come from the family
+(`Family.cost_features`). Its quality is reported on held-out measured subnets (Kendall tau and mean absolute
+% error) next to every search.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-FEATURES = ("const", "depth", "embed_x_depth", "attn_macs", "mlp_macs", "attn_map")
-
-
-def features(cfg: Any, space: Any) -> np.ndarray:
-    """Cost features of one AutoFormer config (per image; tokens are fixed by the image and patch size)."""
-    n = (space.img_size // space.patch_size) ** 2 + 1
-    e, d = cfg.embed_dim, cfg.depth
-    qkv = [h * space.head_dim for h in cfg.num_heads]
-    attn = sum(n * e * 4 * q for q in qkv)  # qkv + proj
-    mlp = sum(2 * n * e * int(e * r) for r in cfg.mlp_ratio)
-    attn_map = sum(2 * n * n * q for q in qkv)  # q k^T and attn v
-    return np.array([1.0, d, e * d, attn / 1e6, mlp / 1e6, attn_map / 1e6])
+CostFeatures = Callable[[Any, Any], dict[str, float]]  # (space, cfg) -> named per-image costs
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -41,20 +31,27 @@ def mape(pred: Sequence[float], true: Sequence[float]) -> float:
 @dataclass
 class LatencyPredictor:
     space: Any
+    cost_features: CostFeatures
     coef: np.ndarray | None = None
+    names: tuple[str, ...] = field(default=())
+
+    def features(self, cfg: Any) -> np.ndarray:
+        named = self.cost_features(self.space, cfg)
+        self.names = self.names or tuple(named)
+        return np.array([named[n] for n in self.names], dtype=float)
 
     def fit(self, cfgs: Sequence[Any], ms: Sequence[float]) -> "LatencyPredictor":
-        x = np.stack([features(c, self.space) for c in cfgs])
+        x = np.stack([self.features(c) for c in cfgs])
         self.coef = np.linalg.lstsq(x, np.asarray(ms, float), rcond=None)[0]
         return self
 
     def __call__(self, cfg: Any) -> float:
-        return float(features(cfg, self.space) @ self.coef)
+        return float(self.features(cfg) @ self.coef)
 
     def validate(self, cfgs: Sequence[Any], ms: Sequence[float]) -> dict[str, float]:
         pred = [self(c) for c in cfgs]
         return {"kendall_tau": kendall_tau(pred, ms), "mape_percent": mape(pred, ms), "n": len(cfgs)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": "linear least squares", "features": list(FEATURES),
+        return {"model": "linear least squares", "features": list(self.names),
                 "coef": [float(c) for c in self.coef] if self.coef is not None else None}

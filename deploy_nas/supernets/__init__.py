@@ -1,47 +1,53 @@
-"""Supernets per family, the official checkpoint importers, our own supernet directory format, and the default."""
+"""Supernets of every family: the official checkpoint importers (through the family objects), our own supernet
+directory format (supernet.json + weights.safetensors), and the embedded default."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import torch
 from safetensors.torch import save_file
 
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
+from deploy_nas.errors import CheckpointError
+from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
-from deploy_nas.registry import Registry
-from deploy_nas.spaces import SPACES, AutoFormerSpace, load_space
-from deploy_nas.supernets.autoformer import (AutoFormerArch, AutoFormerSupernet, arch_from_state_dict,
-                                             check_state_dict)
-from deploy_nas.supernets.checkpoint import extract_state_dict, read_checkpoint
+from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 
-FAMILIES: Registry[type] = Registry("family", InvalidSubnetConfig)
-FAMILIES.register("autoformer", AutoFormerSupernet)
 SUPERNET_FILE, WEIGHTS_FILE = "supernet.json", "weights.safetensors"
-DEFAULT_SPACE = "autoformer-tiny"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_supernet"
 
 
-def load_official(path: str | Path, change_qkv: bool = True, gp: bool = True, pre_norm: bool = True,
-                  head_dim: int | None = None) -> AutoFormerSupernet:
-    """An AutoFormer supernet from an official checkpoint (.pth/.pth.tar with {'model': ...}, or safetensors)."""
-    sd = extract_state_dict(read_checkpoint(path), str(path))
-    arch = arch_from_state_dict(sd, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm, head_dim=head_dim)
-    model = AutoFormerSupernet(arch)
-    check_state_dict(model, sd)
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
+def resolve_family(family: str | None, checkpoint_obj: Any = None, source: str = "checkpoint") -> Family:
+    """The named family, or the one family whose importer claims the checkpoint's state dict."""
+    if family is not None:
+        return FAMILIES.get(family)
+    sd = extract_state_dict(checkpoint_obj, source)
+    claimed = [f for f in FAMILIES.values() if getattr(f, "claims", lambda _: False)(sd)]
+    if len(claimed) != 1:
+        raise CheckpointError(f"cannot tell which family {source} belongs to "
+                              f"({'no' if not claimed else 'several'} importers recognise its keys); "
+                              f"pass --family ({', '.join(FAMILIES.names())})")
+    return claimed[0]
 
 
-def save_supernet(model: AutoFormerSupernet, out: str | Path, space: AutoFormerSpace | None = None,
-                  extra: dict[str, Any] | None = None, force: bool = False) -> Path:
-    """Our supernet directory: supernet.json (family, arch, space) + weights.safetensors in the official key layout."""
-    meta = {"family": model.family, "arch": model.arch.to_dict(), "space": space.to_dict() if space else None,
-            **(extra or {})}
+def load_official(path: str | Path, family: str | None = None, options: Any = None,
+                  option_pairs: Sequence[str] = (), **given: Any) -> tuple[Any, Any]:
+    """(supernet, its space or None) from an official checkpoint file. `options`: the family's import options
+    object; else built from `option_pairs` ("key=value") and keyword values (None = default)."""
+    obj = read_checkpoint(path)
+    fam = resolve_family(family, obj, str(path))
+    if options is None:
+        options = parse_import_options(fam.import_options, option_pairs, **given)
+    return fam.from_checkpoint(obj, options, str(path))
+
+
+def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[str, Any] | None = None,
+                  force: bool = False) -> Path:
+    """Our supernet directory: supernet.json (family, arch, space) + weights.safetensors in the official layout."""
+    meta = {**model.meta(), "space": space.to_dict() if space is not None else None, **(extra or {})}
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
     return Path(out)
 
 
@@ -51,59 +57,60 @@ def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} is not a supernet directory (no {SUPERNET_FILE}); "
                               "create one with `deploy-nas train`")
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{meta_path} is corrupt ({err})") from err
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{meta_path} is corrupt ({str(err)[:200]})") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("family"), str):
+        raise CheckpointError(f"{meta_path} does not name its family; re-create it with `deploy-nas train`")
+    return meta
 
 
-def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple[AutoFormerSupernet, AutoFormerSpace | None]:
+def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple[Any, Any]:
     meta = read_supernet_meta(directory)
-    if family is not None and meta.get("family") != family:
-        raise CheckpointError(f"{directory} holds a {meta.get('family')!r} supernet, not {family!r}; "
-                              f"pass --family {meta.get('family')}")
-    model = AutoFormerSupernet(AutoFormerArch.from_dict(meta["arch"]))
+    if family is not None and meta["family"] != family:
+        raise CheckpointError(f"{directory} holds a {meta['family']!r} supernet, not {family!r}; "
+                              f"pass --family {meta['family']}")
+    fam = FAMILIES.get(meta["family"])
+    try:
+        model = fam.supernet_from_meta(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{Path(directory) / SUPERNET_FILE} does not describe a {fam.name} supernet "
+                              f"({type(err).__name__}: {str(err)[:200]})") from err
     sd = extract_state_dict(read_checkpoint(Path(directory) / WEIGHTS_FILE), str(directory))
-    check_state_dict(model, sd)
+    check_state_dict(model, sd, fam.name, f"re-create {directory} with `deploy-nas train`")
     model.load_state_dict(sd, strict=True)
-    space = AutoFormerSpace.from_dict(meta["space"]) if meta.get("space") else None
+    space = fam.space_from_dict(meta["space"]) if meta.get("space") else None
     return model.eval(), space
 
 
-def default_supernet(seed: int | None = None) -> tuple[AutoFormerSupernet, AutoFormerSpace]:
-    """The embedded default: the `autoformer-tiny` supernet trained on the digits set, shipped with the package
-    (`make default-supernet` rebuilds it). With `seed`, or if the weights are absent, a random initialisation."""
-    if seed is None and (DEFAULT_DIR / WEIGHTS_FILE).is_file():
-        return load_supernet_dir(DEFAULT_DIR, "autoformer")
-    space = SPACES.get(DEFAULT_SPACE)
-    model = AutoFormerSupernet(AutoFormerArch.from_space(space))
-    model.reset_parameters(torch.Generator().manual_seed(seed or 0))
-    return model.eval(), space
+def default_supernet(seed: int | None = None) -> tuple[Any, Any]:
+    """The embedded default (shipped in deploy_nas/assets, rebuilt by `make default-supernet`), or with `seed` a
+    random initialisation of the same family and space."""
+    if seed is None:
+        return load_supernet_dir(DEFAULT_DIR)
+    meta = read_supernet_meta(DEFAULT_DIR)
+    fam = FAMILIES.get(meta["family"])
+    space = fam.space_from_dict(meta["space"])
+    return fam.build_supernet(space, seed), space
 
 
-def load_supernet(source: str | Path | None = None, family: str = "autoformer",
-                  **flags: Any) -> tuple[AutoFormerSupernet, AutoFormerSpace | None]:
+def load_supernet(source: str | Path | None = None, family: str | None = None, options: Any = None,
+                  option_pairs: Sequence[str] = (), **given: Any) -> tuple[Any, Any]:
     """A supernet and (when known) its space from: None (the embedded default), a supernet directory, or an
-    official checkpoint file (`flags` are the import options of `load_official`; the others record their own)."""
-    FAMILIES.get(family)
+    official checkpoint file (read with the family's import options)."""
+    if family is not None:
+        FAMILIES.get(family)  # an unknown name fails here, listing the registered families
     if source is None:
-        return default_supernet()
+        model, space = default_supernet()
+        if family is not None and model.family != family:
+            raise CheckpointError(f"the embedded default supernet is {model.family!r}, not {family!r}; pass "
+                                  f"--checkpoint or --supernet for a {family} supernet")
+        return model, space
     path = Path(source)
     if path.is_dir():
         return load_supernet_dir(path, family)
-    model = load_official(path, **flags)
-    return model, space_for_arch(model.arch)
+    return load_official(path, family, options, option_pairs, **given)
 
 
-def space_for_arch(arch: AutoFormerArch) -> AutoFormerSpace | None:
-    """The registered space whose super sizes match a supernet (the official T/S/B checkpoints), if any."""
-    for name in SPACES:
-        s = SPACES.get(name)
-        if (s.super_embed_dim, s.super_depth, int(s.super_embed_dim * s.super_mlp_ratio), s.img_size,
-                s.patch_size, s.num_classes) == (arch.embed_dim, arch.depth, arch.mlp_hidden, arch.img_size,
-                                                 arch.patch_size, arch.num_classes):
-            return s
-    return None
-
-
-__all__ = ["AutoFormerArch", "AutoFormerSupernet", "FAMILIES", "load_official", "load_supernet", "save_supernet",
-           "default_supernet", "space_for_arch", "load_space"]
+__all__ = ["DEFAULT_DIR", "default_supernet", "load_official", "load_supernet", "load_supernet_dir",
+           "read_supernet_meta", "resolve_family", "save_supernet"]

@@ -12,10 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deploy_nas.dense.spec import BlockSpec, DenseSpec
+from deploy_nas.dense.spec import DenseSpec
+from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
 from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
+from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.kernels import relpos
+from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
+from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 from deploy_nas.supernets.elastic import (ElasticAttention, ElasticBlock, ElasticLayerNorm, ElasticLinear,
                                           ElasticPatchEmbed)
 
@@ -142,18 +146,18 @@ class AutoFormerSupernet(nn.Module):
         blocks = []
         for i, (heads, hidden) in enumerate(zip(cfg.num_heads, cfg.hidden_dims())):
             _, hd, scale = self.blocks[i].attn.dims(cfg.embed_dim, heads)
-            blocks.append(BlockSpec(num_heads=heads, head_dim=hd, attn_scale=scale, mlp_hidden=hidden,
-                                    qkv_bias=a.qkv_bias, relative_position=a.relative_position))
-        return DenseSpec(img_size=a.img_size, patch_size=a.patch_size, in_chans=a.in_chans,
-                         num_classes=a.num_classes, embed_dim=cfg.embed_dim, blocks=tuple(blocks),
-                         pos_embed=a.abs_pos, pool="mean" if a.gp else "cls", pre_norm=a.pre_norm, norm_eps=1e-5,
-                         activation="gelu_erf", max_relative_position=a.max_relative_position,
+            blocks.append(ViTBlockSpec(num_heads=heads, head_dim=hd, attn_scale=scale, mlp_hidden=hidden,
+                                       qkv_bias=a.qkv_bias, relative_position=a.relative_position))
+        body = ViTSpec(patch_size=a.patch_size, embed_dim=cfg.embed_dim, blocks=tuple(blocks), pos_embed=a.abs_pos,
+                       pool="mean" if a.gp else "cls", pre_norm=a.pre_norm, norm_eps=1e-5, activation="gelu_erf",
+                       max_relative_position=a.max_relative_position)
+        return DenseSpec("vit", a.img_size, a.in_chans, a.num_classes, body,
                          source={"family": FAMILY, "config": cfg.to_dict(), "config_id": cfg.id,
                                  "supernet": a.to_dict()})
 
     @torch.no_grad()
-    def subnet_state(self, cfg: AutoFormerConfig) -> tuple[DenseSpec, dict[str, Tensor]]:
-        """The dense spec and a state dict in the dense model's key layout (fresh contiguous copies)."""
+    def subnet_state(self, cfg: AutoFormerConfig, calib: Any = None) -> SubnetState:
+        """The dense spec and a state dict in the dense `vit` key layout (fresh contiguous copies); no folds."""
         spec = self.dense_spec(cfg)
         E = cfg.embed_dim
         sd: dict[str, Tensor] = {}
@@ -161,7 +165,7 @@ class AutoFormerSupernet(nn.Module):
         sd["cls_token"] = self.cls_token[..., :E]
         if self.arch.abs_pos:
             sd["pos_embed"] = self.pos_embed[..., :E]
-        for i, bs in enumerate(spec.blocks):
+        for i, bs in enumerate(spec.body.blocks):
             sb, p = self.blocks[i], f"blocks.{i}."
             q_dim = bs.num_heads * bs.head_dim
             sd[p + "norm1.weight"], sd[p + "norm1.bias"] = sb.attn_layer_norm.sliced(E)
@@ -179,7 +183,22 @@ class AutoFormerSupernet(nn.Module):
         if self.arch.pre_norm:
             sd["norm.weight"], sd["norm.bias"] = self.norm.sliced(E)
         sd["head.weight"], sd["head.bias"] = self.head.sliced(E, self.arch.num_classes)
-        return spec, {k: v.detach().clone().contiguous() for k, v in sd.items()}
+        return SubnetState(spec, {k: v.detach().clone().contiguous() for k, v in sd.items()})
+
+    # --- the rest of the supernet protocol ----------------------------------------------------------------------
+    def param_count(self, cfg: AutoFormerConfig) -> int:
+        return self.official_param_count(cfg)
+
+    def no_weight_decay(self) -> set[str]:
+        """The relative-position tables (and, as usual, biases, norms, cls and pos) train without weight decay."""
+        return {n for n, p in self.named_parameters() if p.dim() <= 1 or "embeddings_table" in n
+                or n in ("cls_token", "pos_embed")}
+
+    def fixed(self, cfg: AutoFormerConfig, calib: Any = None) -> nn.Module:
+        return FixedConfig(self, self.check_config(cfg)).eval()
+
+    def meta(self) -> dict[str, Any]:
+        return {"family": FAMILY, "arch": self.arch.to_dict()}
 
     def official_param_count(self, cfg: AutoFormerConfig) -> int:
         """`get_sampled_params_numel` of the official code, by its own formula (sampled modules + E * (2 + patches)).
@@ -188,7 +207,7 @@ class AutoFormerSupernet(nn.Module):
         spec = self.dense_spec(cfg)
         E, total = cfg.embed_dim, 0
         total += E * self.arch.in_chans * self.arch.patch_size ** 2 + E
-        for bs in spec.blocks:
+        for bs in spec.body.blocks:
             q_dim = bs.num_heads * bs.head_dim
             total += 3 * q_dim * E + (3 * q_dim if bs.qkv_bias else 0) + q_dim * E + E + 4 * E
             total += 2 * E * bs.mlp_hidden + bs.mlp_hidden + E
@@ -199,13 +218,6 @@ class AutoFormerSupernet(nn.Module):
 
 
 # --- the official checkpoint format -------------------------------------------------------------------------
-BLOCK_KEYS = ("attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-              "attn.rel_pos_embed_k.embeddings_table_v", "attn.rel_pos_embed_k.embeddings_table_h",
-              "attn.rel_pos_embed_v.embeddings_table_v", "attn.rel_pos_embed_v.embeddings_table_h",
-              "attn_layer_norm.weight", "attn_layer_norm.bias", "ffn_layer_norm.weight", "ffn_layer_norm.bias",
-              "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
-
-
 def arch_from_state_dict(sd: dict[str, Tensor], change_qkv: bool = True, gp: bool = True,
                          pre_norm: bool = True, head_dim: int | None = None) -> AutoFormerArch:
     """Infer super sizes and R from tensor shapes; the three flags that weights cannot tell are explicit."""
@@ -237,16 +249,82 @@ def arch_from_state_dict(sd: dict[str, Tensor], change_qkv: bool = True, gp: boo
         relative_position=relative, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm)
 
 
-def check_state_dict(model: nn.Module, sd: dict[str, Tensor]) -> None:
-    """Raise CheckpointError listing every missing, unexpected and misshapen key."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    misshapen = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
-                       for k in set(expected) & set(sd) if tuple(sd[k].shape) != tuple(expected[k]))
-    problems = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
-                for name, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
-    if problems:
-        raise CheckpointError("checkpoint does not match an AutoFormer supernet: " + "; ".join(problems)
-                              + ". Check the file is an official AutoFormer supernet and the flags "
-                              "(--change-qkv/--pre-norm) match how it was trained")
+def space_for_arch(arch: AutoFormerArch) -> AutoFormerSpace | None:
+    """The registered space whose super sizes match a supernet (the official T/S/B checkpoints), if any."""
+    for name in SPACES:
+        s = SPACES.get(name)
+        if s.family == FAMILY and (s.super_embed_dim, s.super_depth, int(s.super_embed_dim * s.super_mlp_ratio),
+                                   s.img_size, s.patch_size, s.num_classes) == (
+                arch.embed_dim, arch.depth, arch.mlp_hidden, arch.img_size, arch.patch_size, arch.num_classes):
+            return s
+    return None
+
+
+# --- the family ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AutoFormerImportOptions:
+    """What the official weights cannot tell (official runs: all on; head dim 64 unless the tables say otherwise)."""
+
+    change_qkv: bool = True
+    gp: bool = True
+    pre_norm: bool = True
+    head_dim: int | None = None
+
+
+class AutoFormerFamily:
+    name = FAMILY
+    config_type = AutoFormerConfig
+    space_type = AutoFormerSpace
+    import_options = AutoFormerImportOptions
+    train_rule = "sandwich"
+    tiny_space = "autoformer-tiny"
+    default_space = "autoformer-tiny"
+
+    def config_from_dict(self, obj: Any) -> AutoFormerConfig:
+        return AutoFormerConfig.from_dict(obj)
+
+    def space_from_dict(self, obj: Any, name: str | None = None) -> AutoFormerSpace:
+        return AutoFormerSpace.from_dict(obj, name=name)
+
+    def claims(self, state_dict: dict[str, Tensor]) -> bool:
+        """Whether a state dict has the official AutoFormer layout (for --checkpoint without --family)."""
+        return "patch_embed_super.proj.weight" in state_dict
+
+    def from_checkpoint(self, obj: Any, options: AutoFormerImportOptions, source: str = "checkpoint"
+                        ) -> tuple["AutoFormerSupernet", AutoFormerSpace | None]:
+        sd = extract_state_dict(obj, source)
+        arch = arch_from_state_dict(sd, change_qkv=options.change_qkv, gp=options.gp, pre_norm=options.pre_norm,
+                                    head_dim=options.head_dim)
+        model = AutoFormerSupernet(arch)
+        check_state_dict(model, sd, FAMILY, "check the file is an official AutoFormer supernet and the import "
+                                            "options (change_qkv, pre_norm) match how it was trained")
+        model.load_state_dict(sd, strict=True)
+        return model.eval(), space_for_arch(arch)
+
+    def load_official(self, path: Any, options: AutoFormerImportOptions) -> tuple["AutoFormerSupernet", Any]:
+        """An official checkpoint (.pth/.pth.tar with {'model': ...}, or safetensors)."""
+        return self.from_checkpoint(read_checkpoint(path), options, str(path))
+
+    def build_supernet(self, space: AutoFormerSpace, seed: int | None = 0) -> "AutoFormerSupernet":
+        model = AutoFormerSupernet(AutoFormerArch.from_space(space))
+        model.reset_parameters(torch.Generator().manual_seed(seed or 0))
+        return model.eval()
+
+    def supernet_from_meta(self, meta: dict[str, Any]) -> "AutoFormerSupernet":
+        return AutoFormerSupernet(AutoFormerArch.from_dict(meta["arch"]))
+
+    def cost_features(self, space: AutoFormerSpace, cfg: AutoFormerConfig) -> dict[str, float]:
+        """Per-image MACs (in millions) of the GEMMs and attention maps, and the per-layer counts."""
+        n = (space.img_size // space.patch_size) ** 2 + 1
+        e, d = cfg.embed_dim, cfg.depth
+        qkv = [h * space.head_dim for h in cfg.num_heads]
+        return {"const": 1.0, "depth": float(d), "embed_x_depth": float(e * d),
+                "attn_macs": sum(n * e * 4 * q for q in qkv) / 1e6,  # qkv + proj
+                "mlp_macs": sum(2 * n * e * int(e * r) for r in cfg.mlp_ratio) / 1e6,
+                "attn_map": sum(2 * n * n * q for q in qkv) / 1e6}  # q k^T and attn v
+
+    def tolerances(self) -> dict:
+        return {}
+
+
+FAMILIES.register(FAMILY, AutoFormerFamily())

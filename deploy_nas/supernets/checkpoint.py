@@ -71,3 +71,16 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def check_state_dict(model: Any, sd: dict[str, torch.Tensor], family: str, hint: str) -> None:
+    """Raise CheckpointError listing every missing, unexpected and misshapen key of `sd` against `model`."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    misshapen = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
+                       for k in set(expected) & set(sd) if tuple(sd[k].shape) != tuple(expected[k]))
+    problems = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
+                for name, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
+    if problems:
+        raise CheckpointError(f"checkpoint does not match a {family} supernet: " + "; ".join(problems) + f". {hint}")

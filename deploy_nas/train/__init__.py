@@ -1,72 +1,72 @@
-"""Supernet training with the sandwich rule, family-agnostic over `supernet(x, cfg)` + `space.sample(rng, kind)`.
+"""Supernet training, family-agnostic over `supernet(x, cfg)`, `space.sample(rng, kind)` and the supernet protocol.
 
-Each step trains the max subnet on the labels, then the min subnet and `num_random` random subnets on the labels
-mixed with the max subnet's (detached) predictions (in-place distillation, BigNAS style). Optionally NASViT's
-gradient projection combines, per parameter tensor, the gradient of the subnets g_sub with that of the max subnet
-g_s as `(1 + a) g_sub + g_s` with `a = clamp(-<g_sub, g_s> / |g_sub|^2, 0, 2)`, from a chosen epoch on.
-AdamW with linear warm-up then cosine decay per step; optional EMA of the weights; checkpoint + resume.
-
-Data-parallel: every rank draws the same subnets (one seeded RNG per step), takes its equal slice of the same
-global batch, and gradients are averaged with all-reduce before the update, so every rank holds the same weights
-and they equal what one process computes on the global batch. (LayerNorm only: nothing to synchronise but grads.)
+Each family names its training rule (`Family.train_rule`), a key of `TRAIN_RULES`: `sandwich` (AutoFormer, NASViT,
+S3; `train/sandwich.py`). A rule is a trainer class `(supernet, space, TrainConfig, World)` with `fit`, `evaluate`,
+`save` and `resume`; `train_supernet` is the workflow the CLI calls.
 """
 from __future__ import annotations
 
 import math
-import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError
+from deploy_nas.registry import Registry
 
 STATE_FILE = "train_state.pt"
 
 
+def _load_rules() -> None:
+    import deploy_nas.train.sandwich  # noqa: F401  (registers "sandwich")
+
+
+TRAIN_RULES: Registry[type] = Registry("training rule", DeployNASError, loader=_load_rules)
+
+
+def _opt(default: Any, help: str = "") -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64  # global batch, split evenly across ranks
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    num_random: int = 2  # random subnets per step besides max and min
-    distill: bool = True  # smaller subnets learn the max subnet's predictions ...
-    distill_weight: float = 0.5  # ... mixed with the labels: (1 - w) CE + w KL (a pure KL target stalls early
-    #                              training on small data, when the max subnet's predictions are still near-uniform)
-    label_smoothing: float = 0.1
-    grad_projection: bool = False
-    projection_from_epoch: int = 0
-    ema_decay: float | None = None
-    clip_grad: float | None = 5.0
-    seed: int = 0
-    max_steps: int | None = None  # stop early (tests, smoke runs)
-    shift: int = 0  # augmentation: random translation by up to this many pixels (zero padding)
-    save_state: bool = True  # write train_state.pt next to the weights (needed to resume)
-    device: str = "cpu"  # "cuda": this rank's current CUDA device (torchrun: cuda:LOCAL_RANK, NCCL)
+    """How to train a supernet; each field is also a `deploy-nas train` option (`--batch-size` for batch_size)."""
+
+    epochs: int = _opt(30)
+    batch_size: int = _opt(64, "global batch, split evenly across ranks")
+    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
+    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine decay")
+    weight_decay: float = _opt(0.05)
+    warmup_epochs: float = _opt(2.0)
+    num_random: int = _opt(2, "random subnets per step besides max and min")
+    # smaller subnets learn the max subnet's predictions mixed with the labels: (1 - w) CE + w KL (a pure KL
+    # target stalls early training on small data, when the max subnet's predictions are still near-uniform)
+    distill: bool = _opt(True, "in-place distillation from the max subnet")
+    distill_weight: float = _opt(0.5, "w in (1 - w) CE + w KL(max || sub)")
+    label_smoothing: float = _opt(0.1)
+    grad_projection: bool = _opt(False, "NASViT's gradient projection")
+    projection_from_epoch: int = _opt(0)
+    ema_decay: float | None = _opt(None, "keep an EMA of the weights (saved instead of the raw weights)")
+    clip_grad: float | None = _opt(5.0)
+    seed: int = _opt(0)
+    max_steps: int | None = _opt(None, "stop after this many steps (smoke runs)")
+    shift: int = _opt(0, "augmentation: random translation by up to this many pixels")
+    save_state: bool = _opt(True, "keep train_state.pt beside the weights (needed by --resume)")
+    device: str = _opt("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
 
     def validate(self) -> "TrainConfig":
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.num_random < 0:
-            raise DeployNASError(f"bad training config {asdict(self)}: epochs, batch_size >= 1, lr > 0, "
-                                 "num_random >= 0")
+        bad = [name for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                                     ("lr", self.lr > 0), ("min_lr", 0 <= self.min_lr <= self.lr),
+                                     ("num_random", self.num_random >= 0), ("distill_weight", 0 <= self.distill_weight <= 1),
+                                     ("warmup_epochs", self.warmup_epochs >= 0), ("shift", self.shift >= 0),
+                                     ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
+                                     ("max_steps", self.max_steps is None or self.max_steps >= 1)) if not ok]
+        if bad:
+            raise DeployNASError(f"training config out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
         return self
-
-
-def resolve_device(device: str) -> torch.device:
-    """"cuda" means this process's current CUDA device (the one torchrun's LOCAL_RANK selected)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeployNASError(f"--device {device}: torch.cuda.is_available() is False; train with --device cpu")
-        return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
-    return dev
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -75,16 +75,6 @@ def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _grads(model: nn.Module) -> list[torch.Tensor]:
-    """Each parameter's gradient (zeros where a subnet did not touch it), in parameter order."""
-    out = []
-    for p in model.parameters():
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        out.append(p.grad)
-    return out
 
 
 def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
@@ -96,173 +86,22 @@ def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
     return (1 + a) * g_sub + g_s
 
 
-class SandwichTrainer:
-    def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: World | None = None):
-        self.device = resolve_device(config.device)
-        self.model, self.space, self.config = supernet.to(self.device), space, config.validate()
-        self.world = world or World()
-        if config.batch_size % self.world.size:
-            raise DeployNASError(f"batch size {config.batch_size} does not split evenly over {self.world.size} "
-                                 "ranks; pick a multiple of the world size")
-        decay = [p for n, p in supernet.named_parameters() if p.dim() > 1 and "embeddings_table" not in n]
-        no_decay = [p for n, p in supernet.named_parameters() if not (p.dim() > 1 and "embeddings_table" not in n)]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-        self.ema = ({k: v.detach().clone() for k, v in supernet.state_dict().items()}
-                    if config.ema_decay else None)
-        self.step_count, self.epoch = 0, 0
+def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resume: bool = False,
+                   data: dict[str, Any] | None = None, log: Callable[[dict], None] = lambda row: None) -> dict:
+    """Build the family's supernet for `space` (seeded), train it with the family's rule into `out` (a supernet
+    directory, written after every epoch), and return {"history", "test_top1"}. Runs under torchrun too."""
+    from deploy_nas.data import digits_splits
 
-    # --------------------------------------------------------------------------------------------- one step
-    def configs_for_step(self, step: int) -> list[Any]:
-        rng = random.Random(self.config.seed * 1_000_003 + step)  # the same draw on every rank
-        return ([self.space.sample(rng, "max"), self.space.sample(rng, "min")]
-                + [self.space.sample(rng) for _ in range(self.config.num_random)])
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random shifts drawn for the whole global batch from (seed, step), this rank's slice applied: the same
-        images get the same shifts whatever the number of ranks."""
-        s = self.config.shift
-        if not s:
-            return x
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count + 17)
-        offsets = torch.randint(0, 2 * s + 1, (self.config.batch_size, 2), generator=g)
-        per = self.config.batch_size // self.world.size
-        offsets = offsets[self.world.rank * per:self.world.rank * per + len(x)]
-        padded = F.pad(x, (s, s, s, s))
-        h, w = x.shape[-2:]
-        return torch.stack([p[:, i:i + h, j:j + w] for p, (i, j) in zip(padded, offsets.tolist())])
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, total_steps: int, steps_per_epoch: int) -> dict:
-        """One sandwich step on this rank's slice (x, y) of the global batch."""
-        c, model = self.config, self.model
-        model.train()
-        x, y = self.augment(x).to(self.device), y.to(self.device)
-        configs = self.configs_for_step(self.step_count)
-        projection = c.grad_projection and self.epoch >= c.projection_from_epoch
-        self.optimizer.zero_grad(set_to_none=False)
-        logits = model(x, configs[0])
-        loss_max = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-        loss_max.backward()
-        if projection:
-            g_s = [g.clone() for g in _grads(model)]
-            self.optimizer.zero_grad(set_to_none=False)
-        teacher = logits.detach().softmax(-1)
-        sub_losses = []
-        for cfg in configs[1:]:
-            out = model(x, cfg)
-            loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
-            if c.distill:
-                kl = F.kl_div(out.log_softmax(-1), teacher, reduction="batchmean")
-                loss = (1 - c.distill_weight) * loss + c.distill_weight * kl
-            loss.backward()
-            sub_losses.append(float(loss.detach()))
-        grads = _grads(model)
-        if projection:
-            self.world.mean_(g_s)
-            self.world.mean_(grads)
-            for g, gs in zip(grads, g_s):
-                g.copy_(project(g, gs))
-        else:
-            self.world.mean_(grads)
-        if c.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
-        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    self.ema[k].mul_(c.ema_decay).add_(v.detach(), alpha=1 - c.ema_decay)
-        self.step_count += 1
-        return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0, "lr": lr}
-
-    # ------------------------------------------------------------------------------------------------ loops
-    def batches(self, n: int, epoch: int) -> list[np.ndarray]:
-        """This rank's index slices of each full global batch of the epoch (a seeded shuffle, same on all ranks)."""
-        order = np.random.default_rng(self.config.seed + 7919 * epoch).permutation(n)
-        b, per = self.config.batch_size, self.config.batch_size // self.world.size
-        return [order[i:i + b][self.world.rank * per:(self.world.rank + 1) * per] for i in range(0, n - b + 1, b)]
-
-    def fit(self, train: Any, val: Any | None = None, out: str | Path | None = None,
-            log: Callable[[dict], None] = lambda row: None) -> list[dict]:
-        """Train for the configured epochs (from where a resumed state left off); returns one row per epoch."""
-        c = self.config
-        x_all, y_all = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-        steps_per_epoch = len(x_all) // c.batch_size
-        if steps_per_epoch == 0:
-            raise DeployNASError(f"{len(x_all)} training images < one batch of {c.batch_size}")
-        total = c.epochs * steps_per_epoch
-        history = []
-        while self.epoch < c.epochs:
-            losses = []
-            for idx in self.batches(len(x_all), self.epoch):
-                if c.max_steps is not None and self.step_count >= c.max_steps:
-                    break
-                losses.append(self.train_step(x_all[idx], y_all[idx], total, steps_per_epoch))
-            self.epoch += 1
-            row = {"epoch": self.epoch, "steps": self.step_count,
-                   "loss_max": float(np.mean([r["loss_max"] for r in losses])) if losses else None,
-                   "loss_sub": float(np.mean([r["loss_sub"] for r in losses])) if losses else None}
-            if val is not None:
-                row.update({f"val_top1_{k}": v for k, v in self.evaluate(val).items()})
-            history.append(row)
-            log(row)
-            if out is not None and self.world.rank == 0:
-                self.save(out)
-            if c.max_steps is not None and self.step_count >= c.max_steps:
-                break
-        return history
-
-    @torch.no_grad()
-    def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
-        """Top-1 of the max/min subnets (EMA weights when kept)."""
-        model = self.model
-        saved = None
-        if self.ema is not None:
-            saved = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(self.ema)
-        model.eval()
-        result = {}
-        for kind in kinds:
-            cfg = self.space.sample(random.Random(0), kind)
-            correct = 0
-            for xb, yb in split.batches(batch):
-                correct += int((model(torch.from_numpy(xb).to(self.device), cfg).argmax(-1).cpu().numpy() == yb).sum())
-            result[kind] = correct / len(split)
-        if saved is not None:
-            model.load_state_dict(saved)
-        return result
-
-    # ------------------------------------------------------------------------------------------- checkpoints
-    def save(self, out: str | Path) -> None:
-        """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from."""
-        from deploy_nas.io import atomic_file
-        from deploy_nas.supernets import save_supernet
-
-        out = Path(out)
-        weights = type(self.model)(self.model.arch)  # a CPU copy: what the supernet directory holds
-        weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
-        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
-                      force=True)
-        if not self.config.save_state:
-            return
-        state = {"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                 "model": self.model.state_dict(), "ema": self.ema}
-        with atomic_file(out / STATE_FILE) as tmp:
-            torch.save(state, tmp)
-
-    def resume(self, out: str | Path) -> bool:
-        """Load the state `save` wrote into `out`; False when there is none."""
-        path = Path(out) / STATE_FILE
-        if not path.is_file():
-            return False
-        state = torch.load(path, weights_only=True, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
-        self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
-        return True
+    torch.manual_seed(config.seed)
+    world = World()
+    trainer = TRAIN_RULES.get(family.train_rule)(family.build_supernet(space, config.seed), space, config, world)
+    if resume and trainer.resume(out):
+        log({"resumed_from": str(out), "epoch": trainer.epoch})
+    data = data or digits_splits(space.img_size, space.in_chans, seed=0)
+    history = trainer.fit(data["train"], data["val"], out, log=log)
+    result = {"history": history, "test_top1": trainer.evaluate(data["test"])}
+    log({"test_top1": result["test_top1"]})
+    return result
 
 
-__all__ = ["TrainConfig", "SandwichTrainer", "World", "lr_at", "project"]
+__all__ = ["STATE_FILE", "TRAIN_RULES", "TrainConfig", "World", "lr_at", "project", "train_supernet"]

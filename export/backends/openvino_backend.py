@@ -247,11 +247,11 @@ def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict
     """model.xml/.bin + build.json in `out`, replaced as a whole."""
     import openvino as ov
 
-    from deploy_nas.export.files import artifact_dir, write_json_atomic
+    from deploy_nas.io import atomic_dir, write_json_atomic
     from deploy_nas.export.report import versions
     from deploy_nas.io import sha256_file
 
-    with artifact_dir(out) as tmp:
+    with atomic_dir(out, force=True) as tmp:
         ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         write_json_atomic(tmp / BUILD_JSON, {

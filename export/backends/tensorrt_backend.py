@@ -199,11 +199,11 @@ class TensorRTBackend(Backend):
 def save_engine(plan: bytes, cache: bytes, cache_path: Path, out: Path, config: BuildConfig,
                 meta: dict[str, Any]) -> None:
     """model.engine + build.json (one directory, replaced atomically) and the shared timing cache."""
-    from deploy_nas.export.files import artifact_dir, write_bytes_atomic, write_json_atomic
+    from deploy_nas.io import atomic_dir, write_bytes_atomic, write_json_atomic
     from deploy_nas.export.report import versions
     from deploy_nas.io import sha256_file
 
-    with artifact_dir(out) as tmp:
+    with atomic_dir(out, force=True) as tmp:
         (tmp / ENGINE_FILE).write_bytes(plan)
         write_json_atomic(tmp / BUILD_JSON, {"backend": "tensorrt", "precision": config.precision,
                                              "config": config.to_dict(), "engine_sha256": sha256_file(tmp / ENGINE_FILE),

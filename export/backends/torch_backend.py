@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy_nas.errors import BackendUnavailable, ExportError
+from deploy_nas.devices import resolve_device
+from deploy_nas.errors import ExportError
 from deploy_nas.export.backends.base import Backend, BuildConfig, Engine
 from deploy_nas.export.backends.runner import Runner
 
@@ -40,13 +41,6 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def resolve_device(device: str | None) -> torch.device:
-    dev = torch.device(device or "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable(f"device {dev} asked for but torch.cuda.is_available() is False; use device 'cpu'")
-    return dev
 
 
 class TorchEngine(Engine):

@@ -30,7 +30,7 @@ def test_extract_default_supernet_then_info(tmp_path):
     r = run("extract", "--config", cfg, "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     model = load_dense(tmp_path / "out")
-    assert [b.num_heads for b in model.spec.blocks] == [2, 3, 4]
+    assert [b.num_heads for b in model.spec.body.blocks] == [2, 3, 4]
     r = run("info", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "params" in r.stdout and "GMAC" in r.stdout and "head dim" in r.stdout
@@ -48,7 +48,7 @@ def test_extract_official_checkpoint_with_official_yaml_config(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     from deploy_nas.spaces import load_config
     with torch.no_grad():
-        assert (load_dense(tmp_path / "s")(x) - supernet(x, load_config(sub))).abs().max() <= 1e-5
+        assert (load_dense(tmp_path / "s")(x) - supernet(x, load_config(sub, "autoformer"))).abs().max() <= 1e-5
 
 
 def _bad_checkpoint(tmp_path: Path) -> Path:

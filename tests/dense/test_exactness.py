@@ -34,7 +34,7 @@ def test_real_T_space_min_max_preset_and_50_random(tmp_path):
     space = SPACES.get("autoformer-T")
     supernet = make_supernet(space, seed=1)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    configs = seeded_configs(space, 50, seed=1) + [PRESETS.get("autoformer-t")]
+    configs = seeded_configs(space, 50, seed=1) + [PRESETS.get("autoformer-t").config]
     errors = [_max_abs_error(supernet, cfg, x, tmp_path) for cfg in configs]
     WORST["T"] = max(errors)
     print(f"\nautoformer-T (real sizes): {len(errors)} configs, worst max abs error {max(errors):.3g}")
@@ -55,7 +55,7 @@ def test_narrow_spaces_min_max_and_50_random(name, tmp_path):
 def test_published_presets_on_narrowed_supernets(preset, tmp_path):
     space = narrow_space({"autoformer-s": "autoformer-S", "autoformer-b": "autoformer-B"}[preset])
     supernet = make_supernet(space, seed=3)
-    cfg = PRESETS.get(preset)
+    cfg = PRESETS.get(preset).config
     # Same depth/heads/ratios as published, embed dim narrowed like the space.
     cfg = type(cfg)(cfg.depth, cfg.embed_dim // 8, cfg.mlp_ratio, cfg.num_heads)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -97,4 +97,4 @@ def test_roundtrip_is_bit_identical(tiny_supernet, tiny_space, tmp_path):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(dense(x), again(x))
-    assert again.spec.blocks[0].attn_scale == dense.spec.blocks[0].attn_scale
+    assert again.spec.body.blocks[0].attn_scale == dense.spec.body.blocks[0].attn_scale

@@ -11,8 +11,8 @@ from deploy_nas.export.backends.torch_backend import TorchEngine, ieee_fp32
 from deploy_nas.export.parity import check_parity
 from deploy_nas.kernels import relpos
 from deploy_nas.materialize import materialize
-from deploy_nas.spaces import PRESET_SPACE, PRESETS, SPACES
-from deploy_nas.supernets import AutoFormerArch, AutoFormerSupernet
+from deploy_nas.spaces import PRESETS, SPACES
+from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -36,8 +36,8 @@ def test_relpos_fast_forms_on_cuda_equal_the_cpu_reference(grid, R):
 
 @pytest.mark.parametrize("preset", ["autoformer-t", "autoformer-s"])
 def test_supernet_and_dense_model_on_cuda_match_the_cpu_at_224px(preset):
-    cfg = PRESETS.get(preset)
-    space = SPACES.get(PRESET_SPACE[preset])
+    cfg = PRESETS.get(preset).config
+    space = SPACES.get(PRESETS.get(preset).space)
     supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
     supernet.reset_parameters(torch.Generator().manual_seed(0))
     supernet.eval()

@@ -14,20 +14,22 @@ import pytest
 
 from deploy_nas.search import InfeasibleBudget, Search, SearchConstraints, SearchSetup, pareto_front
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
-from deploy_nas.search.predictor import LatencyPredictor, features, kendall_tau, mape
+from deploy_nas.family import FAMILIES
+from deploy_nas.search.predictor import LatencyPredictor, kendall_tau, mape
 from deploy_nas.spaces import SPACES
 from deploy_nas.supernets import default_supernet
 from tests.cli.test_extract_info import EXE, run
 
 SPACE = SPACES.get("autoformer-tiny")
+COSTS = FAMILIES.get("autoformer").cost_features
 
 
 def test_predictor_recovers_a_linear_cost_model_and_scores_itself():
     rng = random.Random(0)
     cfgs = [SPACE.sample(rng) for _ in range(40)]
     true = np.array([0.2, 0.05, 0.001, 0.3, 0.1, 0.02])
-    ms = [float(features(c, SPACE) @ true) for c in cfgs]
-    p = LatencyPredictor(SPACE).fit(cfgs[:30], ms[:30])
+    ms = [float(np.array(list(COSTS(SPACE, c).values())) @ true) for c in cfgs]
+    p = LatencyPredictor(SPACE, COSTS).fit(cfgs[:30], ms[:30])
     q = p.validate(cfgs[30:], ms[30:])
     assert q["kendall_tau"] == pytest.approx(1.0) and q["mape_percent"] < 1e-6
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0) and mape([110], [100]) == pytest.approx(10.0)
@@ -40,7 +42,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def _evolution(generations: int, seed: int = 0) -> Evolution:
-    cost = LatencyPredictor(SPACE, coef=np.array([0, 0, 0, 1.0, 1.0, 1.0]))
+    cost = LatencyPredictor(SPACE, COSTS, coef=np.array([0, 0, 0, 1.0, 1.0, 1.0]))
     budget = cost(SPACE.sample(None, "max")) * 0.6
     fitness = lambda c: sum(c.num_heads) + c.embed_dim / 16 + sum(c.mlp_ratio)  # noqa: E731 (deterministic)
     evo = Evolution(SPACE, fitness, lambda c: cost(c) <= budget,
@@ -99,7 +101,7 @@ def test_search_writes_best_pareto_and_log(tmp_path, torch_latency):
         population=8, parents=3, mutations=4, crossovers=4, generations=2))
     search = Search(supernet, space, data, torch_latency, SearchConstraints(1e9), setup, log=lambda m: None)
     result = search.run(tmp_path / "s")
-    best = load_config(json.loads((tmp_path / "s" / "best.json").read_text()), "autoformer")
+    best = load_config(json.loads((tmp_path / "s" / "best.json").read_text()))
     space.validate(best)
     assert best.to_dict() == result["evolution"]["winner"]["config"]
     assert result["random"]["evaluated"] == result["evolution"]["evaluated"]

@@ -9,20 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploy_nas.errors import InvalidSubnetConfig
-from deploy_nas.spaces import PRESET_SPACE, PRESETS, SPACES, AutoFormerConfig, load_config, load_space
+from deploy_nas.spaces import PRESETS, SPACES, load_config, load_space
+from deploy_nas.spaces.autoformer import AutoFormerConfig
 from tests.conftest import OFFICIAL
 
 
 @pytest.mark.parametrize("letter", ["T", "S", "B"])
 def test_official_subnet_yaml_equals_preset_and_validates(letter):
-    cfg = load_config(OFFICIAL / "autoformer" / f"AutoFormer-{letter}.yaml")
-    assert cfg == PRESETS.get(f"autoformer-{letter.lower()}")
+    cfg = load_config(OFFICIAL / "autoformer" / f"AutoFormer-{letter}.yaml", "autoformer")
+    assert cfg == PRESETS.get(f"autoformer-{letter.lower()}").config
     SPACES.get(f"autoformer-{letter}").validate(cfg)
 
 
 @pytest.mark.parametrize("letter", ["T", "S", "B"])
 def test_official_supernet_yaml_gives_the_space(letter):
-    space = load_space(str(OFFICIAL / "autoformer" / f"supernet-{letter}.yaml"))
+    space = load_space(str(OFFICIAL / "autoformer" / f"supernet-{letter}.yaml"), "autoformer")
     ours = SPACES.get(f"autoformer-{letter}")
     assert (space.super_embed_dim, space.super_depth, space.super_num_heads) == \
         (ours.super_embed_dim, ours.super_depth, ours.super_num_heads)
@@ -31,20 +32,20 @@ def test_official_supernet_yaml_gives_the_space(letter):
 
 
 def test_published_T_uses_ratio_3_outside_the_strict_official_yaml_space():
-    strict = load_space(str(OFFICIAL / "autoformer" / "supernet-T.yaml"))
+    strict = load_space(str(OFFICIAL / "autoformer" / "supernet-T.yaml"), "autoformer")
     with pytest.raises(InvalidSubnetConfig, match=r"mlp_ratio\[2\] = 3.0 .*allowed: 3.5, 4.0"):
-        strict.validate(PRESETS.get("autoformer-t"))
+        strict.validate(PRESETS.get("autoformer-t").config)
 
 
 def test_official_dict_form_with_padded_lists():
     # The set_sample_config dict, with lists padded to the max depth as NNI does.
     obj = {"layer_num": 12, "embed_dim": [192] * 14, "mlp_ratio": [3.5] * 14, "num_heads": [3] * 14}
-    cfg = load_config(obj)
+    cfg = load_config(obj, "autoformer")
     assert cfg.depth == 12 and len(cfg.mlp_ratio) == 12 and cfg.to_official()["embed_dim"] == [192] * 12
 
 
 def test_canonical_json_roundtrip_and_stable_id(tmp_path):
-    cfg = PRESETS.get("autoformer-s")
+    cfg = PRESETS.get("autoformer-s").config
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     again = load_config(path)
@@ -59,7 +60,7 @@ def test_canonical_json_roundtrip_and_stable_id(tmp_path):
     (dict(num_heads=[3] * 12 + [5]), r"num_heads\[12\] = 5 .*allowed: 3, 4"),
 ])
 def test_validation_names_field_value_and_allowed_set(mutate, match):
-    d = {**PRESETS.get("autoformer-t").to_dict(), **mutate}
+    d = {**PRESETS.get("autoformer-t").config.to_dict(), **mutate}
     with pytest.raises(InvalidSubnetConfig, match=match):
         SPACES.get("autoformer-T").validate(AutoFormerConfig.from_dict(d))
 
@@ -76,7 +77,7 @@ def test_validation_names_field_value_and_allowed_set(mutate, match):
 ])
 def test_malformed_configs_raise_typed_errors(obj, match):
     with pytest.raises(InvalidSubnetConfig, match=match):
-        load_config(obj)
+        load_config(obj, "autoformer")
 
 
 def test_unknown_preset_or_missing_file_and_bad_yaml(tmp_path):
@@ -85,14 +86,14 @@ def test_unknown_preset_or_missing_file_and_bad_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
     with pytest.raises(InvalidSubnetConfig, match="not valid YAML"):
-        load_config(bad)
+        load_config(bad, "autoformer")
 
 
 def test_yaml_is_read_with_safe_load(tmp_path):
     evil = tmp_path / "evil.yaml"
     evil.write_text("!!python/object/apply:os.system ['touch " + str(tmp_path / "pwned") + "']\n")
     with pytest.raises(InvalidSubnetConfig):
-        load_config(evil)
+        load_config(evil, "autoformer")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -128,8 +129,9 @@ def test_crossover_refuses_unequal_depths():
 def test_registries_refuse_duplicates_and_presets_map_to_spaces():
     with pytest.raises(ValueError, match="already registered"):
         SPACES.register("autoformer-T", SPACES.get("autoformer-T"))
-    for preset, space in PRESET_SPACE.items():
-        SPACES.get(space).validate(PRESETS.get(preset))
+    for name in PRESETS:
+        preset = PRESETS.get(name)
+        SPACES.get(preset.space).validate(preset.config)
 
 
 def test_space_json_roundtrip(tmp_path):

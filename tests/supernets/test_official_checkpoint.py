@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from deploy_nas import PRESETS, SPACES, load_official
 from deploy_nas.errors import CheckpointError
-from deploy_nas.supernets import load_supernet, space_for_arch
-from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet, arch_from_state_dict
+from deploy_nas.supernets import load_supernet
+from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet, arch_from_state_dict, space_for_arch
 from tests.conftest import make_supernet, narrow_space
 
 PUBLISHED_M = {"autoformer-t": (5.8, 5_867_944), "autoformer-s": (22.9, 22_891_432), "autoformer-b": (53.7, 53_691_688)}
@@ -36,7 +36,7 @@ def test_loads_official_file_with_pickled_namespace(narrow_s, tmp_path):
     path = _official_file(narrow_s, tmp_path / "supernet.pth")
     with pytest.raises(Exception):  # plain weights_only loading refuses the Namespace...
         torch.load(path, weights_only=True)
-    loaded = load_official(path)  # ...we read the tensors without executing anything
+    loaded, _ = load_official(path)  # ...we read the tensors without executing anything
     assert loaded.arch == narrow_s.arch
     cfg = narrow_space("autoformer-S").sample(__import__("random").Random(0))
     x = torch.randn(2, 3, 32, 32)
@@ -58,8 +58,8 @@ def test_infers_sizes_and_R_from_shapes(narrow_s):
 def test_real_T_checkpoint_roundtrip_and_space_detection(tmp_path):
     space = SPACES.get("autoformer-T")
     model = AutoFormerSupernet(AutoFormerArch.from_space(space))
-    loaded = load_official(_official_file(model, tmp_path / "supernet-tiny.pth"))
-    assert space_for_arch(loaded.arch) == space
+    loaded, found = load_official(_official_file(model, tmp_path / "supernet-tiny.pth"))
+    assert space_for_arch(loaded.arch) == space == found
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
@@ -68,7 +68,7 @@ def test_ddp_prefix_state_dict_and_safetensors(narrow_s, tmp_path):
     torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "ddp.pth")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
     for path in (tmp_path / "ddp.pth", tmp_path / "w.safetensors"):
-        assert load_official(path).arch == narrow_s.arch
+        assert load_official(path)[0].arch == narrow_s.arch
 
 
 @pytest.mark.parametrize("preset", sorted(PUBLISHED_M))
@@ -77,10 +77,10 @@ def test_dense_params_of_published_presets_match_official_count(preset):
     with torch.device("meta"):  # real T/S/B sizes without allocating 80M parameters
         supernet = AutoFormerSupernet(AutoFormerArch.from_space(SPACES.get(f"autoformer-{letter}")))
         from deploy_nas.dense import VisionTransformer
-        dense = VisionTransformer(supernet.dense_spec(PRESETS.get(preset)))
+        dense = VisionTransformer(supernet.dense_spec(PRESETS.get(preset).config))
     published_m, official = PUBLISHED_M[preset]
     n = sum(p.numel() for p in dense.parameters())
-    assert n == official == supernet.official_param_count(PRESETS.get(preset))
+    assert n == official == supernet.param_count(PRESETS.get(preset).config)
     assert abs(n / 1e6 - published_m) < 0.1  # the README rounds 5.868 down to 5.8, 22.891 up to 22.9
 
 

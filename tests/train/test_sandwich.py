@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from deploy_nas.data import Split, digits_splits
 from deploy_nas.supernets import default_supernet
-from deploy_nas.train import SandwichTrainer, TrainConfig, World, lr_at, project
+from deploy_nas.train import TrainConfig, World, lr_at, project
+from deploy_nas.train.sandwich import SandwichTrainer
 
 STEPS, GLOBAL_BATCH = 3, 16
 

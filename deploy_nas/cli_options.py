@@ -1,0 +1,162 @@
+"""The click plumbing of `deploy-nas`: the group that turns every error into one line, shared options, and options
+generated from the dataclasses the library takes (so a field and its option cannot drift apart)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from deploy_nas.errors import DeployNASError
+
+
+def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
+    """`command.main(...)` with every DeployNASError, and click's own usage errors, as one line `error: ...` and
+    their exit code (2 for bad input, 1 for a failed parity gate, 130 for an interrupt)."""
+    try:
+        return click.BaseCommand.main(command, *args, standalone_mode=False, **kwargs)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        click.echo(f"error: {one_line(err.format_message())}", err=True)
+        sys.exit(2)
+    except DeployNASError as err:
+        from deploy_nas.distributed import main_process
+
+        if main_process():  # under torchrun every rank fails alike; one says so
+            click.echo(f"error: {one_line(str(err))}", err=True)
+        sys.exit(err.exit_code)
+
+
+class OneLineErrors(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        return main_one_line(self, *args, **kwargs)
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def options(*decorators: Callable) -> Callable:
+    """Apply several click option decorators in the order given."""
+    return lambda fn: functools.reduce(lambda f, opt: opt(f), reversed(decorators), fn)
+
+
+class FamilyChoice(click.Choice):
+    """The registered families, looked up only when an option is parsed or help is shown."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def choices(self) -> list[str]:  # type: ignore[override]
+        from deploy_nas.family import FAMILIES
+
+        return FAMILIES.names()
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass
+
+
+def csv(cast: Callable[[str], Any] = str) -> Callable:
+    """A callback that turns "a,b" into a tuple of `cast` values."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> tuple:
+        try:
+            return tuple(cast(v.strip()) for v in str(value or "").split(",") if v.strip())
+        except ValueError as err:
+            raise click.BadParameter(f"{str(value)[:60]!r}: {err}") from err
+
+    return parse
+
+
+def pair(cast: Callable[[str], Any]) -> Callable:
+    """A callback for "LOW,HIGH"."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> tuple | None:
+        if value is None:
+            return None
+        parts = str(value).split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return tuple(cast(v) for v in parts)
+        except ValueError:
+            raise click.BadParameter(f"{str(value)[:60]!r}: expected LOW,HIGH") from None
+
+    return parse
+
+
+def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
+    """One option per field of the dataclass `cls`: `--batch-size` for batch_size (or the field's metadata "flag"),
+    bools as --x/--no-x, (a, b) tuples as "LOW,HIGH", no default = required, help from the metadata."""
+    hints, decorators = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        hint = hints[f.name]
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        extra: dict[str, Any] = {"help": f.metadata.get("help")}
+        if f.default is dataclasses.MISSING:
+            extra["required"] = True
+        else:
+            extra.update(default=f.default, show_default=f.default is not None)
+        if kind is bool:
+            decls = (f"{flag}/--no-{flag[2:]}",)
+        elif typing.get_origin(kind) is tuple:
+            decls, extra["callback"] = (flag,), pair(typing.get_args(kind)[0])
+            extra["metavar"] = "LOW,HIGH"
+        else:
+            decls, extra["type"] = (flag,), click.Path(path_type=Path) if kind is Path else kind
+        decorators.append(click.option(*decls, f.name, **extra))
+    return options(*decorators)
+
+
+family = click.option("--family", type=FamilyChoice(), default=None,
+                      help="Supernet family (default: the one the supernet or checkpoint belongs to).")
+threads = click.option("--threads", type=click.IntRange(min=1), default=None,
+                       help="CPU threads (default: the cores this process may use).")
+out_argument = click.argument("out", type=click.Path(path_type=Path))
+force = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                    help="A folder of images for the parity batch (default: the embedded test split).")
+batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=csv(int),
+                       help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
+runs = click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
+calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
+                     help="A folder of images to calibrate on (int8; BN families) (default: the embedded data).")
+supernet = options(
+    family,
+    click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                 help="Official checkpoint (.pth/.safetensors). Default: the embedded default supernet."),
+    click.option("--supernet", "supernet_dir", type=click.Path(path_type=Path), default=None,
+                 help="A supernet directory written by `deploy-nas train`."),
+    click.option("--space", default=None, help="Search space (registered name or file) to validate the config "
+                 "against. Default: the supernet's own, or the official space of its size."),
+    click.option("--import-option", "import_options", multiple=True, metavar="KEY=VALUE",
+                 help="An import option of the family (repeatable), e.g. change_qkv=false for AutoFormer."),
+    click.option("--change-qkv/--no-change-qkv", default=None, help="AutoFormer: = --import-option change_qkv=..."),
+    click.option("--gp/--no-gp", default=None, help="AutoFormer: = --import-option gp=..."),
+    click.option("--pre-norm/--no-pre-norm", default=None, help="AutoFormer: = --import-option pre_norm=..."),
+    click.option("--config", default=None, help="Preset name, min or max of the space, or a JSON/YAML config file "
+                 "(canonical, or the family's official form)."))
+ALIASES = ("change_qkv", "gp", "pre_norm")  # the import options with flags of their own
+
+
+def supernet_source(params: dict[str, Any]) -> Any:
+    """The SupernetSource of the `supernet` options (popped from `params`)."""
+    from deploy_nas.workflows import SupernetSource
+
+    aliases = {k: params.pop(k) for k in ALIASES}
+    return SupernetSource(params.pop("family"), params.pop("checkpoint"), params.pop("supernet_dir"),
+                          params.pop("space"), tuple(params.pop("import_options")), aliases)

@@ -1,0 +1,208 @@
+"""The sandwich rule (BigNAS / AutoFormer / NASViT): each step trains the max subnet on the labels, then the min
+subnet and `num_random` random subnets on the labels mixed with the max subnet's (detached) predictions (in-place
+distillation). Optionally NASViT's gradient projection combines, per parameter tensor, the gradient of the subnets
+g_sub with that of the max subnet g_s as `(1 + a) g_sub + g_s` with `a = clamp(-<g_sub, g_s> / |g_sub|^2, 0, 2)`,
+from a chosen epoch on. AdamW (no decay on `supernet.no_weight_decay()`) with linear warm-up then cosine decay per
+step; optional EMA of the weights; checkpoint + resume.
+
+Data-parallel: every rank draws the same subnets (one seeded RNG per step), takes its equal slice of the same
+global batch, and gradients are averaged with all-reduce before the update, so every rank holds the same weights
+and they equal what one process computes on the global batch.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deploy_nas.devices import resolve_device
+from deploy_nas.distributed import World
+from deploy_nas.evaluate import top1
+from deploy_nas.errors import DeployNASError
+from deploy_nas.train import STATE_FILE, TRAIN_RULES, TrainConfig, lr_at, project
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    """Each parameter's gradient (zeros where a subnet did not touch it), in parameter order."""
+    out = []
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        out.append(p.grad)
+    return out
+
+
+class SandwichTrainer:
+    def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: World | None = None):
+        self.device = resolve_device(config.device)
+        self.model, self.space, self.config = supernet.to(self.device), space, config.validate()
+        self.world = world or World()
+        if config.batch_size % self.world.size:
+            raise DeployNASError(f"batch size {config.batch_size} does not split evenly over {self.world.size} "
+                                 "ranks; pick a multiple of the world size")
+        skip = supernet.no_weight_decay()
+        decay = [p for n, p in supernet.named_parameters() if n not in skip]
+        no_decay = [p for n, p in supernet.named_parameters() if n in skip]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+        self.ema = ({k: v.detach().clone() for k, v in supernet.state_dict().items()}
+                    if config.ema_decay else None)
+        self.step_count, self.epoch = 0, 0
+
+    # --------------------------------------------------------------------------------------------- one step
+    def configs_for_step(self, step: int) -> list[Any]:
+        rng = random.Random(self.config.seed * 1_000_003 + step)  # the same draw on every rank
+        return ([self.space.sample(rng, "max"), self.space.sample(rng, "min")]
+                + [self.space.sample(rng) for _ in range(self.config.num_random)])
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random shifts drawn for the whole global batch from (seed, step), this rank's slice applied: the same
+        images get the same shifts whatever the number of ranks."""
+        s = self.config.shift
+        if not s:
+            return x
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count + 17)
+        offsets = torch.randint(0, 2 * s + 1, (self.config.batch_size, 2), generator=g)
+        per = self.config.batch_size // self.world.size
+        offsets = offsets[self.world.rank * per:self.world.rank * per + len(x)]
+        padded = F.pad(x, (s, s, s, s))
+        h, w = x.shape[-2:]
+        return torch.stack([p[:, i:i + h, j:j + w] for p, (i, j) in zip(padded, offsets.tolist())])
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, total_steps: int, steps_per_epoch: int) -> dict:
+        """One sandwich step on this rank's slice (x, y) of the global batch."""
+        c, model = self.config, self.model
+        model.train()
+        x, y = self.augment(x).to(self.device), y.to(self.device)
+        configs = self.configs_for_step(self.step_count)
+        projection = c.grad_projection and self.epoch >= c.projection_from_epoch
+        self.optimizer.zero_grad(set_to_none=False)
+        logits = model(x, configs[0])
+        loss_max = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
+        loss_max.backward()
+        if projection:
+            g_s = [g.clone() for g in _grads(model)]
+            self.optimizer.zero_grad(set_to_none=False)
+        teacher = logits.detach().softmax(-1)
+        sub_losses = []
+        for cfg in configs[1:]:
+            out = model(x, cfg)
+            loss = F.cross_entropy(out, y, label_smoothing=c.label_smoothing)
+            if c.distill:
+                kl = F.kl_div(out.log_softmax(-1), teacher, reduction="batchmean")
+                loss = (1 - c.distill_weight) * loss + c.distill_weight * kl
+            loss.backward()
+            sub_losses.append(float(loss.detach()))
+        grads = _grads(model)
+        if projection:
+            self.world.mean_(g_s)
+            self.world.mean_(grads)
+            for g, gs in zip(grads, g_s):
+                g.copy_(project(g, gs))
+        else:
+            self.world.mean_(grads)
+        if c.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
+        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    self.ema[k].mul_(c.ema_decay).add_(v.detach(), alpha=1 - c.ema_decay)
+        self.step_count += 1
+        return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0, "lr": lr}
+
+    # ------------------------------------------------------------------------------------------------ loops
+    def batches(self, n: int, epoch: int) -> list[np.ndarray]:
+        """This rank's index slices of each full global batch of the epoch (a seeded shuffle, same on all ranks)."""
+        order = np.random.default_rng(self.config.seed + 7919 * epoch).permutation(n)
+        b, per = self.config.batch_size, self.config.batch_size // self.world.size
+        return [order[i:i + b][self.world.rank * per:(self.world.rank + 1) * per] for i in range(0, n - b + 1, b)]
+
+    def fit(self, train: Any, val: Any | None = None, out: str | Path | None = None,
+            log: Callable[[dict], None] = lambda row: None) -> list[dict]:
+        """Train for the configured epochs (from where a resumed state left off); returns one row per epoch."""
+        c = self.config
+        x_all, y_all = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+        steps_per_epoch = len(x_all) // c.batch_size
+        if steps_per_epoch == 0:
+            raise DeployNASError(f"{len(x_all)} training images < one batch of {c.batch_size}")
+        total = c.epochs * steps_per_epoch
+        history = []
+        while self.epoch < c.epochs:
+            losses = []
+            for idx in self.batches(len(x_all), self.epoch):
+                if c.max_steps is not None and self.step_count >= c.max_steps:
+                    break
+                losses.append(self.train_step(x_all[idx], y_all[idx], total, steps_per_epoch))
+            self.epoch += 1
+            row = {"epoch": self.epoch, "steps": self.step_count,
+                   "loss_max": float(np.mean([r["loss_max"] for r in losses])) if losses else None,
+                   "loss_sub": float(np.mean([r["loss_sub"] for r in losses])) if losses else None}
+            if val is not None:
+                row.update({f"val_top1_{k}": v for k, v in self.evaluate(val).items()})
+            history.append(row)
+            log(row)
+            if out is not None and self.world.rank == 0:
+                self.save(out)
+            if c.max_steps is not None and self.step_count >= c.max_steps:
+                break
+        return history
+
+    @torch.no_grad()
+    def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
+        """Top-1 of the max/min subnets (EMA weights when kept)."""
+        model = self.model
+        saved = None
+        if self.ema is not None:
+            saved = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(self.ema)
+        result = {kind: top1(model.fixed(self.space.sample(random.Random(0), kind)), split, batch, self.device)
+                  for kind in kinds}
+        if saved is not None:
+            model.load_state_dict(saved)
+        return result
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def save(self, out: str | Path) -> None:
+        """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from."""
+        from deploy_nas.family import family_of
+        from deploy_nas.io import atomic_file
+        from deploy_nas.supernets import save_supernet
+
+        out = Path(out)
+        weights = family_of(self.model).supernet_from_meta(self.model.meta())  # a CPU copy for the directory
+        weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
+        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
+                      force=True)
+        if not self.config.save_state:
+            return
+        state = {"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                 "model": self.model.state_dict(), "ema": self.ema}
+        with atomic_file(out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self, out: str | Path) -> bool:
+        """Load the state `save` wrote into `out`; False when there is none."""
+        path = Path(out) / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, weights_only=True, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema = state["ema"]
+        self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+        return True
+
+
+
+
+TRAIN_RULES.register("sandwich", SandwichTrainer)
