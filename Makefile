@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: demo test install clean default-supernet
+.PHONY: demo test lint install clean default-supernet
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 # Rebuild the embedded default supernet shipped in deploy_nas/assets (about 3 min on 2 cores).
 default-supernet: $(STAMP)
-	$(PY) -m deploy_nas.train --space autoformer-tiny --epochs 80 --shift 1 --no-state --seed 0 \
+	$(PY) -m deploy_nas.train --space autoformer-tiny --epochs 80 --shift 1 --no-save-state --seed 0 \
 		--out deploy_nas/assets/default_supernet
 
 clean:

@@ -36,12 +36,12 @@ from deploy_nas.export.backends import default_threads
 from deploy_nas.export.backends.runner import Runner
 from deploy_nas.export.backends.torch_backend import torch_threads
 from deploy_nas.export.fps import measure_fps, mode_for_batch, runs_for_seconds
-from deploy_nas.export.pipeline import DENSE_DIR, build, export_to, parity_batch
 from deploy_nas.export.parity import check_parity
+from deploy_nas.export.pipeline import DENSE_DIR, build, export_to, parity_batch
 from deploy_nas.export.report import versions
 from deploy_nas.flops import count_flops
 from deploy_nas.materialize import materialize
-from deploy_nas.spaces import PRESETS, PRESET_SPACE, SPACES
+from deploy_nas.spaces import PRESET_SPACE, PRESETS, SPACES
 from deploy_nas.supernets import AutoFormerArch, AutoFormerSupernet
 
 ENGINES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"),
@@ -178,7 +178,8 @@ def bench_preset(preset: str, args: argparse.Namespace, work: Path) -> dict[str,
     for e in engines.values():
         if hasattr(e, "close"):
             e.close()
-    return {"preset": preset, "config": cfg.to_dict(), "macs": macs, "params": sum(p.numel() for p in dense.parameters()),
+    return {"preset": preset, "config": cfg.to_dict(), "macs": macs,
+            "params": sum(p.numel() for p in dense.parameters()),
             "onnx": {k: onnx_result.to_dict()[k] for k in ("exporter", "opset", "simplified", "nodes_after")},
             "parity": parity, "rows": rows, "benchmark_app": bapp}
 
@@ -211,7 +212,8 @@ def markdown(results: list[dict[str, Any]], peak: float, info: dict[str, Any]) -
     for res in results:
         lines = res["summary"]
         md += [f"### {res['preset']}: {res['params'] / 1e6:.2f}M params, {res['macs'] / 1e9:.3f} GMAC per image", "",
-               "| engine | precision | batch | mode | p50 ms | p90 ms | p99 ms | images/s | vs torch | GFLOP/s | of peak |",
+               "| engine | precision | batch | mode | p50 ms | p90 ms | p99 ms | images/s | vs torch | GFLOP/s "
+               "| of peak |",
                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in lines:
             md.append(f"| {s['backend']} | {s['precision']} | {s['batch']} | {s['mode']} | {s['p50_ms']:.2f} | "
@@ -221,8 +223,8 @@ def markdown(results: list[dict[str, Any]], peak: float, info: dict[str, Any]) -
         sup = next(s for s in lines if (s["backend"], s["batch"]) == ("supernet", 1))
         bapp = res["benchmark_app"]
         bapp_line = (f"- OpenVINO fp32 batch-1 p50 vs `benchmark_app -hint latency` median on the same IR, alternated "
-                     f"{len(bapp['rounds'])} times: " + ", ".join(f"{p['ours_p50_ms']:.2f}/{p['benchmark_app_median_ms']:.2f}"
-                                                                 for p in bapp["rounds"])
+                     f"{len(bapp['rounds'])} times: "
+                     + ", ".join(f"{p['ours_p50_ms']:.2f}/{p['benchmark_app_median_ms']:.2f}" for p in bapp["rounds"])
                      + f" ms; median ratio **{bapp['ratio']:.3f}**" if bapp else
                      "- benchmark_app: not run (threads differ from the usable cores, or it failed; see the log)")
         md += ["", f"- dense / supernet (batch 1 p50): {dense['p50_ms']:.2f} / {sup['p50_ms']:.2f} ms = "

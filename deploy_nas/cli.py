@@ -23,7 +23,8 @@ def _show(table: Any) -> None:
 @click.group(cls=opt.OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deploy-nas")
 def main() -> None:
-    """Deploy ViT-NAS subnets: supernet + config -> dense PyTorch -> ONNX -> OpenVINO / TensorRT, with parity and FPS."""
+    """Deploy ViT-NAS subnets: supernet + config -> dense PyTorch -> ONNX -> OpenVINO / TensorRT, with parity
+    and FPS."""
 
 
 @main.command()

@@ -6,8 +6,9 @@ import dataclasses
 import functools
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -18,7 +19,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     """`command.main(...)` with every DeployNASError, and click's own usage errors, as one line `error: ...` and
     their exit code (2 for bad input, 1 for a failed parity gate, 130 for an interrupt)."""
     try:
-        return click.BaseCommand.main(command, *args, standalone_mode=False, **kwargs)
+        return click.Command.main(command, *args, standalone_mode=False, **kwargs)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         sys.exit(130)

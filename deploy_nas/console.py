@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Steps:
         self.total, self.done, self.stream = total, 0, stream or sys.stdout
         self._bar: Any = None
 
-    def __enter__(self) -> "Steps":
+    def __enter__(self) -> Steps:
         if is_terminal(self.stream):
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

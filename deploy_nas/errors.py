@@ -49,3 +49,9 @@ class ParityError(DeployNASError):
     def __init__(self, message: str, result: Any = None):
         super().__init__(message)
         self.result = result
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short repr for messages: a value quoted from user input must never make an error longer than a line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"

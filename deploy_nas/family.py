@@ -16,8 +16,9 @@ import importlib
 import random
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -34,7 +35,7 @@ def load_builtin_families() -> None:
         importlib.import_module(module)
 
 
-FAMILIES: "Registry[Family]" = Registry("family", InvalidSubnetConfig, loader=load_builtin_families)
+FAMILIES: Registry[Family] = Registry("family", InvalidSubnetConfig, loader=load_builtin_families)
 
 
 # ------------------------------------------------------------------------------------------------- protocols
@@ -94,7 +95,7 @@ class Supernet(Protocol):
     def check_config(self, cfg: Any) -> SubnetConfig:
         """`cfg` if it fits inside this supernet; else InvalidSubnetConfig."""
 
-    def subnet_state(self, cfg: Any, calib: Any = None) -> "SubnetState":
+    def subnet_state(self, cfg: Any, calib: Any = None) -> SubnetState:
         """The dense spec, the sliced weights (fresh tensors) and the folds `materialize` applies to them."""
 
     def param_count(self, cfg: Any) -> int:
@@ -134,7 +135,7 @@ class Family(Protocol):
 
     def space_from_dict(self, obj: Any) -> SearchSpace: ...
 
-    def load_official(self, path: str | Path, options: Any) -> "tuple[Supernet, SearchSpace | None]": ...
+    def load_official(self, path: str | Path, options: Any) -> tuple[Supernet, SearchSpace | None]: ...
 
     def build_supernet(self, space: Any, seed: int | None = 0) -> Supernet: ...
 

@@ -5,7 +5,8 @@ built-in entries (so that `FAMILIES.get("nasvit")` works without the caller impo
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -136,7 +137,7 @@ class SearchRequest:
     flops_range: tuple[float, float] | None = _opt(None, "LOW,HIGH GMAC")
     seed: int = _opt(0)
 
-    def check(self) -> "SearchRequest":
+    def check(self) -> SearchRequest:
         small = [f"{n}={getattr(self, n)}" for n, least in (("generations", 1), ("population", 4), ("measure", 8))
                  if getattr(self, n) < least] + ([f"threads={self.threads}"] if (self.threads or 1) < 1 else [])
         if small:

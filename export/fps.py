@@ -8,8 +8,9 @@ Times come from time.perf_counter_ns (or, for OpenVINO async requests, the runti
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,8 +19,7 @@ from torch import nn
 
 from deploy_nas.errors import ExportError
 from deploy_nas.export.backends.base import INPUT_NAME, OUTPUT_NAME, default_threads
-from deploy_nas.io import write_bytes_atomic, write_json_atomic
-from deploy_nas.io import sha256_file
+from deploy_nas.io import sha256_file, write_bytes_atomic, write_json_atomic
 
 MIN_OPSET = 17  # LayerNormalization is one op from opset 17
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter builds at 18 and cannot down-convert these graphs
@@ -184,13 +183,15 @@ def simplify_onnx(proto: Any, x: np.ndarray) -> tuple[Any, str, float | None]:
     try:
         simplified, ok = onnxsim.simplify(proto, skipped_optimizers=SKIPPED_OPTIMIZERS)
     except Exception as err:  # noqa: BLE001 -- onnxsim raises many types; any failure means "keep the original"
-        return proto, f"onnxsim failed ({type(err).__name__}: {str(err).splitlines()[0]}); kept the exported graph", None
+        note = f"onnxsim failed ({type(err).__name__}: {str(err).splitlines()[0]}); kept the exported graph"
+        return proto, note, None
     if not ok:
         return proto, "onnxsim's own check failed; kept the exported graph", None
     normalize(simplified)
     change = max_abs(ort_outputs(serialize(simplified), x), ort_outputs(serialize(proto), x))
     if change > SIMPLIFY_ATOL:
-        return proto, f"onnxsim changed the outputs by {change:.3g} > {SIMPLIFY_ATOL:g}; kept the exported graph", change
+        return proto, f"onnxsim changed the outputs by {change:.3g} > {SIMPLIFY_ATOL:g}; kept the exported graph", \
+            change
     if not str(io_shapes(simplified.graph.input)[INPUT_NAME][0]).isidentifier():
         return proto, "onnxsim fixed the batch axis; kept the exported graph", change
     return simplified, f"onnxsim: {len(proto.graph.node)} -> {len(simplified.graph.node)} nodes", change

@@ -7,7 +7,8 @@ Initializers are converted in place when every consumer runs in fp16, else kept 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

@@ -17,9 +17,10 @@ name and renames it at the end, so an interrupted run leaves nothing under `out/
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -239,7 +240,7 @@ class RunPlan:
         the module cross-check."""
         return 4 + 3 * len(self.targets) + (("openvino", "fp32") in self.targets and self.cross_check_module)
 
-    def check(self) -> "RunPlan":
+    def check(self) -> RunPlan:
         if not self.targets:
             raise DeployNASError("nothing to deploy: pass at least one --backend")
         for backend, precision in self.targets:

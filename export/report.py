@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from deploy_nas.console import Table
-from deploy_nas.io import write_bytes_atomic, write_json_atomic
-from deploy_nas.io import sha256_file
+from deploy_nas.io import sha256_file, write_bytes_atomic, write_json_atomic
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "tensorrt", "numpy")

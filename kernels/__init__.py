@@ -1,4 +1,5 @@
-"""Operators the dense models use, each with a reference form and the fast/export-friendly form (`deploy_nas.kernels`)."""
+"""Operators the dense models use, each with a reference form and the fast, export-friendly form
+(installed as `deploy_nas.kernels`)."""
 from . import relpos
 
 __all__ = ["relpos"]

@@ -1,4 +1,6 @@
-"""Shared fixtures: small supernets with weights scaled so logits are O(1) (a 1e-5 check then means something)."""
+"""Shared fixtures (small supernets with weights scaled so logits are O(1): a 1e-5 check then means something), and
+the collection hook that turns an unmet requirement (marker openvino / tensorrt / gpu) into a skip whose reason is
+the backend's own `unavailable_reason()`."""
 from __future__ import annotations
 
 import random
@@ -12,6 +14,27 @@ from deploy_nas.spaces.autoformer import AutoFormerSpace
 from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BACKEND_MARKERS = ("openvino", "tensorrt")
+
+
+def _unmet(item: pytest.Item) -> str | None:
+    from deploy_nas.export.backends import backend_class
+
+    for marker in BACKEND_MARKERS:
+        if item.get_closest_marker(marker):
+            reason = backend_class(marker).unavailable_reason()
+            if reason:
+                return f"{marker}: {reason}"
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        return "no CUDA GPU: torch.cuda.is_available() is False"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = _unmet(item)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 OFFICIAL = FIXTURES / "official"
 
 # Narrowed S and B spaces: the official choices of depth, heads and MLP ratio, widths / 8, 32 px input.

@@ -11,7 +11,7 @@ from torch import nn
 
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
-from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec, VisionTransformer
+from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
 from deploy_nas.errors import DenseModelError
 from deploy_nas.io import atomic_dir
 

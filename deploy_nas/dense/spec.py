@@ -12,10 +12,11 @@ read, by the `vit` arch's converter.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from deploy_nas.errors import DenseModelError
+from deploy_nas.errors import DenseModelError, brief
 from deploy_nas.registry import Registry
 
 FORMAT_VERSION = 2
@@ -30,7 +31,7 @@ def _load_archs() -> None:
 
 ARCHS: Registry[type] = Registry("dense arch", DenseModelError, loader=_load_archs)
 # Readers of older spec.json formats: {format_version: function(dict) -> DenseSpec}.
-LEGACY_READERS: dict[int, Callable[[dict[str, Any]], "DenseSpec"]] = {}
+LEGACY_READERS: dict[int, Callable[[dict[str, Any]], DenseSpec]] = {}
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,14 @@ class DenseSpec:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "DenseSpec":
+    def from_dict(cls, d: Any) -> DenseSpec:
         if not isinstance(d, dict):
             raise DenseModelError("spec.json does not hold an object; re-extract the model")
         version = d.get("format_version")
         if version in LEGACY_READERS:
             return LEGACY_READERS[version](d)
         if version != FORMAT_VERSION:
-            raise DenseModelError(f"spec.json has format {str(version)[:20]!r}; this deploy_nas reads formats "
+            raise DenseModelError(f"spec.json has format {brief(version)}; this deploy_nas reads formats "
                                   f"{sorted([*LEGACY_READERS, FORMAT_VERSION])}. Upgrade deploy_nas or re-extract")
         module = ARCHS.get(str(d.get("arch")))
         try:
@@ -77,7 +78,7 @@ class DenseSpec:
                                   f"{str(err)[:200]}); re-extract the model") from err
 
     @classmethod
-    def from_json(cls, text: str) -> "DenseSpec":
+    def from_json(cls, text: str) -> DenseSpec:
         try:
             return cls.from_dict(json.loads(text))
         except (json.JSONDecodeError, RecursionError) as err:

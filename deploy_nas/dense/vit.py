@@ -49,7 +49,7 @@ class ViTSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ViTSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ViTSpec:
         known = {f.name for f in fields(cls)}
         body = {k: v for k, v in d.items() if k in known}
         body["blocks"] = tuple(ViTBlockSpec(**b) for b in d["blocks"])

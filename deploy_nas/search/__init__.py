@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -257,8 +258,8 @@ def plot_pareto(result: dict[str, Any], path: Path) -> None:
 
 
 
-def search_table(result: dict[str, Any]) -> "Table":
-    """Evolution vs random search: the winners (val and test top-1, measured latency, budget met)."""
+def search_table(result: dict[str, Any]) -> Any:
+    """Evolution vs random search, a console Table of the winners (val and test top-1, measured latency, budget)."""
     from deploy_nas.console import Table
 
     p = result["predictor"]["held_out"]

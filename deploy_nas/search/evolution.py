@@ -2,15 +2,17 @@
 
 Per generation: the top `parents` of everything evaluated so far are the parents; `mutations` children come from
 `space.mutate` (per-layer probability `m_prob`, depth/embed probability `s_prob`) and `crossovers` from
-`space.crossover` between two parents the space can cross (AutoFormer: equal depth); only children that meet the constraints are kept.
+`space.crossover` between two parents the space can cross (AutoFormer: equal depth); only children that meet the
+constraints are kept.
 Fitness values are cached by config id, so a config is never evaluated twice. A population is scored in one call
 (`fitness_many`), which is where the search spreads it over torch.distributed ranks.
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from deploy_nas.errors import DeployNASError
 
@@ -32,7 +34,7 @@ class EvolutionConfig:
     seed: int = 0
 
     @classmethod
-    def for_population(cls, population: int, generations: int, seed: int = 0) -> "EvolutionConfig":
+    def for_population(cls, population: int, generations: int, seed: int = 0) -> EvolutionConfig:
         """AutoFormer's proportions for any population size: top-10 parents (or all), half mutations, half
         crossovers."""
         return cls(population=population, parents=min(10, population), mutations=population // 2,

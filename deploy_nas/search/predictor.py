@@ -9,8 +9,9 @@ costs) is fitted to whole-network measurements and absorbs those effects. The fe
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class LatencyPredictor:
         self.names = self.names or tuple(named)
         return np.array([named[n] for n in self.names], dtype=float)
 
-    def fit(self, cfgs: Sequence[Any], ms: Sequence[float]) -> "LatencyPredictor":
+    def fit(self, cfgs: Sequence[Any], ms: Sequence[float]) -> LatencyPredictor:
         x = np.stack([self.features(c) for c in cfgs])
         self.coef = np.linalg.lstsq(x, np.asarray(ms, float), rcond=None)[0]
         return self

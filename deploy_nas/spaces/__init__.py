@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -34,7 +34,7 @@ SPACES: Registry[Any] = Registry("search space", InvalidSubnetConfig, loader=_lo
 PRESETS: Registry[Preset] = Registry("preset", InvalidSubnetConfig, loader=_load_families)
 
 
-def read_structured_file(path: Union[str, Path]) -> Any:
+def read_structured_file(path: str | Path) -> Any:
     """JSON or YAML (safe_load) from a file, with a typed error for anything unreadable."""
     path = Path(path)
     try:

@@ -71,7 +71,7 @@ class AutoFormerConfig:
                 "mlp_ratio": list(self.mlp_ratio), "num_heads": list(self.num_heads)}
 
     @classmethod
-    def from_dict(cls, obj: Any) -> "AutoFormerConfig":
+    def from_dict(cls, obj: Any) -> AutoFormerConfig:
         """Read our canonical form, the official `set_sample_config` dict, or an official YAML (`RETRAIN`)."""
         if not isinstance(obj, dict):
             raise InvalidSubnetConfig(f"a subnet config must be a mapping, got {type(obj).__name__}")
@@ -94,7 +94,7 @@ class AutoFormerConfig:
                    mlp_ratio=_list(obj, "mlp_ratio", _ratio), num_heads=_list(obj, "num_heads", _int))
 
     @classmethod
-    def _from_official(cls, obj: dict[str, Any]) -> "AutoFormerConfig":
+    def _from_official(cls, obj: dict[str, Any]) -> AutoFormerConfig:
         depth = _int(obj["layer_num"], "layer_num")
         embed = obj.get("embed_dim")
         embeds = [_int(e, "embed_dim") for e in (embed if isinstance(embed, list) else [embed] * depth)]
@@ -110,7 +110,7 @@ class AutoFormerConfig:
         return cls(depth=depth, embed_dim=embeds[0], **lists)
 
     @classmethod
-    def _from_yaml_section(cls, sec: Any) -> "AutoFormerConfig":
+    def _from_yaml_section(cls, sec: Any) -> AutoFormerConfig:
         if not isinstance(sec, dict) or any(k not in sec for k in ("DEPTH", "EMBED_DIM", "MLP_RATIO", "NUM_HEADS")):
             raise InvalidSubnetConfig("RETRAIN section must have DEPTH, EMBED_DIM, MLP_RATIO and NUM_HEADS")
         return cls._from_official({"layer_num": sec["DEPTH"], "embed_dim": sec["EMBED_DIM"],
@@ -241,7 +241,7 @@ class AutoFormerSpace:
         return self.validate(AutoFormerConfig.from_dict(obj))
 
     @classmethod
-    def from_official_yaml(cls, obj: dict[str, Any], name: str, **sizes: Any) -> "AutoFormerSpace":
+    def from_official_yaml(cls, obj: dict[str, Any], name: str, **sizes: Any) -> AutoFormerSpace:
         """A space from the `SUPERNET` and `SEARCH_SPACE` sections of an official YAML file."""
         try:
             sup, sp = obj["SUPERNET"], obj["SEARCH_SPACE"]
@@ -260,7 +260,7 @@ class AutoFormerSpace:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> "AutoFormerSpace":
+    def from_dict(cls, d: dict[str, Any], name: str | None = None) -> AutoFormerSpace:
         """Our JSON form, or an official supernet YAML (`SUPERNET` + `SEARCH_SPACE` sections)."""
         if "SUPERNET" in d:
             return cls.from_official_yaml(d, name=name or "official")
@@ -276,7 +276,7 @@ class AutoFormerSpace:
         except (TypeError, ValueError) as err:
             raise InvalidSubnetConfig(f"not an {FAMILY} search space: {err}") from err
 
-    def narrowed(self, factor: int, name: str | None = None, **sizes: Any) -> "AutoFormerSpace":
+    def narrowed(self, factor: int, name: str | None = None, **sizes: Any) -> AutoFormerSpace:
         """The same choices with every width divided by `factor` (for fast tests of the S/B structure)."""
         return replace(self, name=name or f"{self.name}/{factor}",
                        embed_dim=tuple(e // factor for e in self.embed_dim),
@@ -307,8 +307,8 @@ SPACES.register("autoformer-tiny", AutoFormerSpace(
 PRESETS.register("autoformer-t", Preset(AutoFormerConfig(
     13, 192, (3.5, 3.5, 3.0, 3.5, 3.0, 3.0, 4.0, 4.0, 3.5, 4.0, 3.5, 4.0, 3.5), (3,) * 10 + (4, 3, 3)), "autoformer-T"))
 PRESETS.register("autoformer-s", Preset(AutoFormerConfig(
-    13, 384, (3.0, 3.5, 3.0, 3.5, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.5, 4.0), (6, 6, 5, 7, 5, 5, 5, 6, 6, 7, 7, 6, 7)),
-    "autoformer-S"))
+    13, 384, (3.0, 3.5, 3.0, 3.5, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.5, 4.0),
+    (6, 6, 5, 7, 5, 5, 5, 6, 6, 7, 7, 6, 7)), "autoformer-S"))
 PRESETS.register("autoformer-b", Preset(AutoFormerConfig(
     14, 576, (3.5, 3.5, 4.0, 3.5, 4.0, 3.5, 3.5, 3.0, 4.0, 4.0, 3.0, 4.0, 3.0, 3.5),
     (9, 9, 9, 9, 9, 10, 9, 9, 10, 9, 10, 9, 9, 10)), "autoformer-B"))

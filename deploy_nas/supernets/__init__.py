@@ -3,8 +3,9 @@ directory format (supernet.json + weights.safetensors), and the embedded default
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from safetensors.torch import save_file
 

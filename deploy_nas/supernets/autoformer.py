@@ -20,8 +20,13 @@ from deploy_nas.kernels import relpos
 from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
-from deploy_nas.supernets.elastic import (ElasticAttention, ElasticBlock, ElasticLayerNorm, ElasticLinear,
-                                          ElasticPatchEmbed)
+from deploy_nas.supernets.elastic import (
+    ElasticAttention,
+    ElasticBlock,
+    ElasticLayerNorm,
+    ElasticLinear,
+    ElasticPatchEmbed,
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class AutoFormerArch:
     pre_norm: bool = True
 
     @classmethod
-    def from_space(cls, space: AutoFormerSpace, **flags: Any) -> "AutoFormerArch":
+    def from_space(cls, space: AutoFormerSpace, **flags: Any) -> AutoFormerArch:
         return cls(embed_dim=space.super_embed_dim, depth=space.super_depth,
                    mlp_hidden=int(space.super_embed_dim * space.super_mlp_ratio), num_classes=space.num_classes,
                    img_size=space.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
@@ -61,7 +66,7 @@ class AutoFormerArch:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoFormerArch":
+    def from_dict(cls, d: dict[str, Any]) -> AutoFormerArch:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -291,7 +296,7 @@ class AutoFormerFamily:
         return "patch_embed_super.proj.weight" in state_dict
 
     def from_checkpoint(self, obj: Any, options: AutoFormerImportOptions, source: str = "checkpoint"
-                        ) -> tuple["AutoFormerSupernet", AutoFormerSpace | None]:
+                        ) -> tuple[AutoFormerSupernet, AutoFormerSpace | None]:
         sd = extract_state_dict(obj, source)
         arch = arch_from_state_dict(sd, change_qkv=options.change_qkv, gp=options.gp, pre_norm=options.pre_norm,
                                     head_dim=options.head_dim)
@@ -301,16 +306,16 @@ class AutoFormerFamily:
         model.load_state_dict(sd, strict=True)
         return model.eval(), space_for_arch(arch)
 
-    def load_official(self, path: Any, options: AutoFormerImportOptions) -> tuple["AutoFormerSupernet", Any]:
+    def load_official(self, path: Any, options: AutoFormerImportOptions) -> tuple[AutoFormerSupernet, Any]:
         """An official checkpoint (.pth/.pth.tar with {'model': ...}, or safetensors)."""
         return self.from_checkpoint(read_checkpoint(path), options, str(path))
 
-    def build_supernet(self, space: AutoFormerSpace, seed: int | None = 0) -> "AutoFormerSupernet":
+    def build_supernet(self, space: AutoFormerSpace, seed: int | None = 0) -> AutoFormerSupernet:
         model = AutoFormerSupernet(AutoFormerArch.from_space(space))
         model.reset_parameters(torch.Generator().manual_seed(seed or 0))
         return model.eval()
 
-    def supernet_from_meta(self, meta: dict[str, Any]) -> "AutoFormerSupernet":
+    def supernet_from_meta(self, meta: dict[str, Any]) -> AutoFormerSupernet:
         return AutoFormerSupernet(AutoFormerArch.from_dict(meta["arch"]))
 
     def cost_features(self, space: AutoFormerSpace, cfg: AutoFormerConfig) -> dict[str, float]:

@@ -7,9 +7,10 @@ S3; `train/sandwich.py`). A rule is a trainer class `(supernet, space, TrainConf
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -57,13 +58,13 @@ class TrainConfig:
     save_state: bool = _opt(True, "keep train_state.pt beside the weights (needed by --resume)")
     device: str = _opt("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
 
-    def validate(self) -> "TrainConfig":
-        bad = [name for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                                     ("lr", self.lr > 0), ("min_lr", 0 <= self.min_lr <= self.lr),
-                                     ("num_random", self.num_random >= 0), ("distill_weight", 0 <= self.distill_weight <= 1),
-                                     ("warmup_epochs", self.warmup_epochs >= 0), ("shift", self.shift >= 0),
-                                     ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
-                                     ("max_steps", self.max_steps is None or self.max_steps >= 1)) if not ok]
+    def validate(self) -> TrainConfig:
+        checks = (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+                  ("min_lr", 0 <= self.min_lr <= self.lr), ("num_random", self.num_random >= 0),
+                  ("distill_weight", 0 <= self.distill_weight <= 1), ("warmup_epochs", self.warmup_epochs >= 0),
+                  ("shift", self.shift >= 0), ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
+                  ("max_steps", self.max_steps is None or self.max_steps >= 1))
+        bad = [name for name, ok in checks if not ok]
         if bad:
             raise DeployNASError(f"training config out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
         return self

@@ -12,9 +12,10 @@ and they equal what one process computes on the global batch.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from torch import nn
 
 from deploy_nas.devices import resolve_device
 from deploy_nas.distributed import World
-from deploy_nas.evaluate import top1
 from deploy_nas.errors import DeployNASError
+from deploy_nas.evaluate import top1
 from deploy_nas.train import STATE_FILE, TRAIN_RULES, TrainConfig, lr_at, project
 
 
@@ -118,7 +119,8 @@ class SandwichTrainer:
                 for k, v in model.state_dict().items():
                     self.ema[k].mul_(c.ema_decay).add_(v.detach(), alpha=1 - c.ema_decay)
         self.step_count += 1
-        return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0, "lr": lr}
+        return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0,
+                "lr": lr}
 
     # ------------------------------------------------------------------------------------------------ loops
     def batches(self, n: int, epoch: int) -> list[np.ndarray]:

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import importlib
 
-from deploy_nas.export.backends.base import (PRECISIONS, Backend, BuildConfig, Engine, UnknownBackend,
-                                             UnsupportedPrecision, default_threads)
+from deploy_nas.export.backends.base import (
+    PRECISIONS,
+    Backend,
+    BuildConfig,
+    Engine,
+    UnknownBackend,
+    UnsupportedPrecision,
+    default_threads,
+)
 from deploy_nas.registry import Registry
 
 BACKENDS: Registry[str] = Registry("backend", UnknownBackend)

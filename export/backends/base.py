@@ -52,7 +52,7 @@ class BuildConfig:
     device: str | None = None  # None: the backend's own default (cpu; cuda:0 for tensorrt)
     smooth_quant: bool | None = None  # int8 only; None: try with and without, keep the closer to fp32
 
-    def validate(self) -> "BuildConfig":
+    def validate(self) -> BuildConfig:
         if self.precision not in PRECISIONS:
             raise UnsupportedPrecision(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
@@ -64,7 +64,7 @@ class BuildConfig:
             raise ExportError(f"calib_size must be >= 1, got {self.calib_size}")
         return self
 
-    def resolved(self) -> "BuildConfig":
+    def resolved(self) -> BuildConfig:
         """Validated, with paths as Path and threads filled in."""
         self.validate()
         return replace(self, threads=self.threads or default_threads(),
@@ -99,10 +99,10 @@ class Engine(abc.ABC):
         self._check_threads(threads)
         return infer_runner(self, x)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: engines without resources need not override it)
         """Release runtime resources; safe to call twice."""
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:

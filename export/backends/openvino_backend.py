@@ -38,9 +38,9 @@ def ov_core() -> Any:
 
 def ir_from_onnx(onnx_path: str | Path) -> Any:
     """An ov.Model read from the ONNX file (input "input", output "logits", dynamic batch)."""
-    from deploy_nas.export.onnx import check_onnx
-
     import openvino as ov
+
+    from deploy_nas.export.onnx import check_onnx
 
     check_onnx(onnx_path)
     try:
@@ -143,13 +143,15 @@ class OpenVinoEngine(Engine):
 
     def info(self) -> dict[str, Any]:
         c = self.compiled
-        return {**super().info(), "xml": str(self.xml), "precision_hint": c.get_property("INFERENCE_PRECISION_HINT").to_string(),
+        return {**super().info(), "xml": str(self.xml),
+                "precision_hint": c.get_property("INFERENCE_PRECISION_HINT").to_string(),
                 "performance_hint": str(c.get_property("PERFORMANCE_HINT")),
                 "inference_num_threads": int(c.get_property("INFERENCE_NUM_THREADS")), **self.meta}
 
     def runner(self, x: np.ndarray, mode: str = "latency", requests: int | None = None,
                threads: int | None = None) -> Runner:
-        """latency: one InferRequest, input tensor set once, start_async + wait per step; throughput: AsyncInferQueue."""
+        """latency: one InferRequest, input tensor set once, start_async + wait per step; throughput: an
+        AsyncInferQueue."""
         import openvino as ov
 
         self._check_threads(threads)
@@ -247,9 +249,8 @@ def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict
     """model.xml/.bin + build.json in `out`, replaced as a whole."""
     import openvino as ov
 
-    from deploy_nas.io import atomic_dir, write_json_atomic
     from deploy_nas.export.report import versions
-    from deploy_nas.io import sha256_file
+    from deploy_nas.io import atomic_dir, sha256_file, write_json_atomic
 
     with atomic_dir(out, force=True) as tmp:
         ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")

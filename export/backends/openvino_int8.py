@@ -13,8 +13,8 @@ from deploy_nas.export.backends.base import BuildConfig
 def quantize_int8(ov_model: Any, config: BuildConfig) -> tuple[Any, dict[str, Any]]:
     """(quantized model, what was done). With smooth_quant=None both variants are built and the one whose
     outputs on the calibration batch are closer to fp32 (mean cosine) is kept; ties keep SmoothQuant on."""
-    from deploy_nas.export.backends.openvino_backend import compile_ir, model_shape
     from deploy_nas.data import calibration_images
+    from deploy_nas.export.backends.openvino_backend import compile_ir, model_shape
 
     channels, height, width = model_shape(ov_model)
     if height != width:

@@ -6,7 +6,8 @@ inference; runners that keep several requests in flight also implement `run_asyn
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Runner:
     def close(self) -> None:
         """Undo what the runner changed (threads); safe to call twice."""
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:

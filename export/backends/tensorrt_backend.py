@@ -102,7 +102,8 @@ class TensorRTEngine(Engine):
             self.runtime = trt.Runtime(logger())
             self.engine = self.runtime.deserialize_cuda_engine(plan)
             if self.engine is None:
-                raise ExportError("TensorRT cannot deserialize the engine (built by another version or GPU?); rebuild it")
+                raise ExportError("TensorRT cannot deserialize the engine (built by another version or GPU?); "
+                                  "rebuild it")
             self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -127,7 +128,8 @@ class TensorRTEngine(Engine):
     def execute(self) -> None:
         """Run the bound tensors on this engine's stream and wait for it."""
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise ExportError("TensorRT execute_async_v3 failed (see its log); check the input shape against the profile")
+            raise ExportError("TensorRT execute_async_v3 failed (see its log); check the input shape against the "
+                              "profile")
         self.stream.synchronize()
 
     def device_input(self, x: np.ndarray) -> Any:
@@ -199,13 +201,13 @@ class TensorRTBackend(Backend):
 def save_engine(plan: bytes, cache: bytes, cache_path: Path, out: Path, config: BuildConfig,
                 meta: dict[str, Any]) -> None:
     """model.engine + build.json (one directory, replaced atomically) and the shared timing cache."""
-    from deploy_nas.io import atomic_dir, write_bytes_atomic, write_json_atomic
     from deploy_nas.export.report import versions
-    from deploy_nas.io import sha256_file
+    from deploy_nas.io import atomic_dir, sha256_file, write_bytes_atomic, write_json_atomic
 
     with atomic_dir(out, force=True) as tmp:
         (tmp / ENGINE_FILE).write_bytes(plan)
         write_json_atomic(tmp / BUILD_JSON, {"backend": "tensorrt", "precision": config.precision,
-                                             "config": config.to_dict(), "engine_sha256": sha256_file(tmp / ENGINE_FILE),
+                                             "config": config.to_dict(),
+                                             "engine_sha256": sha256_file(tmp / ENGINE_FILE),
                                              "versions": versions(("tensorrt", "torch")), **meta})
     write_bytes_atomic(cache_path, cache)

@@ -83,6 +83,19 @@ def test_step_by_step_commands_update_parity_and_bench(deployed, tmp_path):
     assert all(BENCH_KEYS <= set(r) and len(r["times_ms"]) == 50 for r in rows)
 
 
+def test_run_deploys_a_dense_directory_without_a_supernet(deployed, tmp_path):
+    r = run("run", "--dense", deployed / "dense", "--backend", "onnxruntime", "--batch", "1", "--threads", "1",
+            "--out", tmp_path / "again")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    first = json.loads((deployed / "report.json").read_text())
+    assert report["passed"] and report["model"]["config_id"] == first["model"]["config_id"]
+    assert (tmp_path / "again" / "dense" / "weights.safetensors").read_bytes() == \
+        (deployed / "dense" / "weights.safetensors").read_bytes()
+    r = run("run", "--dense", deployed / "dense", "--config", "max", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "--dense takes a dense model directory" in r.stderr
+
+
 def test_parity_failure_writes_its_report_and_exits_1(tmp_path):
     """A stale IR: the dense model changed after the IR was built; the gate must catch it."""
     from deploy_nas import load_dense

@@ -42,7 +42,8 @@ def test_extract_official_checkpoint_with_official_yaml_config(tmp_path):
     ckpt = tmp_path / "supernet-small.pth"
     torch.save({"model": supernet.state_dict(), "epoch": 1}, ckpt)
     sub = tmp_path / "sub.yaml"
-    sub.write_text((OFFICIAL / "autoformer" / "AutoFormer-S.yaml").read_text().replace("EMBED_DIM: 384", "EMBED_DIM: 48"))
+    official = (OFFICIAL / "autoformer" / "AutoFormer-S.yaml").read_text()
+    sub.write_text(official.replace("EMBED_DIM: 384", "EMBED_DIM: 48"))
     r = run("extract", "--family", "autoformer", "--checkpoint", ckpt, "--config", sub, "--out", tmp_path / "s")
     assert r.returncode == 0, r.stderr
     x = torch.randn(2, 3, 32, 32)
@@ -98,3 +99,45 @@ def test_info_on_corrupt_dir_exits_2(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"junk")
     r = run("info", tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+def test_import_options_reach_the_importer_and_aliases_agree(tmp_path):
+    space = narrow_space("autoformer-S")
+    supernet = make_supernet(space, seed=2, reference_relpos=False, gp=False)
+    ckpt = tmp_path / "sn.pth"
+    torch.save({"model": supernet.state_dict()}, ckpt)
+    cfg = space.sample(__import__("random").Random(0))
+    (tmp_path / "c.json").write_text(cfg.to_json())
+    x = torch.randn(2, 3, 32, 32)
+    for name, flags in (("a", ["--import-option", "gp=false"]), ("b", ["--no-gp"])):
+        r = run("extract", "--checkpoint", ckpt, "--config", tmp_path / "c.json", *flags, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        with torch.no_grad():
+            assert (load_dense(tmp_path / name)(x) - supernet(x, cfg)).abs().max() <= 1e-5
+    assert load_dense(tmp_path / "a").spec.body.pool == "cls"
+    r = run("extract", "--checkpoint", ckpt, "--config", "max", "--import-option", "windows=7", "--out", tmp_path / "c")
+    assert r.returncode == 2 and r.stderr.startswith("error: import option 'windows=7'")
+    assert not (tmp_path / "c").exists()
+    r = run("extract", "--config", "max", "--import-option", "gp=false", "--out", tmp_path / "d")
+    assert r.returncode == 2 and "pass --checkpoint" in r.stderr
+
+
+def test_family_choices_come_from_the_registry(tmp_path):
+    r = run("extract", "--family", "nope", "--config", "max", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: Invalid value for '--family': 'nope' is not") and "'autoformer'" in r.stderr
+
+
+def test_info_renders_full_markdown_when_piped_and_reads_format_1():
+    r = run("info", OFFICIAL.parent / "dense_format1")
+    assert r.returncode == 0, r.stderr
+    assert "| block | heads | head dim | Q | scale | MLP | rel-pos | params | MMAC |" in r.stdout
+    assert "…" not in r.stdout
+
+
+@pytest.mark.parametrize("module", ["deploy_nas.train", "deploy_nas.search"])
+def test_module_entry_points_are_the_click_commands(module):
+    r = subprocess.run([__import__("sys").executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"Usage: python -m {module} [OPTIONS]")
+    r = subprocess.run([__import__("sys").executable, "-m", module, "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: No such option '--bogus'") and r.stderr.count("\n") == 1

@@ -1,5 +1,5 @@
 """Fixtures for the export tests: tiny dense models (min and max configs of the default supernet), their ONNX
-files, a folder of synthetic images, and a hook that skips backend tests with the backend's own reason."""
+files, a folder of synthetic images, and engines built once per session."""
 from __future__ import annotations
 
 import random
@@ -9,26 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_nas.export.backends import backend_class
 from deploy_nas.materialize import materialize
 from deploy_nas.supernets import default_supernet
 
-HERE = Path(__file__).parent
-BACKEND_MARKERS = ("openvino", "tensorrt")
 KINDS = ("min", "max")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Items under tests/export marked openvino/tensorrt/gpu are skipped when that requirement is unmet."""
-    for item in items:
-        if HERE not in item.path.parents:
-            continue
-        for marker in BACKEND_MARKERS:
-            reason = backend_class(marker).unavailable_reason() if item.get_closest_marker(marker) else None
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
-        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
-            item.add_marker(pytest.mark.skip(reason="no CUDA GPU: torch.cuda.is_available() is False"))
 
 
 def fit(model: torch.nn.Module, epochs: int = 15, batch: int = 64, lr: float = 2e-3) -> torch.nn.Module:
@@ -113,3 +97,25 @@ def reference_engines(dense_models) -> dict:
     from deploy_nas.export.backends.torch_backend import TorchEngine
 
     return {k: TorchEngine(m) for k, m in dense_models.items()}
+
+
+@pytest.fixture(scope="session")
+def engines(onnx_files, calib_dir, tmp_path_factory):
+    """`engines(backend, precision, kind)`: the engine built from that kind's ONNX file, once per session (saved
+    artifacts under `engines.out / kind`); all closed at the end."""
+    from deploy_nas.export.backends import BuildConfig, get_backend
+
+    out = tmp_path_factory.mktemp("engines")
+    built: dict = {}
+
+    def get(backend: str, precision: str, kind: str):
+        key = (backend, precision, kind)
+        if key not in built:
+            config = BuildConfig(precision=precision, out_dir=out / kind, calib_dir=calib_dir, max_batch=96)
+            built[key] = get_backend(backend).build(onnx_files[kind].path, config)
+        return built[key]
+
+    get.out = out
+    yield get
+    for engine in built.values():
+        engine.close()

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from deploy_nas.family import FAMILIES
 from deploy_nas.search import InfeasibleBudget, Search, SearchConstraints, SearchSetup, pareto_front
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
-from deploy_nas.family import FAMILIES
 from deploy_nas.search.predictor import LatencyPredictor, kendall_tau, mape
 from deploy_nas.spaces import SPACES
 from deploy_nas.supernets import default_supernet

@@ -34,7 +34,7 @@ def narrow_s():
 
 def test_loads_official_file_with_pickled_namespace(narrow_s, tmp_path):
     path = _official_file(narrow_s, tmp_path / "supernet.pth")
-    with pytest.raises(Exception):  # plain weights_only loading refuses the Namespace...
+    with pytest.raises(pickle.UnpicklingError):  # plain weights_only loading refuses the Namespace...
         torch.load(path, weights_only=True)
     loaded, _ = load_official(path)  # ...we read the tensors without executing anything
     assert loaded.arch == narrow_s.arch
@@ -98,7 +98,8 @@ def _edit(sd, drop=(), add=None, reshape=None):
 @pytest.mark.parametrize("edit, match", [
     (dict(drop=["blocks.3.fc1.bias", "norm.weight"]), r"missing: blocks.3.fc1.bias, norm.weight \(2\)"),
     (dict(add={"blocks.0.attn.extra": torch.zeros(3)}), r"unexpected: blocks.0.attn.extra"),
-    (dict(reshape={"blocks.2.fc2.weight": (56, 100)}), r"misshapen: blocks.2.fc2.weight \(56, 100\) \(expected \(56, 224\)\)"),
+    (dict(reshape={"blocks.2.fc2.weight": (56, 100)}),
+     r"misshapen: blocks.2.fc2.weight \(56, 100\) \(expected \(56, 224\)\)"),
     (dict(drop=["head.weight"]), r"not an AutoFormer supernet state dict: missing head.weight"),
 ])
 def test_mismatched_keys_are_listed(narrow_s, tmp_path, edit, match):

@@ -97,7 +97,6 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, projectio
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: torch.cuda.is_available() is False")
 def test_training_on_cuda_follows_the_cpu_run(tmp_path):
     from deploy_nas.export.backends.torch_backend import ieee_fp32
     from deploy_nas.supernets import load_supernet_dir
