@@ -41,8 +41,8 @@ from deploy_nas.export.pipeline import DENSE_DIR, build, export_to, parity_batch
 from deploy_nas.export.report import versions
 from deploy_nas.flops import count_flops
 from deploy_nas.materialize import materialize
-from deploy_nas.spaces import PRESET_SPACE, PRESETS, SPACES
-from deploy_nas.supernets import AutoFormerArch, AutoFormerSupernet
+from deploy_nas.spaces import PRESETS, SPACES
+from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet
 
 ENGINES = (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"),
            ("openvino", "int8"))
@@ -144,11 +144,11 @@ def benchmark_app_rounds(engine: Any, xml: Path, args: argparse.Namespace) -> di
 
 def bench_preset(preset: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     threads = args.threads
-    space = SPACES.get(PRESET_SPACE[preset])
+    space = SPACES.get(PRESETS.get(preset).space)
     supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
     supernet.reset_parameters(torch.Generator().manual_seed(0))
     supernet.eval()
-    cfg = PRESETS.get(preset)
+    cfg = PRESETS.get(preset).config
     dense = materialize(supernet, cfg)
     macs = count_flops(dense).macs
     out = work / preset

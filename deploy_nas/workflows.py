@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from deploy_nas.errors import DeployNASError, InvalidSubnetConfig
+from deploy_nas.settings import setting
 
 Log = Callable[[str], None]
 
@@ -116,26 +117,22 @@ def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
     return {k: load_image_folder(Path(data_dir) / k, space.img_size, space.in_chans) for k in ("val", "test")}
 
 
-def _opt(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass(frozen=True)
 class SearchRequest:
     """What `deploy-nas search` asks for (each field is one of its options); `None` means the default."""
 
-    budget_ms: float = _opt(help="latency budget, batch 1, measured on --backend", flag="--latency-budget-ms")
-    backend: str = _opt("openvino", "where latency is measured")
-    precision: str = _opt("fp32")
-    threads: int | None = _opt(None, "CPU threads (default: the cores this process may use)")
-    data_dir: Path | None = _opt(None, "image folders DIR/val and DIR/test (default: the embedded digits)",
+    budget_ms: float = setting(help="latency budget, batch 1, measured on --backend", flag="--latency-budget-ms")
+    backend: str = setting("openvino", "where latency is measured")
+    precision: str = setting("fp32")
+    threads: int | None = setting(None, "CPU threads (default: the cores this process may use)")
+    data_dir: Path | None = setting(None, "image folders DIR/val and DIR/test (default: the embedded digits)",
                                  flag="--data")
-    generations: int = _opt(20)
-    population: int = _opt(50)
-    measure: int = _opt(32, "subnets measured to fit the latency predictor")
-    params_range: tuple[int, int] | None = _opt(None, "LOW,HIGH parameter count")
-    flops_range: tuple[float, float] | None = _opt(None, "LOW,HIGH GMAC")
-    seed: int = _opt(0)
+    generations: int = setting(20)
+    population: int = setting(50)
+    measure: int = setting(32, "subnets measured to fit the latency predictor")
+    params_range: tuple[int, int] | None = setting(None, "LOW,HIGH parameter count")
+    flops_range: tuple[float, float] | None = setting(None, "LOW,HIGH GMAC")
+    seed: int = setting(0)
 
     def check(self) -> SearchRequest:
         small = [f"{n}={getattr(self, n)}" for n, least in (("generations", 1), ("population", 4), ("measure", 8))

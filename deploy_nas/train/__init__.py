@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError
 from deploy_nas.registry import Registry
+from deploy_nas.settings import setting
 
 STATE_FILE = "train_state.pt"
 
@@ -28,35 +29,31 @@ def _load_rules() -> None:
 TRAIN_RULES: Registry[type] = Registry("training rule", DeployNASError, loader=_load_rules)
 
 
-def _opt(default: Any, help: str = "") -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train a supernet; each field is also a `deploy-nas train` option (`--batch-size` for batch_size)."""
 
-    epochs: int = _opt(30)
-    batch_size: int = _opt(64, "global batch, split evenly across ranks")
-    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
-    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine decay")
-    weight_decay: float = _opt(0.05)
-    warmup_epochs: float = _opt(2.0)
-    num_random: int = _opt(2, "random subnets per step besides max and min")
+    epochs: int = setting(30)
+    batch_size: int = setting(64, "global batch, split evenly across ranks")
+    lr: float = setting(2e-3, "peak learning rate (AdamW)")
+    min_lr: float = setting(1e-5, "learning rate at the end of the cosine decay")
+    weight_decay: float = setting(0.05)
+    warmup_epochs: float = setting(2.0)
+    num_random: int = setting(2, "random subnets per step besides max and min")
     # smaller subnets learn the max subnet's predictions mixed with the labels: (1 - w) CE + w KL (a pure KL
     # target stalls early training on small data, when the max subnet's predictions are still near-uniform)
-    distill: bool = _opt(True, "in-place distillation from the max subnet")
-    distill_weight: float = _opt(0.5, "w in (1 - w) CE + w KL(max || sub)")
-    label_smoothing: float = _opt(0.1)
-    grad_projection: bool = _opt(False, "NASViT's gradient projection")
-    projection_from_epoch: int = _opt(0)
-    ema_decay: float | None = _opt(None, "keep an EMA of the weights (saved instead of the raw weights)")
-    clip_grad: float | None = _opt(5.0)
-    seed: int = _opt(0)
-    max_steps: int | None = _opt(None, "stop after this many steps (smoke runs)")
-    shift: int = _opt(0, "augmentation: random translation by up to this many pixels")
-    save_state: bool = _opt(True, "keep train_state.pt beside the weights (needed by --resume)")
-    device: str = _opt("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
+    distill: bool = setting(True, "in-place distillation from the max subnet")
+    distill_weight: float = setting(0.5, "w in (1 - w) CE + w KL(max || sub)")
+    label_smoothing: float = setting(0.1)
+    grad_projection: bool = setting(False, "NASViT's gradient projection")
+    projection_from_epoch: int = setting(0)
+    ema_decay: float | None = setting(None, "keep an EMA of the weights (saved instead of the raw weights)")
+    clip_grad: float | None = setting(5.0)
+    seed: int = setting(0)
+    max_steps: int | None = setting(None, "stop after this many steps (smoke runs)")
+    shift: int = setting(0, "augmentation: random translation by up to this many pixels")
+    save_state: bool = setting(True, "keep train_state.pt beside the weights (needed by --resume)")
+    device: str = setting("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
 
     def validate(self) -> TrainConfig:
         checks = (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
