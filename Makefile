@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 OUT ?= out/demo
 
-.PHONY: demo test lint install clean default-supernet
+.PHONY: demo test lint fuzz install clean default-supernet
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The fuzz suite at full size: 1,000 random cases per input kind (`make test` runs 150, the same ones every time).
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=1000 FUZZ_RANDOM=1 $(PY) -m pytest -q -m slow tests/fuzz
 
 # Rebuild the embedded default supernet shipped in deploy_nas/assets (about 3 min on 2 cores).
 default-supernet: $(STAMP)

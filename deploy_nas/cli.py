@@ -12,6 +12,8 @@ from typing import Any
 import click
 
 from deploy_nas import cli_options as opt
+from deploy_nas.train import TrainConfig  # (the core imports torch anyway: `import deploy_nas` does)
+from deploy_nas.workflows import SearchRequest
 
 
 def _show(table: Any) -> None:
@@ -31,15 +33,14 @@ def main() -> None:
 @opt.supernet
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory for the dense model.")
 @opt.force
+@opt.writes()
 def extract(out: Path, force: bool, config: str | None, **source: Any) -> None:
     """Materialize a subnet as a standalone dense model (spec.json + weights.safetensors)."""
     from deploy_nas.dense import save_dense
-    from deploy_nas.io import check_output_dir
     from deploy_nas.workflows import extract_subnet
 
     if config is None:
         raise click.UsageError("missing option --config")
-    check_output_dir(out, force)  # fail before the (possibly slow) checkpoint load
     result = extract_subnet(opt.supernet_source(source), config)
     save_dense(result.model, out, force=force)
     n = sum(p.numel() for p in result.model.parameters())
@@ -71,6 +72,7 @@ def export_group() -> None:
 @click.option("--opset", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset >= 18).")
 @click.option("--no-simplify", is_flag=True, help="Keep the exported graph as is (no onnxsim).")
+@opt.writes(new=False)
 def export_onnx_cmd(out: Path, opset: int, dynamo: bool, no_simplify: bool) -> None:
     """OUT/model.onnx (+ model.onnx.json), proven against torch with onnxruntime."""
     from deploy_nas.export.pipeline import export_to
@@ -94,6 +96,7 @@ def _build(out: Path, backend: str, precision: str, threads: int | None = None, 
 @click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | int8")
 @opt.calib
 @opt.threads
+@opt.writes(new=False)
 def export_openvino_cmd(out: Path, precision: str, calib_dir: Path | None, threads: int | None) -> None:
     """OUT/openvino/<precision>/model.xml from OUT/model.onnx."""
     _build(out, "openvino", precision, threads, calib_dir)
@@ -103,6 +106,7 @@ def export_openvino_cmd(out: Path, precision: str, calib_dir: Path | None, threa
 @opt.out_argument
 @click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@opt.writes(new=False)
 def export_tensorrt_cmd(out: Path, precision: str, max_batch: int) -> None:
     """OUT/tensorrt/<precision>/model.engine from OUT/model.onnx (needs a CUDA GPU and tensorrt)."""
     _build(out, "tensorrt", precision, max_batch=max_batch)
@@ -114,6 +118,7 @@ def export_tensorrt_cmd(out: Path, precision: str, max_batch: int) -> None:
 @click.option("--precision", default="fp32", show_default=True)
 @opt.data
 @opt.threads
+@opt.writes(new=False)
 def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, threads: int | None) -> None:
     """Compare a built engine with the dense torch model; updates OUT/parity.json, exit 1 if a gate fails."""
     from deploy_nas.errors import ParityError
@@ -136,6 +141,7 @@ def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, t
 @opt.runs
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @opt.threads
+@opt.writes(new=False)
 def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...], runs: int, warmup: int,
               threads: int | None) -> None:
     """Latency (p50/p90/p99) and throughput of an engine; updates OUT/bench.json."""
@@ -147,14 +153,9 @@ def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...],
 
 
 def show_report(out: Path) -> None:
-    from deploy_nas.export.report import summary_of
+    from deploy_nas.export.report import print_summary
 
-    headline, tables, notes = summary_of(out)
-    click.echo(headline)
-    for table in tables:
-        _show(table)
-    for line in notes:
-        click.echo(line)
+    print_summary(out)
 
 
 @main.command("run")
@@ -174,17 +175,16 @@ def show_report(out: Path) -> None:
 @click.option("--opset", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--dynamo", is_flag=True)
 @opt.force
+@opt.writes()
 def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, backends: tuple[str, ...],
             precisions: tuple[str, ...], **params: Any) -> None:
     """extract (or --dense) -> ONNX -> build -> parity -> bench, one report.md + report.json + manifest.json."""
     from deploy_nas.console import Steps
     from deploy_nas.export.pipeline import RunPlan, plan_targets, run
-    from deploy_nas.io import check_output_dir
     from deploy_nas.workflows import model_to_deploy
 
     source = opt.supernet_source(params)
     plan = RunPlan(targets=plan_targets(backends, precisions), **params).check()
-    check_output_dir(out, force)
     model = model_to_deploy(source, config, dense_dir)
     try:
         with Steps(plan.steps) as progress:
@@ -194,37 +194,26 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
             show_report(out)  # also after a failed parity gate: the directory is complete, show why
 
 
-def _train_options(fn: Any) -> Any:
-    from deploy_nas.train import TrainConfig
-
-    return opt.dataclass_options(TrainConfig)(fn)
-
-
 @main.command()
 @opt.family
 @click.option("--space", default=None, help="Registered space or file (default: the family's default space).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Supernet directory to write.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@_train_options
+@opt.dataclass_options(TrainConfig)
+@opt.writes(force="resume")
 def train(family: str | None, space: str | None, out: Path, resume: bool, **config: Any) -> None:
     """Supernet training with the family's rule on the embedded digits; under `torchrun --nproc_per_node N`
     (or `python -m deploy_nas.train`) data-parallel."""
     import json
 
     from deploy_nas.distributed import main_process, process_group_from_env
-    from deploy_nas.train import TrainConfig, train_supernet
+    from deploy_nas.train import train_supernet
     from deploy_nas.workflows import training_target
 
     fam, chosen = training_target(family, space)
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
         train_supernet(fam, chosen, out, TrainConfig(**config).validate(), resume, log=log)
-
-
-def _search_options(fn: Any) -> Any:
-    from deploy_nas.workflows import SearchRequest
-
-    return opt.dataclass_options(SearchRequest)(fn)
 
 
 @main.command("search")
@@ -235,7 +224,8 @@ def _search_options(fn: Any) -> Any:
               "supernet's own.")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT from its log.")
-@_search_options
+@opt.dataclass_options(SearchRequest)
+@opt.writes(force="resume")
 def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None, out: Path, resume: bool,
                **request: Any) -> None:
     """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget.
@@ -243,7 +233,7 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
     Under `torchrun --nproc_per_node N -m deploy_nas.search ...` the populations are scored across the N ranks."""
     from deploy_nas.distributed import main_process, process_group_from_env
     from deploy_nas.search import search_table
-    from deploy_nas.workflows import SearchRequest, SupernetSource, run_search
+    from deploy_nas.workflows import SupernetSource, run_search
 
     supernet, own = SupernetSource(family, supernet_dir=supernet_dir, space=space).load()
     with process_group_from_env():
@@ -262,6 +252,7 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 @click.option("--generations", type=click.IntRange(min=1), default=10, show_default=True)
+@opt.writes(force=None)
 def demo(out: Path, generations: int) -> None:
     """The main job on the embedded trained supernet: search under a latency budget that binds on this machine
     (OpenVINO fp32), evolution and random side by side, then deploy the winner to onnxruntime and OpenVINO."""

@@ -2,10 +2,12 @@
 generated from the dataclasses the library takes (so a field and its option cannot drift apart)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from deploy_nas.errors import DeployNASError
 
 def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     """`command.main(...)` with every DeployNASError, and click's own usage errors, as one line `error: ...` and
-    their exit code (2 for bad input, 1 for a failed parity gate, 130 for an interrupt)."""
+    their exit code (2 for bad input, 1 for a failed parity gate, 130 for an interrupt). Python warnings of the
+    libraries underneath (deprecations, no-op initialisations) are silenced unless PYTHONWARNINGS asks for them."""
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
     try:
         return click.Command.main(command, *args, standalone_mode=False, **kwargs)
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -34,6 +39,10 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         if main_process():  # under torchrun every rank fails alike; one says so
             click.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
+    except MemoryError:  # what no input check foresaw: the machine, not a bug, so no traceback
+        click.echo("error: out of memory; use a smaller model, batch or input, or a machine with more memory",
+                   err=True)
+        sys.exit(2)
 
 
 class OneLineErrors(click.Group):
@@ -125,8 +134,19 @@ def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
 
 family = click.option("--family", type=FamilyChoice(), default=None,
                       help="Supernet family (default: the one the supernet or checkpoint belongs to).")
-threads = click.option("--threads", type=click.IntRange(min=1), default=None,
-                       help="CPU threads (default: the cores this process may use).")
+def _cap_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from deploy_nas.export.backends.base import default_threads
+
+    cores = default_threads()
+    if value is not None and value > cores:
+        click.echo(f"warning: --threads {value} is more than the {cores} cores this process may use; using {cores}",
+                   err=True)
+        return cores
+    return value
+
+
+threads = click.option("--threads", type=click.IntRange(min=1), default=None, callback=_cap_threads,
+                       help="CPU threads (default, and at most: the cores this process may use).")
 out_argument = click.argument("out", type=click.Path(path_type=Path))
 force = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
@@ -161,3 +181,32 @@ def supernet_source(params: dict[str, Any]) -> Any:
     aliases = {k: params.pop(k) for k in ALIASES}
     return SupernetSource(params.pop("family"), params.pop("checkpoint"), params.pop("supernet_dir"),
                           params.pop("space"), tuple(params.pop("import_options")), aliases)
+
+
+INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir")
+
+
+def writes(new: bool = True, force: str | None = "force") -> Callable:
+    """The command writes the directory given as `out`. A new output is checked before any work starts (empty,
+    or with the `force` flag a directory holding only what deploy-nas wrote; never an input or an ancestor of one;
+    `force=None`: the command owns its output, as the demo does); the output is locked against other writers for
+    the whole command."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            from deploy_nas.distributed import main_process
+            from deploy_nas.io import check_output_dir, output_lock
+
+            out = kw["out"]
+            if new:
+                inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
+                check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
+                                 flag=f"--{(force or 'force').replace('_', '-')}")
+            # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks
+            with output_lock(out) if main_process() else contextlib.nullcontext():
+                return fn(*args, **kw)
+
+        return wrapper
+
+    return decorate

@@ -77,7 +77,8 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit:
 
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
+        raise DataError(f"data directory {root} " + ("is a file; point at a folder of images (or of class folders)"
+                                                     if root.exists() else "does not exist"))
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point at a folder of images")

@@ -1,18 +1,40 @@
-"""Writing artifacts: atomically (a temporary sibling renamed into place), with the modes a user's umask gives any
-file they write (not the 0600/0700 of temporary files), and sha256 of files."""
+"""Writing artifacts without ever losing a user's files.
+
+* Everything is built under a temporary name beside its final place and renamed into place when complete. An
+  existing output is swapped with the new one in one step (`renameat2(RENAME_EXCHANGE)` on Linux) and only then
+  deleted, so a kill at any moment leaves either the old or the new output under the final name.
+* Every temporary carries `deploy-nas-<host>-<pid>-` in its name; a later run into the same parent (and every CLI
+  start, for the system temp directory) sweeps those of dead processes of this host, and says what it swept.
+* Every directory deploy-nas creates holds a marker (`.deploy-nas`) listing the files it wrote. `--force` replaces
+  only such a directory (or an empty one), and only if it holds nothing else: it never deletes a file it did not
+  write, and it refuses `.`, `/`, `$HOME`, the current directory or its ancestors, and any input or its ancestors.
+* An output is locked (an advisory lock file beside it) while a process writes it: a second writer fails at once.
+* Files and directories get the modes a user's umask gives anything they create (not the 0600/0700 of temporaries).
+* A failing write (read-only file system, a full disk, a path under /proc) is an OutputPathError (exit 2).
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy_nas.errors import OutputPathError
+from deploy_nas.errors import OutputPathError, brief
+
+MARKER = ".deploy-nas"
+TAG = "deploy-nas"
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_HELD: set[str] = set()  # outputs this process holds the lock of (the CLI locks early, atomic_dir again)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -38,31 +60,321 @@ def make_public(path: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def check_output_dir(out: str | Path, force: bool = False) -> Path:
-    """The output directory `out` if it can be written: not a file, and empty unless `force`."""
+# ----------------------------------------------------------------------------------------------- temporaries
+
+
+def temp_name(name: str, suffix: str = "tmp") -> str:
+    """A hidden sibling name for `name` that says who made it; always <= 255 bytes, whatever `name` is."""
+    stem = name.encode()[:80].decode(errors="ignore")
+    return f".{stem}.{TAG}-{_HOST}-{os.getpid()}-{os.urandom(4).hex()}.{suffix}"
+
+
+def temp_dir(purpose: str) -> tempfile.TemporaryDirectory:
+    """A directory in the system temp dir named for its owner (swept after a kill -9 like every temporary)."""
+    sweep(Path(tempfile.gettempdir()))
+    return tempfile.TemporaryDirectory(prefix=f"{TAG}-{_HOST}-{os.getpid()}-{purpose}-")
+
+
+def _owner(name: str) -> int | None:
+    """The pid in a temporary's name if this host made it, else None."""
+    _, found, rest = name.partition(f"{TAG}-{_HOST}-")
+    pid = rest.split("-", 1)[0]
+    return int(pid) if found and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(parent: Path, log: Any = None) -> list[Path]:
+    """Remove the temporaries (and lock files) that dead deploy-nas processes of this host left in `parent`;
+    return them. Old outputs set aside during a replace are kept (and reported): they may be all a user has."""
+    swept = []
+    try:
+        entries = list(parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        return swept
+    for p in entries:
+        if p.name.endswith(f".{TAG}-lock") and _stale_lock(p):
+            swept.append(p)
+            continue
+        pid = _owner(p.name)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        if p.name.endswith(".old"):
+            print(f"note: {p} holds an output set aside by a killed deploy-nas run (pid {pid}); rename it back or "
+                  "remove it", file=sys.stderr)
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            swept.append(p)
+    if swept:
+        (log or (lambda m: print(m, file=sys.stderr)))(
+            f"note: removed {len(swept)} temporary file(s) left by killed deploy-nas runs: "
+            + ", ".join(str(p) for p in swept[:5]) + (" ..." if len(swept) > 5 else ""))
+    return swept
+
+
+def _stale_lock(lock: Path) -> bool:
+    """Remove a lock file nobody holds (its holder was killed); True if removed."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        lock.unlink()
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------- ownership
+
+
+def _read_marker(d: Path) -> set[str] | None:
+    try:
+        return set(json.loads((d / MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_marker(d: Path, files: set[str]) -> None:
+    (d / MARKER).write_text(json.dumps({"written_by": TAG, "files": sorted(files)}, indent=1) + "\n")
+
+
+def _mark_tree(root: Path) -> None:
+    """A marker in every directory under `root` (and `root`) listing the files in it: all of it is ours."""
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        files = {p.name for p in d.iterdir() if p.is_file() and p.name != MARKER}
+        _write_marker(d, files | (_read_marker(d) or set()))
+
+
+def record_written(path: Path) -> None:
+    """Add a file written into a deploy-nas directory to that directory's marker (so --force may replace it)."""
+    files = _read_marker(path.parent)
+    if files is not None and path.name not in files:
+        with contextlib.suppress(OSError):
+            _write_marker(path.parent, files | {path.name})
+
+
+def foreign_entries(d: Path, limit: int = 5) -> list[str]:
+    """What in directory `d` deploy-nas did not write (empty: `d` may be replaced). A directory is ours when its
+    marker lists the files in it and each sub-directory is ours; an empty directory owns nothing to lose."""
+    written = _read_marker(d)
+    foreign = []
+    for p in sorted(d.iterdir()):
+        if p.name == MARKER:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            if written is not None:
+                foreign += [f"{p.name}/{f}" for f in foreign_entries(p, limit)]
+            else:
+                foreign.append(p.name + "/")
+        elif written is None or p.name not in written:
+            foreign.append(p.name)
+        if len(foreign) >= limit:
+            break
+    return foreign[:limit]
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """mkdir -p, each directory created here getting a marker (so the files written into it can be recorded);
+    returns the directories created, outermost first."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _write_marker(d, set())
+        created.append(d)
+    return created
+
+
+def remove_if_unused(dirs: list[Path]) -> None:
+    """Remove directories `make_dirs` created that ended up holding nothing but their marker (innermost first)."""
+    for d in reversed(dirs):
+        with contextlib.suppress(OSError):
+            if {p.name for p in d.iterdir()} <= {MARKER}:
+                shutil.rmtree(d)
+
+
+# --------------------------------------------------------------------------------------------- output checks
+
+
+def _is_ancestor_or_same(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents
+
+
+def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
+                     flag: str = "--force") -> Path:
+    """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
+    directory that only holds what deploy-nas wrote. Fails before any slow work starts."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"output {out} is a file; choose a directory path")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputPathError(f"output directory {out} is not empty; choose another path or pass --force")
+    resolved = out.resolve()
+    protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
+                 (Path.home().resolve(), "your home directory or one of its parents")]
+    for place, what in protected:
+        if _is_ancestor_or_same(resolved, place):
+            raise OutputPathError(f"refusing to write output {out}: it is {what}; choose a new sub-directory")
+    for given in inputs:
+        if given is not None and _is_ancestor_or_same(resolved, Path(given).resolve()):
+            raise OutputPathError(f"refusing to write output {out}: it holds the input {given}; choose another path")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputPathError(f"output {out} is a file or a link; choose a directory path")
+    if out.exists() and _nonempty(out):
+        if not force:
+            raise OutputPathError(f"output directory {out} is not empty; choose another path or pass {flag}")
+        foreign = foreign_entries(out)
+        if foreign:
+            raise OutputPathError(f"{flag} would touch files deploy-nas did not write in {out} "
+                                  f"({', '.join(brief(f, 40) for f in foreign)}); move them or choose another path")
     return out
+
+
+def _nonempty(d: Path) -> bool:
+    try:
+        return any(d.iterdir())
+    except OSError as err:
+        raise OutputPathError(f"cannot read output directory {d}: {err.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold the advisory lock of output `out` (re-entrant in one process); another holder fails at once."""
+    out = Path(out)
+    key = str(out.resolve())
+    if key in _HELD:
+        yield
+        return
+    parent = out.parent
+    with _as_output_error(out):
+        created = make_dirs(parent)
+    lock = parent / f".{out.name.encode()[:80].decode(errors='ignore')}.{TAG}-lock"
+    fd = _acquire(lock, out)
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        remove_if_unused(created)  # a failed write leaves no empty parents behind
+
+
+def _acquire(lock: Path, out: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        except OSError as err:
+            raise OutputPathError(f"cannot write beside {out}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputPathError(f"output {out} is being written by another deploy-nas process (pid {holder}); "
+                                  "wait for it or choose another path") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not unlinked by a releasing holder meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+# -------------------------------------------------------------------------------------------- atomic writing
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put `new` at `out`; an existing `out` is set aside first and deleted only once `new` is in place."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # `new` now holds the old output
+        return
+    old = out.parent / temp_name(out.name, "old")
+    os.rename(out, old)
+    os.rename(new, out)
+    shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def _as_output_error(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OutputPathError:
+        raise
+    except OSError as err:
+        where = err.filename or target
+        raise OutputPathError(f"cannot write {target}: {err.strerror or err} ({brief(str(where), 120)}); "
+                              "choose a writable location with free space") from None
 
 
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory next to `out`; on success it replaces `out`, on any error it is removed."""
+    """Yield a temporary directory next to `out`; on success it replaces `out` (see the module doc), on any error
+    it is removed. `force`: replace a non-empty `out` that holds only what deploy-nas wrote."""
     out = check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        make_public(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(out), _as_output_error(out):
+        sweep(out.parent)
+        tmp = out.parent / temp_name(out.name)
+        tmp.mkdir()
+        try:
+            yield tmp
+            _mark_tree(tmp)
+            make_public(tmp)
+            if out.exists():
+                check_output_dir(out, force)  # still replaceable now that the work is done
+                with contextlib.suppress(OSError):
+                    tmp.chmod(out.stat().st_mode & 0o7777)  # an existing directory keeps its mode
+            _replace_dir(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -71,16 +383,18 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; expected a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        make_public(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _as_output_error(path):
+        created = make_dirs(path.parent)
+        tmp = path.parent / temp_name(path.name)
+        try:
+            tmp.touch()
+            yield tmp
+            make_public(tmp)
+            os.replace(tmp, path)
+            record_written(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            remove_if_unused(created)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -42,8 +42,8 @@ class Registry(Generic[T]):
         try:
             return self._items[str(name).lower()]
         except KeyError:
-            raise self._error(f"unknown {self.kind} {str(name)[:80]!r}; choose one of: {', '.join(self.names())}") \
-                from None
+            shown = repr(name) if len(str(name)) <= 60 else repr(str(name)[:55]) + "..."
+            raise self._error(f"unknown {self.kind} {shown}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         self._load()

@@ -135,11 +135,13 @@ class SearchRequest:
     seed: int = setting(0)
 
     def check(self) -> SearchRequest:
-        small = [f"{n}={getattr(self, n)}" for n, least in (("generations", 1), ("population", 4), ("measure", 8))
-                 if getattr(self, n) < least] + ([f"threads={self.threads}"] if (self.threads or 1) < 1 else [])
-        if small:
-            raise DeployNASError(f"search settings too small: {', '.join(small)} (need generations >= 1, "
-                                 "population >= 4, measure >= 8, threads >= 1)")
+        bounds = (("generations", 1, 10_000), ("population", 4, 10_000), ("measure", 8, 10_000),
+                  ("threads", 1, 4096), ("seed", 0, 2**63 - 1))
+        bad = [f"{n}={getattr(self, n)}" for n, low, high in bounds
+               if getattr(self, n) is not None and not low <= getattr(self, n) <= high]
+        if bad:
+            raise DeployNASError(f"search settings out of range: {', '.join(bad)} (generations, population and "
+                                 "measure up to 10000; population >= 4, measure >= 8)")
         if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise DeployNASError(f"--latency-budget-ms must be a finite number > 0, got {self.budget_ms!r}")
         for name, rng in (("--params-range", self.params_range), ("--flops-range", self.flops_range)):

@@ -8,6 +8,7 @@ Times come from time.perf_counter_ns (or, for OpenVINO async requests, the runti
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -67,12 +68,38 @@ def measure_fps(engine: Any, batch: int | Sequence[int] | None = None, mode: str
     if not engine.input_shape:
         raise ExportError(f"the {engine.name} engine does not know its input shape; pass a Runner instead")
     sizes = [DEFAULT_BATCH[mode]] if batch is None else [batch] if isinstance(batch, int) else list(batch)
+    for b in sizes:
+        check_batch(b, engine.input_shape)
     rows = []
     for b in sizes:
         x = np.random.default_rng(seed).standard_normal((b, *engine.input_shape), dtype=np.float32)
         with engine.runner(x, mode=mode, requests=requests, threads=threads) as runner:
             rows.append(_measure(runner, engine.name, engine.precision, mode, warmup, runs, engine.threads))
     return rows
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations now (MemAvailable), or the physical memory where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch(batch: int, shape: Sequence[int], share: float = 1 / 8) -> None:
+    """Refuse a batch whose float32 input alone would take more than `share` of the available memory (the
+    activations of a ViT take many times the input)."""
+    if batch < 1:
+        raise ExportError(f"batch sizes must be >= 1, got {batch}")
+    need, have = 4 * batch * math.prod(shape), available_memory()
+    if need > share * have:
+        largest = max(1, int(share * have) // (4 * math.prod(shape)))
+        raise ExportError(f"batch {batch} needs {need / 2**30:.3g} GiB for its input alone and this machine has "
+                          f"{have / 2**30:.3g} GiB available; use a batch of at most {largest}")
 
 
 def runs_for_seconds(engine: Any, seconds: float, min_runs: int = MIN_RUNS, warmup: int = 10,

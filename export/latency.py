@@ -7,7 +7,6 @@ slow spell of a shared machine inside so short a window moves the p50 of a whole
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,9 @@ class BackendLatency:
 
         if self.backend == "torch":
             return self.p50(TorchEngine(model, threads=self.threads))
-        with tempfile.TemporaryDirectory(prefix="deploy_nas_latency_") as tmp:
+        from deploy_nas.io import temp_dir
+
+        with temp_dir("latency") as tmp:
             onnx = export_onnx(model, Path(tmp) / "model.onnx").path
             config = BuildConfig(precision=self.precision, threads=self.threads)
             with get_backend(self.backend).build(onnx, config) as engine:

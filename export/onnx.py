@@ -76,9 +76,9 @@ def fixed_batch(shape: tuple[int, int, int], batch: int = PARITY_BATCH, seed: in
 def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET, dynamo: bool = False,
                 simplify: bool = True) -> OnnxExportResult:
     """Export `model` to `path` with input "input" (dynamic batch) and output "logits"; see the module doc."""
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} < {MIN_OPSET}: LayerNormalization needs opset >= {MIN_OPSET}; "
-                          f"pass opset={MIN_OPSET} or higher")
+    check_opset(opset, dynamo)
+    if dynamo:
+        opset = max(opset, DYNAMO_MIN_OPSET)  # it builds at 18 and cannot down-convert these graphs
     model = model.eval()
     shape = input_shape(model)
     proto = onnx_from_module(model, shape, opset, dynamo)
@@ -148,11 +148,36 @@ def _torchscript_export(model: nn.Module, example: torch.Tensor, opset: int) -> 
     return onnx.load_from_string(buf.getvalue())
 
 
+def max_opset(dynamo: bool) -> int:
+    """The highest opset the exporter writes (TorchScript: torch's own limit; dynamo: torch's ONNX_MAX_OPSET)."""
+    from torch.onnx import _constants
+
+    return _constants.ONNX_MAX_OPSET if dynamo else _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+
+def check_opset(opset: int, dynamo: bool) -> None:
+    low, high = MIN_OPSET, max_opset(dynamo)
+    if not low <= opset <= high:
+        raise ExportError(f"opset {opset} is outside what the {exporter_name(dynamo)} exporter writes here "
+                          f"({low}..{high}; LayerNormalization needs >= {MIN_OPSET}); pick one in that range")
+
+
 def _dynamo_export(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
+    import logging
+
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET),
-                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
-                                external_data=False, optimize=True, verbose=False, report=False)
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "torch.onnx", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)  # its progress and version-converter notes are not errors of this tool
+    try:
+        program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: batch},), external_data=False, optimize=True, verbose=False,
+                                    report=False)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return program.model_proto
 
 

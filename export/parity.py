@@ -221,7 +221,12 @@ def top1_agreement(got: np.ndarray, ref: np.ndarray, tie: float) -> float:
 
 
 def gate_failures(o: OutputParity, t: Tolerance) -> Iterable[str]:
-    """One line per violated gate of one output."""
+    """One line per violated gate of one output; non-finite outputs fail first, by name (every metric would
+    otherwise report NaN comparisons as agreement or disagreement at random)."""
+    if not np.isfinite(o.max_abs):
+        yield (f"{o.name}: non-finite outputs (NaN or Inf) from the engine or the reference; check the weights "
+               "(`deploy-nas extract` refuses non-finite ones) and the input data")
+        return
     if t.max_abs is not None and o.max_abs > t.max_abs:
         yield f"{o.name}: max abs {o.max_abs:.3g} > {t.max_abs:g}"
     if t.min_cosine is not None and o.cosine_min < t.min_cosine:

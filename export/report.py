@@ -140,3 +140,15 @@ def summary_of(directory: str | Path) -> tuple[str, list[Table], list[str]]:
     notes = [f"note: {n}" for n in report["notes"]]
     notes.append(f"report: {directory / REPORT_MD} (+ report.json, manifest.json)")
     return headline, [parity_table(report["parity"]), fps_table(report["fps"])], notes
+
+
+def print_summary(directory: str | Path) -> None:
+    """The headline, the tables and the notes of a deployment directory, for people (stdout)."""
+    from deploy_nas.console import say, show
+
+    headline, tables, notes = summary_of(directory)
+    say(headline)
+    for table in tables:
+        show(table)
+    for line in notes:
+        say(line)

@@ -36,8 +36,8 @@ def write_dense(model: nn.Module, directory: Path) -> None:
 
     write_text_atomic(directory / SPEC_FILE, model.spec.to_json())
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / WEIGHTS_FILE),
-              metadata={"format": "deploy_nas.dense", "version": str(FORMAT_VERSION)})
+    # one metadata entry: safetensors writes its metadata map in an order that differs between processes
+    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": f"deploy_nas.dense/{FORMAT_VERSION}"})
 
 
 def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:

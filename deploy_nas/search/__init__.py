@@ -31,7 +31,7 @@ from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError
 from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
-from deploy_nas.io import check_output_dir, write_json_atomic
+from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
 from deploy_nas.search.predictor import LatencyPredictor
 
@@ -179,17 +179,19 @@ class Search:
     @staticmethod
     def _check_out(out: Path, resume: bool, known: dict[str, float] | None) -> dict[str, float] | None:
         """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search)."""
-        try:
-            check_output_dir(out, force=resume)
-        except DeployNASError as err:
-            raise type(err)(str(err).replace("pass --force", "pass --resume")) from None
+        check_output_dir(out, force=resume, flag="--resume")
         if resume and (out / MEASURED_FILE).is_file():
-            known = {**json.loads((out / MEASURED_FILE).read_text()), **(known or {})}
+            try:
+                saved = json.loads((out / MEASURED_FILE).read_text())
+                saved = {str(k): float(v) for k, v in saved.items()}
+            except (ValueError, TypeError, AttributeError, OSError) as err:
+                raise DeployNASError(f"{out / MEASURED_FILE} is damaged ({type(err).__name__}); remove it to "
+                                     "measure again, or start a new search") from None
+            known = {**saved, **(known or {})}
         return known
 
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:
-            out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / name, obj)
 
     def _evolve(self, out: Path, resume: bool) -> Evolution:
@@ -201,11 +203,18 @@ class Search:
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         log_path = out / LOG_FILE
-        rows = self.world.run_on_main(lambda: [json.loads(line) for line in log_path.read_text().splitlines()
-                                               if line.strip()] if resume and log_path.is_file() else None)
+        rows = self.world.run_on_main(lambda: _read_log(log_path) if resume and log_path.is_file() else None)
         if rows:
-            evo.restore(rows, lambda d: load_config(d, self.supernet.family))
+            try:
+                evo.restore(rows, lambda d: load_config(d, self.supernet.family))
+            except (KeyError, TypeError) as err:
+                raise DeployNASError(f"{log_path} does not hold this search's generations ({err}); start a new "
+                                     "search") from None
             self.log(f"resumed after generation {evo.generation - 1}")
+        if self.world.main:
+            make_dirs(out)
+            log_path.touch()
+            record_written(log_path)
         with open(log_path, "a") if self.world.main else contextlib.nullcontext() as f:
             while evo.generation < self.setup.evolution.generations:
                 row = evo.step()
@@ -216,6 +225,17 @@ class Search:
                 self.log(f"generation {row['generation']}: best val top-1 {best['fitness']:.4f}, "
                          f"{row['evaluated']} evaluated")
         return evo
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The generations of an interrupted search; a line cut by the interruption ends the log."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def pareto_front(points: list[dict[str, float]]) -> list[dict[str, float]]:

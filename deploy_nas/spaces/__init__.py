@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidSubnetConfig
+from ..errors import InvalidSubnetConfig, brief
 from ..registry import Registry
 
 
@@ -34,25 +34,89 @@ SPACES: Registry[Any] = Registry("search space", InvalidSubnetConfig, loader=_lo
 PRESETS: Registry[Preset] = Registry("preset", InvalidSubnetConfig, loader=_load_families)
 
 
+# A config or space is a few hundred values: anything far larger is refused before it is expanded.
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 100_000  # values after YAML aliases are expanded
+MAX_DEPTH = 32  # nesting
+
+
 def read_structured_file(path: str | Path) -> Any:
-    """JSON or YAML (safe_load) from a file, with a typed error for anything unreadable."""
+    """JSON or YAML (safe_load) from a file, bounded in size, expanded size (YAML aliases) and nesting, with a
+    typed error for anything unreadable."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidSubnetConfig(f"{path} is {size:,} bytes; a config or space file is at most "
+                                      f"{MAX_FILE_BYTES:,}")
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidSubnetConfig(f"cannot read config file {path}: {err}") from err
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if kind == "JSON":
+            obj = json.loads(text)
+            _check_expanded(obj, _json_children)
+            return obj
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expanded(node, _yaml_children)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise InvalidSubnetConfig(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                                  f"{str(err).splitlines()[0]}") from err
+        raise InvalidSubnetConfig(f"{path} is not valid {kind}: {brief(str(err).splitlines()[0], 160)}") from err
+    except RecursionError:
+        raise InvalidSubnetConfig(f"{path} nests deeper than any config; at most {MAX_DEPTH} levels") from None
+
+
+def _json_children(obj: Any) -> list:
+    return list(obj.values()) + list(obj) if isinstance(obj, dict) else list(obj) if isinstance(obj, list) else []
+
+
+def _yaml_children(node: Any) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_expanded(root: Any, children: Any) -> None:
+    """Refuse a document whose values, with every alias expanded, exceed MAX_NODES or nest beyond MAX_DEPTH (or
+    that refers to itself), counting shared sub-documents once per use but computing each size once."""
+    sizes: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        kids = children(node)
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if sizes[key] > MAX_NODES or depth[key] > MAX_DEPTH:
+                raise InvalidSubnetConfig(f"the document expands to more than {MAX_NODES:,} values or "
+                                          f"{MAX_DEPTH} levels (YAML aliases count each time they are used); "
+                                          "a config is far smaller: write it out plainly")
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise InvalidSubnetConfig("the document refers to itself (a recursive YAML alias); write it out plainly")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
 
 
 def _family_name(obj: Any, family: str | None, what: str) -> str:
     """The family a config/space dict belongs to: its own "family" key, checked against `family` when given."""
     own = obj.get("family") if isinstance(obj, dict) else None
     if own is not None and family is not None and own != family:
-        raise InvalidSubnetConfig(f"{what} is for family {str(own)[:40]!r}, not {family!r}; pass --family {own} "
+        raise InvalidSubnetConfig(f"{what} is for family {brief(own)}, not {family!r}; pass the --family it names "
                                   f"or a {family} {what}")
     name = own or family
     if name is None:
@@ -72,8 +136,8 @@ def load_config(value: Any, family: str | None = None) -> Any:
         if isinstance(value, str) and value in PRESETS:
             return load_config(PRESETS.get(value).config, family)
         if not Path(value).is_file():
-            raise InvalidSubnetConfig(f"config {str(value)[:200]!r} is neither a preset ({', '.join(PRESETS.names())}) "
-                                      "nor an existing JSON/YAML file")
+            raise InvalidSubnetConfig(f"config {brief(str(value), 200)} is neither a preset "
+                                      f"({', '.join(PRESETS.names())}) nor an existing JSON/YAML file")
         value = read_structured_file(value)
     if not isinstance(value, dict):
         raise InvalidSubnetConfig(f"a subnet config must be a mapping, got {type(value).__name__}")
@@ -91,7 +155,7 @@ def load_space(value: Any, family: str | None = None) -> Any:
         _family_name({"family": space.family}, family, "space")
         return space
     if not Path(value).is_file():
-        raise InvalidSubnetConfig(f"space {str(value)[:200]!r} is neither a registered space "
+        raise InvalidSubnetConfig(f"space {brief(str(value), 200)} is neither a registered space "
                                   f"({', '.join(SPACES.names())}) nor an existing file")
     obj = read_structured_file(value)
     if not isinstance(obj, dict):

@@ -11,7 +11,7 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig
+from ..errors import InvalidSubnetConfig, brief
 from . import PRESETS, SPACES, Preset
 
 FAMILY = "autoformer"
@@ -19,7 +19,7 @@ FAMILY = "autoformer"
 
 def _ratio(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSubnetConfig(f"{where} = {value!r} is not a number; give MLP ratios as numbers like 3.5")
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a number; give MLP ratios as numbers like 3.5")
     return float(value)
 
 
@@ -27,7 +27,7 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise InvalidSubnetConfig(f"{where} = {value!r} is not an integer")
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer")
     return value
 
 
@@ -80,7 +80,7 @@ class AutoFormerConfig:
         family = obj.get("family", FAMILY)
         if family != FAMILY:
             raise InvalidSubnetConfig(
-                f"config is for family {family!r}, not {FAMILY!r}; pass --family {family} or an {FAMILY} config")
+                f"config is for family {brief(family)}, not {FAMILY!r}; pass --family or an {FAMILY} config")
         if "layer_num" in obj:
             return cls._from_official(obj)
         missing = [k for k in ("depth", "embed_dim", "mlp_ratio", "num_heads") if k not in obj]
@@ -90,16 +90,16 @@ class AutoFormerConfig:
         unknown = sorted(set(obj) - {"family", "depth", "embed_dim", "mlp_ratio", "num_heads"})
         if unknown:
             raise InvalidSubnetConfig(f"config has unknown keys {unknown}; remove them")
-        return cls(depth=_int(obj["depth"], "depth"), embed_dim=_int(obj["embed_dim"], "embed_dim"),
+        return cls(depth=_depth(obj["depth"], "depth"), embed_dim=_int(obj["embed_dim"], "embed_dim"),
                    mlp_ratio=_list(obj, "mlp_ratio", _ratio), num_heads=_list(obj, "num_heads", _int))
 
     @classmethod
     def _from_official(cls, obj: dict[str, Any]) -> AutoFormerConfig:
-        depth = _int(obj["layer_num"], "layer_num")
+        depth = _depth(obj["layer_num"], "layer_num")  # bounded before any list is built from it
         embed = obj.get("embed_dim")
-        embeds = [_int(e, "embed_dim") for e in (embed if isinstance(embed, list) else [embed] * depth)]
-        if len(embeds) < depth or len(set(embeds[:depth])) != 1:
-            raise InvalidSubnetConfig(f"embed_dim = {embed!r}: AutoFormer needs one embed dim repeated for "
+        embeds = [_int(e, "embed_dim") for e in (embed if isinstance(embed, list) else [embed])]
+        if isinstance(embed, list) and len(embeds) < depth or len(set(embeds[:depth])) != 1:
+            raise InvalidSubnetConfig(f"embed_dim = {brief(embed)}: AutoFormer needs one embed dim repeated for "
                                       f"all {depth} layers")
         lists = {}
         for name, conv in (("mlp_ratio", _ratio), ("num_heads", _int)):
@@ -117,10 +117,20 @@ class AutoFormerConfig:
                                    "mlp_ratio": sec["MLP_RATIO"], "num_heads": sec["NUM_HEADS"]})
 
 
+MAX_DEPTH = 1024  # deeper than any supernet: a larger depth is refused before anything is sized by it
+
+
+def _depth(value: Any, where: str) -> int:
+    depth = _int(value, where)
+    if not 1 <= depth <= MAX_DEPTH:
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a depth (1..{MAX_DEPTH})")
+    return depth
+
+
 def _list(obj: dict[str, Any], name: str, conv) -> tuple:
     values = obj.get(name)
     if not isinstance(values, (list, tuple)):
-        raise InvalidSubnetConfig(f"{name} = {values!r} must be a list with one entry per block")
+        raise InvalidSubnetConfig(f"{name} = {brief(values)} must be a list with one entry per block")
     return tuple(conv(v, f"{name}[{i}]") for i, v in enumerate(values))
 
 
@@ -180,7 +190,7 @@ class AutoFormerSpace:
 
     def _check(self, where: str, value: Any, allowed: tuple) -> None:
         if value not in allowed:
-            raise InvalidSubnetConfig(f"{where} = {value} is outside space {self.name!r} "
+            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
                                       f"(allowed: {', '.join(str(a) for a in allowed)})")
 
     def contains(self, cfg: Any) -> bool:

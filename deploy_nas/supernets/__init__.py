@@ -9,7 +9,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from deploy_nas.errors import CheckpointError
+from deploy_nas.errors import CheckpointError, brief
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
@@ -69,8 +69,8 @@ def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
 def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple[Any, Any]:
     meta = read_supernet_meta(directory)
     if family is not None and meta["family"] != family:
-        raise CheckpointError(f"{directory} holds a {meta['family']!r} supernet, not {family!r}; "
-                              f"pass --family {meta['family']}")
+        raise CheckpointError(f"{directory} holds a {brief(meta['family'])} supernet, not {family!r}; "
+                              "pass the --family it names")
     fam = FAMILIES.get(meta["family"])
     try:
         model = fam.supernet_from_meta(meta)

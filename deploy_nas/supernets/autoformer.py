@@ -14,12 +14,12 @@ from torch import Tensor, nn
 
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.kernels import relpos
 from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
-from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
 from deploy_nas.supernets.elastic import (
     ElasticAttention,
     ElasticBlock,
@@ -225,30 +225,40 @@ class AutoFormerSupernet(nn.Module):
 # --- the official checkpoint format -------------------------------------------------------------------------
 def arch_from_state_dict(sd: dict[str, Tensor], change_qkv: bool = True, gp: bool = True,
                          pre_norm: bool = True, head_dim: int | None = None) -> AutoFormerArch:
-    """Infer super sizes and R from tensor shapes; the three flags that weights cannot tell are explicit."""
+    """Infer super sizes and R from tensor shapes (each size by the majority of the tensors that carry it, so a
+    misshapen tensor is reported as such instead of resizing the model); the flags weights cannot tell are given."""
     needed = ["patch_embed_super.proj.weight", "cls_token", "head.weight", "blocks.0.fc1.weight"]
     missing = [k for k in needed if k not in sd]
     if missing:
         raise CheckpointError(f"not an AutoFormer supernet state dict: missing {', '.join(missing)} "
-                              f"(found {len(sd)} keys, e.g. {', '.join(list(sd)[:3])})")
-    conv = sd["patch_embed_super.proj.weight"]
-    E, in_chans, patch = conv.shape[0], conv.shape[1], conv.shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit())
-    table = sd.get("blocks.0.attn.rel_pos_embed_k.embeddings_table_v")
-    relative = table is not None
-    table_rows, table_dim = (table.shape[0], table.shape[1]) if relative else (30, 64)
+                              f"(found {len(sd)} keys, e.g. {', '.join(brief(k, 50) for k in list(sd)[:3])})")
+    dims = {k: tuple(v.shape) for k, v in sd.items()}
+    conv = dims["patch_embed_super.proj.weight"]
+    if len(conv) != 4 or conv[2] != conv[3]:
+        raise CheckpointError(f"patch_embed_super.proj.weight has shape {conv}; expected (E, C, P, P)")
+    blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()})
+    if blocks != list(range(len(blocks))):
+        raise CheckpointError(f"blocks are numbered {blocks[:8]}...; expected 0..{len(blocks) - 1}")
+    E = majority([conv[0]] + [s[-1] for k, s in dims.items() if s and (k == "cls_token" or k.endswith(
+        ("layer_norm.weight", "norm.weight")))], "E")
+    mlp = majority([dims[k][0] for k in dims if k.endswith(".fc1.weight") and dims[k]], "the MLP width")
+    tables = [dims[k] for k in dims if "embeddings_table" in k and len(dims[k]) == 2]
+    relative = bool(tables)
+    table_rows, table_dim = majority(tables, "the relative-position tables") if relative else (30, 64)
     if table_rows % 2:
         raise CheckpointError(f"relative-position table has {table_rows} rows; expected an even 2R+2")
-    pos = sd.get("pos_embed")
+    pos = dims.get("pos_embed")
     if pos is not None:
-        grid = math.isqrt(pos.shape[1] - 1)
-        if grid * grid != pos.shape[1] - 1:
-            raise CheckpointError(f"pos_embed has {pos.shape[1]} tokens, not 1 + a square number of patches")
+        grid = math.isqrt(max(pos[1] - 1, 0)) if len(pos) == 3 else 0
+        if len(pos) != 3 or grid * grid != pos[1] - 1:
+            raise CheckpointError(f"pos_embed has shape {pos}; expected (1, 1 + a square number of patches, E)")
     else:
-        grid = 224 // patch  # without abs pos the input size is not in the weights; the official default is 224
+        grid = 224 // conv[-1]  # without abs pos the input size is not in the weights; the official default is 224
+    if len(dims["head.weight"]) != 2:
+        raise CheckpointError(f"head.weight has shape {dims['head.weight']}; expected (classes, E)")
     return AutoFormerArch(
-        embed_dim=E, depth=depth, mlp_hidden=sd["blocks.0.fc1.weight"].shape[0], num_classes=sd["head.weight"].shape[0],
-        img_size=grid * patch, patch_size=patch, in_chans=in_chans,
+        embed_dim=E, depth=len(blocks), mlp_hidden=mlp, num_classes=dims["head.weight"][0],
+        img_size=grid * conv[-1], patch_size=conv[-1], in_chans=conv[1],
         head_dim=head_dim or (table_dim if relative else 64), table_dim=table_dim,
         max_relative_position=table_rows // 2 - 1, qkv_bias="blocks.0.attn.qkv.bias" in sd, abs_pos=pos is not None,
         relative_position=relative, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm)

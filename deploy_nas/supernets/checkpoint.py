@@ -7,6 +7,7 @@ unpickler can build it without importing or calling argparse. Any other non-tens
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from deploy_nas.errors import CheckpointError
+from deploy_nas.errors import CheckpointError, brief
 
 
 class _InertNamespace:
@@ -29,31 +30,63 @@ class _InertNamespace:
 _ALLOWED = [(_InertNamespace, "argparse.Namespace")]
 
 
+MAX_CHECKPOINT_BYTES = 64 << 30  # no supernet comes near; a larger "checkpoint" is refused before reading it
+
+
+def file_kind(path: Path) -> str:
+    """What a file holds, judged from its first bytes (never by unpickling it)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < MAX_CHECKPOINT_BYTES:
+        return "safetensors"
+    return "unknown"
+
+
 def read_checkpoint(path: str | Path) -> Any:
-    """The raw object stored in a checkpoint file (tensors, containers and inert Namespaces only)."""
+    """The raw object stored in a checkpoint file (tensors, containers and inert Namespaces only). Messages never
+    suggest loading with weights_only=False: a file that needs code execution is refused, not run."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
+        raise CheckpointError(f"checkpoint {path} not found" if not path.exists() else
+                              f"checkpoint {path} is not a regular file")
+    try:
+        size, kind = path.stat().st_size, file_kind(path)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path} is {size / 2**30:.1f} GiB, larger than any supernet checkpoint; refusing")
+    if kind == "safetensors" or path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
+            raise CheckpointError(f"{path} is not a readable safetensors file ({brief(str(err), 120)})") from None
+    if kind == "unknown":
+        raise CheckpointError(f"{path} is not a checkpoint: neither a torch file (zip or legacy pickle) nor "
+                              f"safetensors (it starts with {brief(_head(path), 40)}); nothing in it was loaded")
     try:
         with torch.serialization.safe_globals(_ALLOWED):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
-            raise CheckpointError(f"{path} holds pickled objects that would need code execution to load "
-                                  f"({first}); refusing. Re-save only the tensors, e.g. "
-                                  "torch.save(ckpt['model'], 'weights.pth') or as safetensors") from err
-        raise CheckpointError(f"{path} is not a valid checkpoint ({first}); the file may be truncated") from err
+        needs = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if needs:
+            raise CheckpointError(f"{path} holds pickled objects ({brief(needs.group(1), 60)}) that only code "
+                                  "execution could rebuild; it will not be unpickled. Re-save just the tensors "
+                                  "(a state dict, or safetensors) from a trusted environment") from None
+        raise CheckpointError(f"{path} is a damaged or truncated torch {'zip' if kind == 'torch-zip' else 'pickle'} "
+                              "file (its weights could not be read); it will not be unpickled any further") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, IndexError, KeyError,
-            TypeError, struct.error) as err:  # what a corrupt stream makes the unpickler raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({first}); the file may be "
-                              "truncated or not a checkpoint") from err
+            TypeError, struct.error, MemoryError, RecursionError) as err:  # what a corrupt stream makes torch raise
+        raise CheckpointError(f"{path} is a damaged or truncated torch {'zip' if kind == 'torch-zip' else 'pickle'} "
+                              f"file ({type(err).__name__}); it will not be unpickled any further") from None
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(12)
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -74,13 +107,35 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 
 
 def check_state_dict(model: Any, sd: dict[str, torch.Tensor], family: str, hint: str) -> None:
-    """Raise CheckpointError listing every missing, unexpected and misshapen key of `sd` against `model`."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    misshapen = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
-                       for k in set(expected) & set(sd) if tuple(sd[k].shape) != tuple(expected[k]))
-    problems = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
-                for name, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
-    if problems:
-        raise CheckpointError(f"checkpoint does not match a {family} supernet: " + "; ".join(problems) + f". {hint}")
+    """Raise CheckpointError listing every missing, unexpected, misshapen, non-floating (where the model has
+    floating weights: an int64 tensor would be cast silently) and non-finite tensor of `sd` against `model`."""
+    expected = model.state_dict()
+    common = set(expected) & set(sd)
+    problems = {
+        "missing": sorted(set(expected) - set(sd)),
+        "unexpected": sorted(set(sd) - set(expected)),
+        "misshapen": sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k].shape)})"
+                            for k in common if tuple(sd[k].shape) != tuple(expected[k].shape)),
+        "not floating point": sorted(f"{k} ({str(sd[k].dtype).replace('torch.', '')})" for k in common
+                                     if expected[k].is_floating_point() and not sd[k].is_floating_point()),
+        "non-finite (NaN or Inf)": sorted(k for k in common if sd[k].is_floating_point()
+                                          and not bool(torch.isfinite(sd[k]).all())),
+    }
+    lines = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
+             for name, keys in problems.items() if keys]
+    if not lines:
+        return
+    layout = any(problems[k] for k in ("missing", "unexpected", "misshapen"))
+    fix = hint if layout else "the file's weights are broken or not weights at all; re-export them"
+    raise CheckpointError(f"checkpoint does not match a {family} supernet: " + "; ".join(lines) + f". {fix}")
+
+
+def majority(values: list[Any], what: str) -> Any:
+    """The most common value (ties: the first seen), so one broken tensor cannot decide a size; check_state_dict
+    then names it as the odd one out."""
+    if not values:
+        raise CheckpointError(f"cannot infer {what}: no tensor tells it")
+    counts: dict[Any, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda v: counts[v])

@@ -56,11 +56,16 @@ class TrainConfig:
     device: str = setting("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
 
     def validate(self) -> TrainConfig:
-        checks = (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
-                  ("min_lr", 0 <= self.min_lr <= self.lr), ("num_random", self.num_random >= 0),
+        checks = (("epochs", 1 <= self.epochs <= 1_000_000), ("batch_size", 1 <= self.batch_size <= 1 << 16),
+                  ("lr", 0 < self.lr < math.inf), ("min_lr", 0 <= self.min_lr <= self.lr),
+                  ("num_random", 0 <= self.num_random <= 64), ("seed", 0 <= self.seed < 2**63),
+                  ("weight_decay", 0 <= self.weight_decay < math.inf),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1),
+                  ("clip_grad", self.clip_grad is None or 0 < self.clip_grad < math.inf),
                   ("distill_weight", 0 <= self.distill_weight <= 1), ("warmup_epochs", self.warmup_epochs >= 0),
                   ("shift", self.shift >= 0), ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
-                  ("max_steps", self.max_steps is None or self.max_steps >= 1))
+                  ("max_steps", self.max_steps is None or self.max_steps >= 1),
+                  ("projection_from_epoch", self.projection_from_epoch >= 0))
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise DeployNASError(f"training config out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")

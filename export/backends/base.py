@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from deploy_nas.errors import BackendUnavailable, DeployNASError, ExportError
+from deploy_nas.errors import BackendUnavailable, DeployNASError, ExportError, brief
 from deploy_nas.export.backends.runner import Runner, infer_runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -38,6 +38,12 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def usable_threads(requested: int | None) -> int:
+    """`requested` capped at the cores this process may use (more threads than cores only adds contention, and a
+    row recorded with 1000 threads on 2 cores would misdescribe the measurement); None: all of them."""
+    return min(requested, default_threads()) if requested else default_threads()
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """How to build an engine. `None` means the default, resolved once by `resolved()`."""
@@ -54,7 +60,8 @@ class BuildConfig:
 
     def validate(self) -> BuildConfig:
         if self.precision not in PRECISIONS:
-            raise UnsupportedPrecision(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+            raise UnsupportedPrecision(f"unknown precision {brief(self.precision)}; choose one of: "
+                                       f"{', '.join(PRECISIONS)}")
         if self.threads is not None and self.threads < 1:
             raise ExportError(f"threads must be >= 1, got {self.threads}; pass a positive number or leave it unset")
         if not 1 <= self.opt_batch <= self.max_batch:
@@ -67,7 +74,7 @@ class BuildConfig:
     def resolved(self) -> BuildConfig:
         """Validated, with paths as Path and threads filled in."""
         self.validate()
-        return replace(self, threads=self.threads or default_threads(),
+        return replace(self, threads=usable_threads(self.threads),
                        calib_dir=Path(self.calib_dir) if self.calib_dir is not None else None,
                        out_dir=Path(self.out_dir) if self.out_dir is not None else None)
 
@@ -119,6 +126,19 @@ class Engine(abc.ABC):
             raise ExportError(f"{self.name} engine expects input {self.input_name!r}, got {sorted(feeds)}; "
                               f"pass {{'{self.input_name}': array}}")
         return np.ascontiguousarray(feeds[self.input_name], dtype=np.float32)
+
+
+def verify_files(d: Path, files: dict[str, str], rebuild: str) -> None:
+    """Each file build.json lists must be there with its recorded sha256: a missing or truncated model.bin would
+    otherwise surface as a runtime error with no cause."""
+    from deploy_nas.io import sha256_file
+
+    for name, digest in files.items():
+        path = d / name
+        if not path.is_file():
+            raise ExportError(f"{path} is missing (build.json lists it); {rebuild}")
+        if sha256_file(path) != digest:
+            raise ExportError(f"{path} does not match build.json (truncated or modified since the build); {rebuild}")
 
 
 class Backend(abc.ABC):
@@ -182,6 +202,7 @@ class Backend(abc.ABC):
             raise ExportError(f"{d / BUILD_JSON} is damaged ({type(err).__name__}); {rebuild}") from err
         if precision != config.precision:
             raise ExportError(f"{d} holds a {precision} build, not {config.precision}; {rebuild}")
+        verify_files(d, meta.get("files") or {}, rebuild)
         return d, meta
 
     def artifact_dir(self, config: BuildConfig) -> Path | None:

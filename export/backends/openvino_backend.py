@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy_nas.errors import ExportError
+from deploy_nas.errors import ExportError, brief
 from deploy_nas.export.backends.base import BUILD_JSON, INPUT_NAME, OUTPUT_NAME, Backend, BuildConfig, Engine
 from deploy_nas.export.backends.runner import Runner
 
@@ -46,7 +46,7 @@ def ir_from_onnx(onnx_path: str | Path) -> Any:
     try:
         return ov.convert_model(str(onnx_path))
     except RuntimeError as err:
-        raise ExportError(f"openvino cannot convert {onnx_path}: {str(err).splitlines()[0]}; "
+        raise ExportError(f"openvino cannot convert {onnx_path}: {ov_cause(err)}; "
                           "re-export the ONNX file") from err
 
 
@@ -65,7 +65,7 @@ def ir_from_module(model: Any) -> Any:
         try:
             ov_model = ov.convert_model(model.eval().cpu(), example_input=example)
         except (RuntimeError, TypeError) as err:
-            raise ExportError(f"openvino cannot convert the module: {str(err).splitlines()[0]}; "
+            raise ExportError(f"openvino cannot convert the module: {ov_cause(err)}; "
                               "use the ONNX path (build from model.onnx)") from err
     ov_model.reshape({0: ov.PartialShape([-1, *shape])})
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
@@ -102,8 +102,14 @@ def compile_ir(model: Any, hint: str, threads: int, mode: str = "LATENCY") -> An
     try:
         return ov_core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", props)
     except RuntimeError as err:
-        raise ExportError(f"openvino cannot compile the model: {str(err).splitlines()[0]}; "
+        raise ExportError(f"openvino cannot compile the model: {ov_cause(err)}; "
                           "re-export the ONNX file or rebuild the IR") from err
+
+
+def ov_cause(err: BaseException) -> str:
+    """The informative part of an OpenVINO error (its first lines only name the C++ source files it passed)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith("Exception from ")]
+    return brief(" ".join(lines) or str(err), 300).strip("'\"")
 
 
 class OpenVinoEngine(Engine):
@@ -234,7 +240,9 @@ class OpenVinoBackend(Backend):
             ov_model, int8_meta = quantize_int8(ov_model, config)
             meta["int8"] = int8_meta
         out = None if config.out_dir is None else Path(config.out_dir) / subdir / config.precision
-        tmp = tempfile.TemporaryDirectory(prefix="deploy_nas_openvino_") if out is None else None
+        from deploy_nas.io import temp_dir
+
+        tmp = temp_dir("openvino") if out is None else None
         xml = save_ir(ov_model, out or Path(tmp.name) / "ir", config, hint, meta)
         return OpenVinoEngine(xml, config.precision, hint, config.threads, meta, tmp)
 

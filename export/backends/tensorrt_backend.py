@@ -208,6 +208,6 @@ def save_engine(plan: bytes, cache: bytes, cache_path: Path, out: Path, config: 
         (tmp / ENGINE_FILE).write_bytes(plan)
         write_json_atomic(tmp / BUILD_JSON, {"backend": "tensorrt", "precision": config.precision,
                                              "config": config.to_dict(),
-                                             "engine_sha256": sha256_file(tmp / ENGINE_FILE),
+                                             "files": {ENGINE_FILE: sha256_file(tmp / ENGINE_FILE)},
                                              "versions": versions(("tensorrt", "torch")), **meta})
     write_bytes_atomic(cache_path, cache)

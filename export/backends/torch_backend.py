@@ -12,7 +12,7 @@ from torch import nn
 
 from deploy_nas.devices import resolve_device
 from deploy_nas.errors import ExportError
-from deploy_nas.export.backends.base import Backend, BuildConfig, Engine
+from deploy_nas.export.backends.base import Backend, BuildConfig, Engine, usable_threads
 from deploy_nas.export.backends.runner import Runner
 
 
@@ -52,7 +52,7 @@ class TorchEngine(Engine):
     def __init__(self, model: nn.Module, threads: int | None = None, device: str | None = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device, torch.float32).eval()
-        self.threads = threads
+        self.threads = usable_threads(threads) if threads is not None else None
         spec = getattr(model, "spec", None)
         self.input_shape = (spec.in_chans, spec.img_size, spec.img_size) if spec is not None else ()
 

@@ -51,7 +51,8 @@ def test_run_writes_a_complete_proven_directory(deployed):
 
 def test_manifest_hashes_every_artifact(deployed):
     manifest = json.loads((deployed / "manifest.json").read_text())
-    files = {p.relative_to(deployed).as_posix() for p in deployed.rglob("*") if p.is_file()} - {"manifest.json"}
+    files = {p.relative_to(deployed).as_posix() for p in deployed.rglob("*")
+             if p.is_file() and not p.name.startswith(".")} - {"manifest.json"}  # the ownership markers are hidden
     assert set(manifest["files"]) == files
     assert {"model.onnx", "dense/weights.safetensors", "openvino/fp16/model.bin", "report.json"} <= files
     for name, entry in manifest["files"].items():

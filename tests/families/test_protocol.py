@@ -76,6 +76,15 @@ def test_family_provides_the_protocol(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_family_plugs_its_strategies_into_the_fuzz_suite(name):
+    from tests.fuzz.strategies import FAMILY_STRATEGIES
+
+    assert name in FAMILY_STRATEGIES, f"add {name}'s config and checkpoint strategies to tests/fuzz/strategies.py"
+    base = FAMILY_STRATEGIES[name].checkpoint_base()
+    assert base and all(isinstance(v, torch.Tensor) for v in base.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_tiny_space_materializes_exactly(name, tmp_path):
     family, space, supernet = tiny(name)
     atol = getattr(family, "exactness_atol", EXACT)

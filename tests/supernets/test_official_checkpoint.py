@@ -135,7 +135,7 @@ def test_pickle_needing_code_execution_is_refused_and_not_run(narrow_s, tmp_path
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"model": narrow_s.state_dict(), "args": _Exploit(marker)}, path, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="need code execution"):
+    with pytest.raises(CheckpointError, match="posix.system.*will not be unpickled"):
         load_official(path)
     assert not marker.exists()
 
