@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import torch
 from deploy_nas import load_dense
 from tests.conftest import OFFICIAL, make_supernet, narrow_space
 
-EXE = shutil.which("deploy-nas") or str(Path(__import__("sys").executable).parent / "deploy-nas")
+# DEPLOY_NAS_EXE: test another build of the CLI (e.g. an older one, to see a reproduction fail there)
+EXE = os.environ.get("DEPLOY_NAS_EXE") or shutil.which("deploy-nas") or str(Path(sys.executable).parent / "deploy-nas")
 
 
 def run(*args, cwd=None):
