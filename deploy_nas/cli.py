@@ -146,10 +146,11 @@ def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...],
               threads: int | None) -> None:
     """Latency (p50/p90/p99) and throughput of an engine; updates OUT/bench.json."""
     from deploy_nas.export.pipeline import bench_of
-    from deploy_nas.export.report import fps_table
+    from deploy_nas.export.report import fps_table, profile_tables
 
-    rows = bench_of(out, backend, precision, batches, runs, warmup, threads)
-    _show(fps_table([r.to_dict(raw=False) for r in rows]))
+    rows = [r.to_dict(raw=False) for r in bench_of(out, backend, precision, batches, runs, warmup, threads)]
+    for table in (fps_table(rows), *profile_tables(rows)):
+        _show(table)
 
 
 def show_report(out: Path) -> None:

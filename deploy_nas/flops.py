@@ -15,7 +15,7 @@ from torch import nn
 # Operators that do no multiply-accumulates (elementwise, data movement, index ops): counted as 0 on purpose.
 ZERO_MAC_OPS = (
     "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div", "aten::gelu", "aten::softmax",
-    "aten::mean", "aten::gather", "aten::scatter_add", "aten::new_zeros", "aten::zeros", "aten::expand",
+    "aten::mean", "aten::sum", "aten::gather", "aten::scatter_add", "aten::new_zeros", "aten::zeros", "aten::expand",
     "aten::cat", "aten::flatten", "aten::transpose", "aten::permute", "aten::reshape", "aten::view",
     "aten::select", "aten::slice", "aten::unbind", "aten::contiguous", "aten::clone", "aten::t", "aten::numpy_T",
     "aten::pad", "aten::constant_pad_nd", "aten::clamp", "aten::arange", "aten::sigmoid", "aten::relu",

@@ -129,13 +129,20 @@ def parity(out: str | Path, engine: Engine, reference: Engine, data_dir: str | P
 
 
 def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs: int = 50, warmup: int = 10,
-          write: bool = True) -> list:
-    """FPS rows for each batch size (1: latency mode, > 1: throughput mode), recorded in out/bench.json."""
+          write: bool = True, profile: bool = True) -> list:
+    """FPS rows for each batch size (1: latency mode, > 1: throughput mode), recorded in out/bench.json. The row of
+    the first batch also carries `info.op_profile`: where the time goes, from the runtime's profiler (a separate
+    run), for the engines whose runtime has one."""
     from deploy_nas.export.fps import measure_fps, mode_for_batch
 
     rows = []
     for b in batches:
         rows += measure_fps(engine, batch=b, mode=mode_for_batch(b), runs=runs, warmup=warmup)
+    if profile and rows:
+        x = np.random.default_rng(0).standard_normal((rows[0].batch, *engine.input_shape), dtype=np.float32)
+        ops = engine.op_profile(x)
+        if ops is not None:
+            rows[0].info["op_profile"] = [o.to_dict() for o in ops]
     if write:
         update_bench(Path(out) / BENCH_JSON, [bench_row(r) for r in rows])
     return rows

@@ -106,6 +106,17 @@ def fps_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def profile_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """"Where the time goes": the op-type table of every row that carries a profile."""
+    tables = profile_tables(rows)
+    if not tables:
+        return []
+    lines = ["## Where the time goes", ""]
+    for t in tables:
+        lines += [f"**{t.title}**", "", *t.markdown_lines(), ""]
+    return lines
+
+
 def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
     lines = [f"# Deployment report: {'PASSED' if report.passed else 'FAILED'}", ""]
     if report.model:
@@ -119,6 +130,7 @@ def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
                   *parity_table([p.to_dict() for p in report.parity]).markdown_lines(), ""]
     if report.fps:
         lines += ["## Speed", "", *fps_table([f.to_dict(raw=False) for f in report.fps]).markdown_lines(), ""]
+        lines += profile_lines([f.to_dict(raw=False) for f in report.fps])
     lines += ["## Artifacts", "", "| file | bytes | sha256 |", "|---|---|---|",
               *(f"| {k} | {v['bytes']} | `{v['sha256'][:16]}` |" for k, v in files["files"].items()), "",
               "## Versions", "", *(f"- {k}: {v}" for k, v in files["versions"].items()), ""]
@@ -139,7 +151,14 @@ def summary_of(directory: str | Path) -> tuple[str, list[Table], list[str]]:
                 f"{m.get('img_size')}px")
     notes = [f"note: {n}" for n in report["notes"]]
     notes.append(f"report: {directory / REPORT_MD} (+ report.json, manifest.json)")
-    return headline, [parity_table(report["parity"]), fps_table(report["fps"])], notes
+    return headline, [parity_table(report["parity"]), fps_table(report["fps"]), *profile_tables(report["fps"])], notes
+
+
+def profile_tables(rows: Sequence[dict[str, Any]]) -> list[Table]:
+    from deploy_nas.export.profile import profile_table
+
+    return [profile_table(f"{r['backend']} {r['precision']}", r["info"]["op_profile"])
+            for r in rows if r.get("info", {}).get("op_profile")]
 
 
 def print_summary(directory: str | Path) -> None:

@@ -1,31 +1,50 @@
-"""AutoFormer's 2D relative position attention terms, in a reference form and a fast, export-friendly form.
+"""AutoFormer's 2D relative position attention terms: the reference form, the gather/scatter form (the lowering used
+until 2026-12), and the separable form the dense models use.
 
 Two tables per term, `table_v` and `table_h` of shape (K, D) with K = 2R + 2, are shared by all heads. For tokens
-n, m (index 0 is the cls token) the relative embedding is r[n, m] = table_v[iv[n, m]] + table_h[ih[n, m]], where
-`iv`/`ih` are the clipped row/column offsets of m relative to n shifted into 1..2R+1, and 0 for any cls pair.
+n, m (index 0 is the cls token, patch tokens sit on a G x G grid) the relative embedding is
+r[n, m] = table_v[iv[n, m]] + table_h[ih[n, m]], where `iv`/`ih` are the clipped row/column offsets of m relative
+to n shifted into 1..2R+1, and 0 for any cls pair. The keys term adds q . r[n, m] to the logits; the values term
+adds sum_m attn[n, m] r[n, m] to the output.
 
-The keys term adds q . r[n, m] to the logits; the values term adds sum_m attn[n, m] r[n, m] to the output.
-The reference builds r as an (N, N, D) tensor. The fast form never does:
-  keys:   (q @ table^T) is (B, H, N, K); gather along K with the index -> (B, H, N, N)   [ONNX GatherElements]
-  values: bin attn by index, (B, H, N, N) -> (B, H, N, K) with scatter-add; then @ table  [ONNX ScatterElements]
-Both are exact up to fp32 summation order.
+* reference: builds r as an (N, N, D) tensor.
+* gather/scatter: (q @ table^T) is (B, H, N, K), gathered along K with the (N, N) index broadcast to
+  (B, H, N, N) [ONNX GatherElements]; values bin the attention by index with a scatter-add over (B, H, N, N)
+  [ONNX ScatterElements]. Exact, but on OpenVINO 26% of AutoFormer-T's time moved indices.
+* separable (used): the index is separable: iv[n, m] depends only on the grid rows of n and m, ih only on their
+  columns. So each table is first gathered into per-row tables T_rows[a, b] = table[idx(a, b)] of shape (G, G, D)
+  (a constant gather of weights: folded into a constant at export), and then
+    keys:   for queries of grid row a, q @ T_rows[a]^T gives (G_cols, G) logits over key rows, broadcast over key
+            columns (and likewise for columns): batched MatMuls of (G, D) x (D, G) and one broadcast add;
+    values: the attention summed over key columns (rows) is (B, H, N, G), multiplied by T_rows[a]: batched MatMuls;
+  the cls row and column (index 0) are one dot product each, concatenated around. No gather or scatter runs per
+  inference. Exact up to fp32 summation order; offsets beyond R clip inside `idx`, so any G works.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def offset_index(grid: int, max_relative_position: int) -> Tensor:
+    """idx[a, b] = clip(b - a, -R, R) + R + 1 for grid rows (or columns) a of the query and b of the key: (G, G)."""
+    pos = torch.arange(grid)
+    r = max_relative_position
+    return (pos[None, :] - pos[:, None]).clamp(-r, r) + r + 1
 
 
 def relative_position_index(grid: int, max_relative_position: int) -> tuple[Tensor, Tensor]:
     """(iv, ih), each (N, N) int64 with N = grid**2 + 1, following the official RelativePosition2D_super."""
-    pos = torch.arange(grid * grid)
-    row, col = pos // grid, pos % grid
-    r = max_relative_position
-    # Offset of key m relative to query n, clipped to [-R, R], shifted to [1, 2R+1]; 0 is reserved for cls pairs.
-    iv = (row[None, :] - row[:, None]).clamp(-r, r) + r + 1
-    ih = (col[None, :] - col[:, None]).clamp(-r, r) + r + 1
-    pad = torch.nn.functional.pad
-    return pad(iv, (1, 0, 1, 0), value=0), pad(ih, (1, 0, 1, 0), value=0)
+    idx = offset_index(grid, max_relative_position)
+    rows = torch.arange(grid * grid) // grid
+    cols = torch.arange(grid * grid) % grid
+    iv = idx[rows[:, None], rows[None, :]]
+    ih = idx[cols[:, None], cols[None, :]]
+    return F.pad(iv, (1, 0, 1, 0), value=0), F.pad(ih, (1, 0, 1, 0), value=0)
+
+
+# ----------------------------------------------------------------------------------------------------- reference
 
 
 def relative_embeddings(table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
@@ -43,8 +62,11 @@ def value_term_reference(attn: Tensor, table_v: Tensor, table_h: Tensor, iv: Ten
     return torch.einsum("bhnm,nmd->bhnd", attn, relative_embeddings(table_v, table_h, iv, ih))
 
 
-def key_logits(q: Tensor, table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
-    """Fast form of `key_logits_reference`: project q on the small tables, then gather."""
+# ------------------------------------------------------------------------------------------------ gather/scatter
+
+
+def key_logits_gather(q: Tensor, table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
+    """Gather form: project q on the small tables, then gather with the (N, N) index."""
     B, H, N, _ = q.shape
     shape = (B, H, N, N)
     lv = torch.matmul(q, table_v.t())  # (B, H, N, K)
@@ -52,10 +74,103 @@ def key_logits(q: Tensor, table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tens
     return torch.gather(lv, 3, iv.expand(shape)) + torch.gather(lh, 3, ih.expand(shape))
 
 
-def value_term(attn: Tensor, table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
-    """Fast form of `value_term_reference`: bin the attention weights by index, then one small matmul per table."""
+def value_term_scatter(attn: Tensor, table_v: Tensor, table_h: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
+    """Scatter form: bin the attention weights by index, then one small matmul per table."""
     B, H, N, _ = attn.shape
     bins = (B, H, N, table_v.shape[0])
     bv = attn.new_zeros(bins).scatter_add(3, iv.expand(attn.shape), attn)  # (B, H, N, K)
     bh = attn.new_zeros(bins).scatter_add(3, ih.expand(attn.shape), attn)
     return torch.matmul(bv, table_v) + torch.matmul(bh, table_h)
+
+
+# ----------------------------------------------------------------------------------------------------- separable
+
+
+def row_tables(table: Tensor, idx: Tensor) -> Tensor:
+    """(K, D) table and (G, G) offset index -> (G, G, D): the table rows a query row (column) a sees for key row
+    (column) b. A gather of weights by a constant: the exporter folds it into a constant."""
+    return table[idx]
+
+
+def key_logits(q: Tensor, table_v: Tensor, table_h: Tensor, idx: Tensor) -> Tensor:
+    """Separable form of `key_logits_reference`; `idx` = offset_index(G, R). q: (B, H, 1 + G*G, D) -> (B, H, N, N)."""
+    B, H, N, D = q.shape
+    G = idx.shape[0]
+    tv, th = row_tables(table_v, idx), row_tables(table_h, idx)  # (G, G, D): [query row/col, key row/col, d]
+    t0 = table_v[0] + table_h[0]  # every cls pair
+    q0, qp = q[:, :, :1], q[:, :, 1:]
+    qg = qp.reshape(B, H, G, G, D)  # [query row a, query col c]
+    by_row = torch.matmul(qg, tv.transpose(1, 2))  # (B, H, a, c, key row b): (c, D) @ (D, b) per a
+    by_col = torch.matmul(qg.transpose(2, 3), th.transpose(1, 2)).transpose(2, 3)  # (B, H, a, c, key col e)
+    patches = (by_row.unsqueeze(-1) + by_col.unsqueeze(-2)).reshape(B, H, G * G, G * G)  # keys (b, e) row-major
+    cls_key = torch.matmul(qp, t0.unsqueeze(-1))  # (B, H, G*G, 1)
+    cls_query = torch.matmul(q0, t0.unsqueeze(-1)).expand(B, H, 1, N)
+    return torch.cat([cls_query, torch.cat([cls_key, patches], dim=-1)], dim=2)
+
+
+def value_term(attn: Tensor, table_v: Tensor, table_h: Tensor, idx: Tensor) -> Tensor:
+    """Separable form of `value_term_reference`. attn: (B, H, 1 + G*G, 1 + G*G) -> (B, H, N, D)."""
+    B, H, N, _ = attn.shape
+    G = idx.shape[0]
+    tv, th = row_tables(table_v, idx), row_tables(table_h, idx)
+    t0 = table_v[0] + table_h[0]
+    a0, ap = attn[:, :, :1], attn[:, :, 1:]
+    grid = ap[..., 1:].reshape(B, H, G, G, G, G)  # [query row a, query col c, key row b, key col e]
+    per_row = torch.matmul(grid.sum(dim=-1), tv)  # (B, H, a, c, b) @ (a: b, D) -> (B, H, a, c, D)
+    per_col = torch.matmul(grid.sum(dim=-2).transpose(2, 3), th).transpose(2, 3)  # by query column
+    patches = (per_row + per_col).reshape(B, H, G * G, -1) + ap[..., :1] * t0
+    cls = a0.sum(dim=-1, keepdim=True) * t0  # (B, H, 1, D): every key of the cls query is a cls pair
+    return torch.cat([cls, patches], dim=2)
+
+
+# ----------------------------------------------------------------------------------------------------- augmented
+
+
+def indicator_features(grid: int) -> Tensor:
+    """(N, 2G + 2) constants per key m: one-hot of its grid row (G), of its grid column (G), [m is cls], 1."""
+    N = grid * grid + 1
+    rows = F.one_hot(torch.arange(grid * grid) // grid, grid).float()
+    cols = F.one_hot(torch.arange(grid * grid) % grid, grid).float()
+    patch = torch.cat([rows, cols, torch.zeros(grid * grid, 1), torch.ones(grid * grid, 1)], dim=1)
+    cls = torch.zeros(1, 2 * grid + 2)
+    cls[0, 2 * grid:] = 1.0
+    assert patch.shape[0] + 1 == N
+    return torch.cat([cls, patch], dim=0)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, keys: tuple[Tensor, Tensor], values: tuple[Tensor, Tensor],
+              idx: Tensor, features: Tensor) -> Tensor:
+    """softmax(q k^T + keys term) v + values term, in one QK matmul and one AV matmul (q already scaled).
+
+    Augmented form: the keys term is u[n, row(m)] + w[n, col(m)] (plus the cls cases), so appending to each query
+    its per-row and per-column logits u, w (G each, batched MatMuls with the per-row tables), its cls-key logit and
+    (for the cls query) its logit for every key, and to each key the constant one-hot of its row and column,
+    [m is cls] and 1 (`features`), makes q' k'^T the whole logit matrix. Likewise attn @ [v, one-hot rows,
+    one-hot cols, [m is cls], 1] yields, besides attn @ v, the attention summed per key row and column, which the
+    per-row tables turn into the values term. What remains outside the two matmuls acts on (B, H, N, G) tensors.
+    This keeps the MatMul -> Softmax -> MatMul pattern that runtimes fuse (OpenVINO does, into one kernel per
+    layer) and that TensorRT's fused attention needs, with q scaled first.
+    q, k, v: (B, H, 1 + G*G, D), `features` = indicator_features(G) -> (B, H, N, Dv)."""
+    B, H, N, D = q.shape
+    G = idx.shape[0]
+    width = features.shape[1]  # 2G + 2
+    is_cls = features[:, 2 * G:2 * G + 1]  # (N, 1)
+    kv, kh = row_tables(keys[0], idx), row_tables(keys[1], idx)  # (G, G, D)
+    qg = q[:, :, 1:].reshape(B, H, G, G, D)
+    u = torch.matmul(qg, kv.transpose(1, 2))  # (B, H, a, c, key row b)
+    w = torch.matmul(qg.transpose(2, 3), kh.transpose(1, 2)).transpose(2, 3)  # (B, H, a, c, key col e)
+    uw = F.pad(torch.cat([u, w], dim=-1).reshape(B, H, G * G, 2 * G), (0, 0, 1, 0))  # the cls query: zeros
+    cls_logits = torch.matmul(q, (keys[0][0] + keys[1][0]).unsqueeze(-1))  # (B, H, N, 1)
+    q_aug = torch.cat([q, uw, cls_logits * (1 - is_cls), cls_logits * is_cls], dim=-1)
+    k_aug = torch.cat([k, features.expand(B, H, N, width)], dim=-1)
+    attn = torch.matmul(q_aug, k_aug.transpose(-2, -1)).softmax(dim=-1)
+    Dv = v.shape[-1]
+    y = torch.matmul(attn, torch.cat([v, features.expand(B, H, N, width)], dim=-1))  # (B, H, N, Dv + 2G + 2)
+    out, rel = y[..., :Dv], y[..., Dv:]
+    vv, vh = row_tables(values[0], idx), row_tables(values[1], idx)
+    per_row = torch.matmul(rel[:, :, 1:, :G].reshape(B, H, G, G, G), vv)  # (B, H, a, c, Dv)
+    per_col = torch.matmul(rel[:, :, 1:, G:2 * G].reshape(B, H, G, G, G).transpose(2, 3), vh).transpose(2, 3)
+    patch_term = F.pad((per_row + per_col).reshape(B, H, G * G, Dv), (0, 0, 1, 0))
+    # index 0: the cls key for a patch query; every key for the cls query (all of its attention mass)
+    on_index0 = rel[..., G:2 * G].sum(dim=-1, keepdim=True) * is_cls + rel[..., 2 * G:2 * G + 1]
+    return out + patch_term + on_index0 * (values[0][0] + values[1][0])

@@ -1,5 +1,9 @@
 """The dense `vit` arch: a standalone ViT with a cls token, an explicit attention scale per block and, optionally,
 AutoFormer's 2D relative-position terms (lowered through `deploy_nas.kernels.relpos`, never as (N, N, D) tensors).
+
+q is scaled before q @ k^T (TensorRT's fused attention needs the scale on Q or K before the first batched matmul;
+NVIDIA names stability and speed as the reasons); the scaled q also feeds the relative-position keys term, which
+AutoFormer scales by the same factor.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from deploy_nas.dense.spec import ARCHS, LEGACY_READERS, DenseSpec
 from deploy_nas.kernels import relpos
 
 ARCH = "vit"
+LOWERINGS = ("augmented", "separable", "gather")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class ViTSpec:
     norm_eps: float = 1e-5
     activation: str = "gelu_erf"  # "gelu_erf" | "gelu_tanh"
     max_relative_position: int | None = None
+    # how the relative-position terms lower (kernels/relpos.py; all exact): "augmented" (inside one QK and one AV
+    # matmul), "separable" (per-row tables, batched MatMuls, broadcast adds) or "gather" (GatherElements and
+    # ScatterElements over (N, N) indices: the lowering used before 2026-12, kept to measure against)
+    relpos_lowering: str = "augmented"
 
     @property
     def depth(self) -> int:
@@ -83,8 +92,11 @@ class RelativePosition(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, spec: ViTBlockSpec, rel_rows: int | None):
+    def __init__(self, dim: int, spec: ViTBlockSpec, rel_rows: int | None, lowering: str = "separable"):
         super().__init__()
+        if lowering not in LOWERINGS:
+            raise ValueError(f"unknown relative-position lowering {lowering!r}; choose one of {LOWERINGS}")
+        self.lowering = lowering
         self.num_heads, self.head_dim, self.scale = spec.num_heads, spec.head_dim, spec.attn_scale
         inner = spec.num_heads * spec.head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=spec.qkv_bias)
@@ -94,16 +106,33 @@ class Attention(nn.Module):
             self.rel_pos_k = RelativePosition(rel_rows, spec.head_dim)
             self.rel_pos_v = RelativePosition(rel_rows, spec.head_dim)
 
-    def forward(self, x: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
+    def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
         q, k, v = split_heads(self.qkv(x), 3, self.num_heads, self.head_dim)  # each (B, H, N, d)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
+        q = q * self.scale
+        if self.relative_position and self.lowering == "augmented":
+            out = relpos.attention(q, k, v, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
+                                   (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index[2], index[3])
+            return self.proj(merge_heads(out))
+        attn = q @ k.transpose(-2, -1)
         if self.relative_position:
-            attn = attn + relpos.key_logits(q, self.rel_pos_k.table_v, self.rel_pos_k.table_h, iv, ih) * self.scale
+            attn = attn + self._keys(q, index)
         attn = attn.softmax(dim=-1)
         out = attn @ v
         if self.relative_position:
-            out = out + relpos.value_term(attn, self.rel_pos_v.table_v, self.rel_pos_v.table_h, iv, ih)
+            out = out + self._values(attn, index)
         return self.proj(merge_heads(out))
+
+    def _keys(self, q: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+        tables = (self.rel_pos_k.table_v, self.rel_pos_k.table_h)
+        if self.lowering == "gather":
+            return relpos.key_logits_gather(q, *tables, index[0], index[1])
+        return relpos.key_logits(q, *tables, index[2])
+
+    def _values(self, attn: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+        tables = (self.rel_pos_v.table_v, self.rel_pos_v.table_h)
+        if self.lowering == "gather":
+            return relpos.value_term_scatter(attn, *tables, index[0], index[1])
+        return relpos.value_term(attn, *tables, index[2])
 
 
 class Block(nn.Module):
@@ -112,14 +141,14 @@ class Block(nn.Module):
         self.pre_norm = body.pre_norm
         self.norm1 = nn.LayerNorm(dim, eps=body.norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=body.norm_eps)
-        self.attn = Attention(dim, spec, rel_rows)
+        self.attn = Attention(dim, spec, rel_rows, body.relpos_lowering)
         self.mlp = Mlp(dim, spec.mlp_hidden, body.activation)
 
-    def forward(self, x: Tensor, iv: Tensor, ih: Tensor) -> Tensor:
+    def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), iv, ih)
+            x = x + self.attn(self.norm1(x), index)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, iv, ih))
+        x = self.norm1(x + self.attn(x, index))
         return self.norm2(x + self.mlp(x))
 
 
@@ -142,18 +171,23 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(E, s, b, rows) for s in b.blocks)
         self.norm = nn.LayerNorm(E, eps=b.norm_eps) if b.pre_norm else nn.Identity()
         self.head = nn.Linear(E, spec.num_classes)
-        # One pair of (N, N) index constants shared by every block (not weights: rebuilt from the spec).
-        iv, ih = relpos.relative_position_index(grid, b.max_relative_position or 0)
+        # Index constants shared by every block (not weights: rebuilt from the spec): the (G, G) offsets of the
+        # separable form, or the (N, N) indices of the gather form.
+        R = b.max_relative_position or 0
+        iv, ih = relpos.relative_position_index(grid, R) if b.relpos_lowering == "gather" else (None, None)
         self.register_buffer("rel_index_v", iv, persistent=False)
         self.register_buffer("rel_index_h", ih, persistent=False)
+        self.register_buffer("rel_offset", relpos.offset_index(grid, R), persistent=False)
+        self.register_buffer("rel_features", relpos.indicator_features(grid), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, E)
         if self.spec.body.pos_embed:
             x = x + self.pos_embed
+        index = (self.rel_index_v, self.rel_index_h, self.rel_offset, self.rel_features)
         for block in self.blocks:
-            x = block(x, self.rel_index_v, self.rel_index_h)
+            x = block(x, index)
         return self.head(pool_tokens(self.norm(x), self.spec.body.pool))
 
     def architecture_table(self, macs_by_module: dict[str, int]) -> Table:

@@ -94,6 +94,7 @@ class AutoFormerSupernet(nn.Module):
         iv, ih = relpos.relative_position_index(grid, a.max_relative_position)
         self.register_buffer("rel_index_v", iv, persistent=False)
         self.register_buffer("rel_index_h", ih, persistent=False)
+        self.register_buffer("rel_offset", relpos.offset_index(grid, a.max_relative_position), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -136,7 +137,7 @@ class AutoFormerSupernet(nn.Module):
         x = torch.cat([self.cls_token[..., :E].expand(x.shape[0], -1, -1), x], dim=1)
         if self.arch.abs_pos:
             x = x + self.pos_embed[..., :E]
-        index = (self.rel_index_v, self.rel_index_h) if self.arch.relative_position else None
+        index = (self.rel_index_v, self.rel_index_h, self.rel_offset) if self.arch.relative_position else None
         for block, heads, hidden in zip(self.blocks, cfg.num_heads, cfg.hidden_dims()):
             x = block(x, heads, hidden, index)  # blocks past cfg.depth are identities: not run
         if self.arch.pre_norm:

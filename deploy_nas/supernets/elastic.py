@@ -114,20 +114,25 @@ class ElasticAttention(nn.Module):
             return self.qkv.sliced(embed_dim, q_dim)
         return self.qkv.sliced(embed_dim, 3 * q_dim)
 
-    def forward(self, x: Tensor, num_heads: int, rel_index: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, num_heads: int, rel_index: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        """`rel_index`: (iv, ih) for the reference form and the (G, G) offset index for the separable one."""
         B, N, E = x.shape
         q_dim, hd, scale = self.dims(E, num_heads)
         qkv = F.linear(x, *self.sliced_qkv(E, q_dim))
         q, k, v = qkv.reshape(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, hd)
         attn = (q @ k.transpose(-2, -1)) * scale
+        iv, ih, idx = rel_index or (None, None, None)
         if self.relative_position:
-            logits = relpos.key_logits_reference if self.reference_relpos else relpos.key_logits
-            attn = attn + logits(q, *self.rel_pos_embed_k.sliced(hd), *rel_index) * scale
+            table = self.rel_pos_embed_k.sliced(hd)
+            rel = relpos.key_logits_reference(q, *table, iv, ih) if self.reference_relpos else \
+                relpos.key_logits(q, *table, idx)
+            attn = attn + rel * scale
         attn = attn.softmax(dim=-1)
         out = attn @ v  # (B, H, N, hd)
         if self.relative_position:
-            term = relpos.value_term_reference if self.reference_relpos else relpos.value_term
-            out = out + term(attn, *self.rel_pos_embed_v.sliced(hd), *rel_index)
+            table = self.rel_pos_embed_v.sliced(hd)
+            out = out + (relpos.value_term_reference(attn, *table, iv, ih) if self.reference_relpos else
+                         relpos.value_term(attn, *table, idx))
         out = out.transpose(1, 2).reshape(B, N, q_dim)
         return F.linear(out, *self.proj.sliced(q_dim, E))
 
@@ -145,7 +150,7 @@ class ElasticBlock(nn.Module):
         self.fc1 = ElasticLinear(super_embed_dim, super_hidden)
         self.fc2 = ElasticLinear(super_hidden, super_embed_dim)
 
-    def forward(self, x: Tensor, num_heads: int, hidden: int, rel_index: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, num_heads: int, hidden: int, rel_index: tuple[Tensor, ...] | None) -> Tensor:
         E = x.shape[-1]
         h = self.attn_layer_norm(x) if self.pre_norm else x
         x = x + self.attn(h, num_heads, rel_index)

@@ -106,6 +106,11 @@ class Engine(abc.ABC):
         self._check_threads(threads)
         return infer_runner(self, x)
 
+    def op_profile(self, x: np.ndarray) -> list | None:
+        """Per-op-type time from the runtime's own profiler (a list of export.profile.OpTime), or None where the
+        runtime has none; a separate run, never mixed into the timed ones."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (a hook: engines without resources need not override it)
         """Release runtime resources; safe to call twice."""
 

@@ -174,6 +174,27 @@ class OpenVinoEngine(Engine):
         return Runner(len(x), step, {"runner": "openvino-request", "precision_hint": self.hint,
                                      "performance_hint": "LATENCY", "requests": 1, "static_shape": list(x.shape)})
 
+    def op_profile(self, x: np.ndarray) -> list:
+        """OpenVINO's performance counters (PERF_COUNT) on a separate compile at the static shape of `x`: executed
+        nodes by type, real time per inference."""
+        import openvino as ov
+
+        from deploy_nas.export.profile import PROFILE_RUNS, PROFILE_WARMUP, summarize
+
+        model = ov_core().read_model(str(self.xml))
+        model.reshape({0: list(x.shape)})
+        props = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": int(self.threads),
+                 "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+        request = ov_core().compile_model(model, "CPU", props).create_infer_request()
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        samples = []
+        for i in range(PROFILE_WARMUP + PROFILE_RUNS):
+            request.infer()
+            if i >= PROFILE_WARMUP:
+                samples += [(p.node_type, p.node_name, p.real_time.total_seconds() * 1e3)
+                            for p in request.profiling_info if p.status == ov.ProfilingInfo.Status.EXECUTED]
+        return summarize(samples, PROFILE_RUNS)
+
     def close(self) -> None:
         self._compiled.clear()
         self.request = self.compiled = None

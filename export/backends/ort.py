@@ -64,6 +64,25 @@ class OrtEngine(Engine):
         return {**super().info(), "provider": "CPUExecutionProvider", "inter_op_threads": 1,
                 "execution_mode": "sequential", "source": self.source, "onnxruntime": ort.__version__}
 
+    def op_profile(self, x: np.ndarray) -> list:
+        """onnxruntime's profiler on a separate session (its profile file lives in a temporary directory)."""
+        import onnxruntime as ort
+
+        from deploy_nas.export.profile import PROFILE_RUNS, PROFILE_WARMUP, onnxruntime_events, summarize
+        from deploy_nas.io import temp_dir
+
+        with temp_dir("ort-profile") as tmp:
+            options = session_options(self.threads)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "profile")
+            session = ort.InferenceSession(self.source, options, providers=["CPUExecutionProvider"])
+            feeds = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+            for _ in range(PROFILE_WARMUP + PROFILE_RUNS):
+                session.run(None, feeds)
+            events = onnxruntime_events(session.end_profiling())
+        start = len(events) // (PROFILE_WARMUP + PROFILE_RUNS) * PROFILE_WARMUP  # every run logs the same nodes
+        return summarize(events[start:], PROFILE_RUNS)
+
     def close(self) -> None:
         self.session = None
 

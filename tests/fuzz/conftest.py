@@ -62,13 +62,15 @@ class Zygote:
         self.proc.wait(timeout=30)
 
 
-# torch creates its compile cache $TMPDIR/torchinductor_<user> when an optimizer is constructed (torch 2.14); it
-# is torch's shared, persistent cache, not a temporary of this tool, so it is not counted as a stray file.
-TORCH_CACHE = "torchinductor_"
+# Persistent caches of libraries, shared by every program that uses them and not temporaries of this tool, are not
+# counted as stray files: torch creates $TMPDIR/torchinductor_<user> when an optimizer is constructed (torch 2.14);
+# matplotlib keeps its font list in ~/.cache/matplotlib and ~/.config/matplotlib (the search's Pareto plot).
+LIBRARY_CACHES = ("torchinductor_", "/.cache/matplotlib", "/.config/matplotlib")
 
 
 def snapshot(*roots: Path) -> set[str]:
-    return {str(p) for root in roots for p in [root, *root.rglob("*")] if TORCH_CACHE not in str(p)}
+    return {str(p) for root in roots for p in [root, *root.rglob("*")]
+            if not any(c in str(p) for c in LIBRARY_CACHES) and not str(p).endswith(("/.cache", "/.config"))}
 
 
 @dataclass
