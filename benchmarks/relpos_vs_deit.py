@@ -1,0 +1,224 @@
+"""AutoFormer-T/-S next to timm's DeiT-tiny/-small: what AutoFormer's relative-position attention costs, before
+(the gather/scatter lowering) and after (the augmented lowering) the 2026-12 change, side by side in one run.
+
+Every model is exported by the same exporter (TorchScript, opset 17, onnxsim) and measured on OpenVINO fp32 and
+onnxruntime fp32 (from that ONNX file) and torch eager, at batch 1 (latency) and 8 (throughput), in alternated
+rounds (the order flips each round, each measurement sized to `--seconds` of runs), random weights in the official
+layouts (speed does not depend on the values). The tables give the medians over the rounds, the ratios to the
+DeiT of the same width, and where the time goes (the runtimes' own profilers, batch 1). Optionally
+`benchmark_app -hint latency` on the OpenVINO IRs, alternated with our own measurement.
+
+    python benchmarks/relpos_vs_deit.py --out benchmarks/results [--rounds 5] [--benchmark-app]
+
+Writes relpos.json (every measurement and profile), relpos.md and relpos.png into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run_benchmarks import benchmark_app_p50, machine  # noqa: E402
+
+from deploy_nas.dense import build_dense  # noqa: E402
+from deploy_nas.export.backends import BuildConfig, default_threads, get_backend  # noqa: E402
+from deploy_nas.export.backends.torch_backend import TorchEngine  # noqa: E402
+from deploy_nas.export.fps import measure_fps, mode_for_batch, runs_for_seconds  # noqa: E402
+from deploy_nas.export.onnx import export_onnx  # noqa: E402
+from deploy_nas.export.profile import index_share  # noqa: E402
+from deploy_nas.flops import count_flops  # noqa: E402
+from deploy_nas.materialize import materialize  # noqa: E402
+from deploy_nas.spaces import PRESETS, SPACES  # noqa: E402
+from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet  # noqa: E402
+
+PAIRS = {"autoformer-t": "deit_tiny_patch16_224", "autoformer-s": "deit_small_patch16_224"}
+LOWERINGS = {"before": "gather", "after": "augmented"}
+BACKENDS = ("openvino", "onnxruntime", "torch")
+
+
+class Timm(torch.nn.Module):
+    """A timm model with the `spec` the exporter and the torch engine read (input size, classes)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        import timm
+
+        self.model = timm.create_model(name, pretrained=False).eval()
+        self.spec = SimpleNamespace(in_chans=3, img_size=224, num_classes=1000, arch="timm", source={})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def autoformer(preset: str, lowering: str) -> torch.nn.Module:
+    space = SPACES.get(PRESETS.get(preset).space)
+    supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
+    supernet.reset_parameters(torch.Generator().manual_seed(0))
+    dense = materialize(supernet.eval(), PRESETS.get(preset).config)
+    body = dataclasses.replace(dense.spec.body, relpos_lowering=lowering)
+    return build_dense(dataclasses.replace(dense.spec, body=body), dense.state_dict())
+
+
+def models(presets: list[str]) -> dict[str, torch.nn.Module]:
+    out = {}
+    for preset in presets:
+        for when, lowering in LOWERINGS.items():
+            out[f"{preset} {when}"] = autoformer(preset, lowering)
+        out[PAIRS[preset]] = Timm(PAIRS[preset])
+    return out
+
+
+def engines(name: str, model: torch.nn.Module, work: Path, threads: int) -> dict[str, Any]:
+    onnx = export_onnx(model, work / name.replace(" ", "_") / "model.onnx")
+    config = BuildConfig(threads=threads, out_dir=work / name.replace(" ", "_"))
+    return {"openvino": get_backend("openvino").build(onnx.path, config),
+            "onnxruntime": get_backend("onnxruntime").build(onnx.path, config),
+            "torch": TorchEngine(model, threads=threads), "nodes": onnx.nodes_after}
+
+
+def measure(built: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    names = list(built)
+    for rnd in range(args.rounds):
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            for backend in BACKENDS:
+                engine = built[name][backend]
+                for batch in args.batches:
+                    if batch == 1:
+                        runs, _ = runs_for_seconds(engine, args.seconds, 50, 10, 5000)
+                    else:
+                        runs = 50
+                    r = measure_fps(engine, batch=batch, mode=mode_for_batch(batch), runs=runs, warmup=5)[0]
+                    rows.append({"model": name, "backend": backend, "batch": batch, "round": rnd,
+                                 "p50_ms": r.p50_ms, "throughput_fps": r.throughput_fps, "runs": r.runs})
+                    print(f"round {rnd + 1}: {name:28s} {backend:12s} batch {batch}: {r.p50_ms:8.2f} ms", flush=True)
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[tuple, float]:
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        value = r["p50_ms"] if r["batch"] == 1 else 1000 * r["batch"] / r["throughput_fps"]  # ms per batch
+        groups.setdefault((r["model"], r["backend"], r["batch"]), []).append(value)
+    return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def bapp_rounds(built: dict[str, dict[str, Any]], work: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    """benchmark_app -hint latency medians on each OpenVINO IR, alternated over `--rounds`."""
+    out: dict[str, list[float]] = {}
+    names = list(built)
+    for rnd in range(args.rounds):
+        for name in names if rnd % 2 == 0 else names[::-1]:
+            xml = work / name.replace(" ", "_") / "openvino" / "fp32" / "model.xml"
+            value = benchmark_app_p50(xml, args.threads, args.bapp_seconds, (1, 3, 224, 224))
+            if value is not None:
+                out.setdefault(name, []).append(value)
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
+    info = result["machine"]
+    lines = [f"Machine: {info['cpu']} ({', '.join(info['isa'])}), {info['cores_usable']} usable cores; torch "
+             f"{info['versions']['torch']}, onnxruntime {info['versions']['onnxruntime']}, openvino "
+             f"{info['versions']['openvino']}, timm {result['timm']}. {result['rounds']} alternated rounds, "
+             f"medians; batch 1 is the p50 latency, batch 8 the time per batch in throughput mode.", ""]
+    for preset in result["presets"]:
+        deit = PAIRS[preset]
+        lines += [f"### {preset} vs {deit}", "",
+                  f"GMAC: {preset} {result['gmacs'][f'{preset} after']:.3f} (the augmented lowering), "
+                  f"{result['gmacs'][f'{preset} before']:.3f} (gather), {deit} {result['gmacs'][deit]:.3f}; "
+                  f"ONNX nodes: {result['nodes'][f'{preset} before']} before, {result['nodes'][f'{preset} after']} "
+                  f"after, {result['nodes'][deit]} for DeiT.", "",
+                  "| engine | batch | DeiT ms | before ms | after ms | before / DeiT | after / DeiT |",
+                  "|---|---|---|---|---|---|---|"]
+        for backend in BACKENDS:
+            for batch in result["batches"]:
+                d, b, a = (med[(m, backend, str(batch))] for m in (deit, f"{preset} before", f"{preset} after"))
+                lines.append(f"| {backend} | {batch} | {d:.2f} | {b:.2f} | {a:.2f} | {b / d:.3f}x | **{a / d:.3f}x** |")
+        bapp = result.get("benchmark_app") or {}
+        if bapp.get(deit) and bapp.get(f"{preset} after"):
+            ratio = {w: statistics.median(bapp[f"{preset} {w}"]) / statistics.median(bapp[deit])
+                     for w in ("before", "after")}
+            lines += ["", f"`benchmark_app -hint latency` (OpenVINO's own tool, same IRs, alternated): before "
+                          f"{ratio['before']:.3f}x, after **{ratio['after']:.3f}x** of {deit}."]
+        lines += [""]
+        for name in (f"{preset} before", f"{preset} after", deit):
+            for backend in ("openvino", "onnxruntime"):
+                ops = result["profiles"][name][backend]
+                lines += [f"Where the time goes, {name}, {backend} (batch 1, the runtime's profiler; gather/scatter "
+                          f"{100 * index_share(ops):.1f}%): " + ", ".join(
+                              f"{o['op']} {100 * o['share']:.1f}% ({o['nodes']})" for o in ops[:7]), ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
+    fig, axes = plt.subplots(1, len(result["presets"]), figsize=(6 * len(result["presets"]), 4), squeeze=False)
+    for ax, preset in zip(axes[0], result["presets"]):
+        names = [PAIRS[preset], f"{preset} before", f"{preset} after"]
+        for i, backend in enumerate(BACKENDS):
+            ax.bar([i + 0.27 * j for j in range(3)], [med[(n, backend, "1")] for n in names], width=0.25,
+                   color=["tab:gray", "tab:red", "tab:green"])
+        ax.set_xticks([i + 0.27 for i in range(len(BACKENDS))], BACKENDS)
+        ax.set_ylabel("batch-1 p50, ms")
+        ax.set_title(f"{preset}: DeiT (gray), gather lowering (red), augmented (green)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="autoformer-t,autoformer-s")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--work", type=Path, default=Path("out/bench-relpos"))
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0, help="each batch-1 measurement spans this long")
+    ap.add_argument("--benchmark-app", action="store_true", help="also time the IRs with OpenVINO's benchmark_app")
+    ap.add_argument("--bapp-seconds", type=int, default=5)
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    torch.set_num_threads(args.threads)
+    presets = args.presets.split(",")
+    built, gmacs, nodes, profiles = {}, {}, {}, {}
+    for name, model in models(presets).items():
+        print(f"build {name}", flush=True)
+        built[name] = engines(name, model, args.work, args.threads)
+        nodes[name] = built[name].pop("nodes")
+        gmacs[name] = count_flops(model.model if isinstance(model, Timm) else model,
+                                  torch.zeros(1, 3, 224, 224)).gmacs
+        x = torch.randn(1, 3, 224, 224).numpy()
+        profiles[name] = {b: [o.to_dict() for o in built[name][b].op_profile(x)] for b in ("openvino", "onnxruntime")}
+    rows = measure(built, args)
+    bapp = bapp_rounds(built, args.work, args) if args.benchmark_app else None
+    import timm
+
+    result = {"machine": machine(), "timm": timm.__version__, "presets": presets, "batches": args.batches,
+              "rounds": args.rounds, "rows": rows, "gmacs": gmacs, "nodes": nodes, "profiles": profiles,
+              "medians": {"|".join(map(str, k)): v for k, v in summary(rows).items()}, "benchmark_app": bapp}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "relpos.json").write_text(json.dumps(result, indent=1))
+    (args.out / "relpos.md").write_text(markdown(result))
+    plot(result, args.out / "relpos.png")
+    print((args.out / "relpos.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
