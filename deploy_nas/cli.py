@@ -22,7 +22,7 @@ def _show(table: Any) -> None:
     show(table)
 
 
-@click.group(cls=opt.OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=opt.WithFamilyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="deploy-nas")
 def main() -> None:
     """Deploy ViT-NAS subnets: supernet + config -> dense PyTorch -> ONNX -> OpenVINO / TensorRT, with parity
@@ -32,16 +32,18 @@ def main() -> None:
 @main.command()
 @opt.supernet
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory for the dense model.")
+@opt.bn
+@opt.calib
 @opt.force
 @opt.writes()
-def extract(out: Path, force: bool, config: str | None, **source: Any) -> None:
+def extract(out: Path, force: bool, config: str | None, bn: str | None, calib_dir: Path | None, **source: Any) -> None:
     """Materialize a subnet as a standalone dense model (spec.json + weights.safetensors)."""
     from deploy_nas.dense import save_dense
     from deploy_nas.workflows import extract_subnet
 
     if config is None:
         raise click.UsageError("missing option --config")
-    result = extract_subnet(opt.supernet_source(source), config)
+    result = extract_subnet(opt.supernet_source(source), config, bn, calib_dir)
     save_dense(result.model, out, force=force)
     n = sum(p.numel() for p in result.model.parameters())
     click.echo(f"extracted {result.config.family} subnet {result.config.id} ({result.model.spec.arch}, "
@@ -172,13 +174,14 @@ def show_report(out: Path) -> None:
 @opt.runs
 @opt.threads
 @opt.calib
+@opt.bn
 @opt.data
 @click.option("--opset", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--dynamo", is_flag=True)
 @opt.force
 @opt.writes()
 def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, backends: tuple[str, ...],
-            precisions: tuple[str, ...], **params: Any) -> None:
+            precisions: tuple[str, ...], bn: str | None, **params: Any) -> None:
     """extract (or --dense) -> ONNX -> build -> parity -> bench, one report.md + report.json + manifest.json."""
     from deploy_nas.console import Steps
     from deploy_nas.export.pipeline import RunPlan, plan_targets, run
@@ -186,7 +189,7 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
 
     source = opt.supernet_source(params)
     plan = RunPlan(targets=plan_targets(backends, precisions), **params).check()
-    model = model_to_deploy(source, config, dense_dir)
+    model = model_to_deploy(source, config, dense_dir, bn, params["calib_dir"])
     try:
         with Steps(plan.steps) as progress:
             run(model, out, plan, progress, force=force)
@@ -208,13 +211,14 @@ def train(family: str | None, space: str | None, out: Path, resume: bool, **conf
     import json
 
     from deploy_nas.distributed import main_process, process_group_from_env
-    from deploy_nas.train import train_supernet
+    from deploy_nas.train import train_config, train_supernet
     from deploy_nas.workflows import training_target
 
     fam, chosen = training_target(family, space)
+    given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the family's recipe fills in the rest
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
-        train_supernet(fam, chosen, out, TrainConfig(**config).validate(), resume, log=log)
+        train_supernet(fam, chosen, out, train_config(fam, given), resume, log=log)
 
 
 @main.command("search")

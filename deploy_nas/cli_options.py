@@ -50,6 +50,22 @@ class OneLineErrors(click.Group):
         return main_one_line(self, *args, **kwargs)
 
 
+class WithFamilyCommands(OneLineErrors):
+    """The `deploy-nas` group: its own commands plus those the families contribute (`Family.commands()`, e.g.
+    ViT-Slim's `slim search|prune`), looked up only when a name is not one of its own or help lists them all."""
+
+    def family_commands(self) -> dict[str, click.Command]:
+        from deploy_nas.family import FAMILIES
+
+        return {c.name: c for fam in FAMILIES.values() for c in getattr(fam, "commands", lambda: ())()}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.family_commands()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, name) or self.family_commands().get(name)
+
+
 def one_line(message: str, limit: int = 2000) -> str:
     text = " ".join(message.split())
     return text if len(text) <= limit else text[:limit] + " ..."
@@ -106,6 +122,12 @@ def pair(cast: Callable[[str], Any]) -> Callable:
     return parse
 
 
+def is_default(param: str) -> bool:
+    """Whether the current command's option `param` was left at its default (not given by the user)."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
 def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
     """One option per field of the dataclass `cls`: `--batch-size` for batch_size (or the field's metadata "flag"),
     bools as --x/--no-x, (a, b) tuples as "LOW,HIGH", no default = required, help from the metadata."""
@@ -155,7 +177,10 @@ batches = click.option("--batch", "batches", default="1,8", show_default=True, c
                        help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
 runs = click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
 calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
-                     help="A folder of images to calibrate on (int8; BN families) (default: the embedded data).")
+                     help="A folder of images to calibrate on (int8; BatchNorm families).")
+bn = click.option("--bn", type=click.Choice(["recalibrate", "stored"]), default=None,
+                  help="BatchNorm families: recalibrate the subnet's statistics on --calib-data before folding them "
+                       "(the default when --calib-data is given), or fold the stored ones.")
 supernet = options(
     family,
     click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -183,7 +208,7 @@ def supernet_source(params: dict[str, Any]) -> Any:
                           params.pop("space"), tuple(params.pop("import_options")), aliases)
 
 
-INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir")
+INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir", "base")
 
 
 def writes(new: bool = True, force: str | None = "force") -> Callable:

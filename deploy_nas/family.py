@@ -27,7 +27,7 @@ from deploy_nas.registry import Registry
 
 SampleKind = Literal["random", "min", "max"]
 # Modules that register the built-in families (imported on the first registry lookup).
-BUILTIN_FAMILIES = ("deploy_nas.supernets.autoformer",)
+BUILTIN_FAMILIES = ("deploy_nas.supernets.autoformer", "deploy_nas.supernets.vitslim")
 
 
 def load_builtin_families() -> None:
@@ -112,6 +112,23 @@ class Supernet(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What `subnet_state(cfg, calib)` / `fixed(cfg, calib)` get for families whose subnets need BatchNorm
+    statistics of their own before BN is folded (NASViT). mode "recalibrate": forward `images` (float32 NCHW, in
+    `batch_size` batches) through the subnet first; "stored": fold the statistics the checkpoint holds. A family
+    without BatchNorm ignores it."""
+
+    mode: Literal["recalibrate", "stored"] = "recalibrate"
+    images: Any = None  # np.ndarray (N, C, H, W) or None
+    batch_size: int = 64
+
+    def batches(self) -> list[Any]:
+        if self.images is None:
+            return []
+        return [self.images[i:i + self.batch_size] for i in range(0, len(self.images), self.batch_size)]
+
+
+@dataclasses.dataclass(frozen=True)
 class SubnetState:
     """What `Supernet.subnet_state` returns: `materialize` applies `folds` (pure functions of the state dict, in
     `deploy_nas.folding`) and builds `spec` through the ARCHS registry."""
@@ -146,6 +163,11 @@ class Family(Protocol):
 
     def tolerances(self) -> Mapping[tuple[str, str], Any]:
         """Parity tolerance overrides on top of the (backend, precision) table; empty when none."""
+
+    # Optional attributes: `train_defaults` (a dict of TrainConfig fields: the family's training recipe, under the
+    # options a user gives), `exactness_atol` (the bound materialization is tested to, when not 1e-5; say why),
+    # `claims(state_dict) -> bool` (recognise an official checkpoint given without --family), `commands()` (click
+    # commands the family adds to `deploy-nas`, e.g. ViT-Slim's `slim search|prune`).
 
 
 def get_family(name: str) -> Family:
@@ -219,5 +241,5 @@ def _convert(text: str, hint: Any, key: str) -> Any:
                                   f"{getattr(hint, '__name__', hint)} ({err})") from None
 
 
-__all__ = ["BUILTIN_FAMILIES", "EvolvableSpace", "FAMILIES", "Family", "FixedConfig", "SampleKind", "SearchSpace",
-           "SubnetConfig", "SubnetState", "Supernet", "family_of", "get_family", "parse_import_options"]
+__all__ = ["BUILTIN_FAMILIES", "Calibration", "EvolvableSpace", "FAMILIES", "Family", "FixedConfig", "SampleKind",
+           "SearchSpace", "SubnetConfig", "SubnetState", "Supernet", "family_of", "get_family", "parse_import_options"]

@@ -46,6 +46,7 @@ class FlopReport:
     params: int
     by_module: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, int] = field(default_factory=dict)
+    by_operator: dict[str, int] = field(default_factory=dict)  # linear, matmul, conv, layer_norm (5 per element)...
 
     @property
     def gmacs(self) -> float:
@@ -73,4 +74,5 @@ def count_flops(model: nn.Module, example: torch.Tensor | None = None) -> FlopRe
         warnings.simplefilter("ignore")
         total = int(analysis.total())
     by_module = {k: int(v) for k, v in analysis.by_module().items() if k.count(".") <= 1 and k}
-    return FlopReport(total, count_params(model), by_module, dict(analysis.unsupported_ops()))
+    return FlopReport(total, count_params(model), by_module, dict(analysis.unsupported_ops()),
+                      {k: int(v) for k, v in analysis.by_operator().items()})

@@ -69,16 +69,34 @@ class Extracted:
     space: Any
 
 
-def extract_subnet(source: SupernetSource, config: Any, calib: Any = None) -> Extracted:
+def calibration(bn: str | None, calib_dir: Path | None, space: Any) -> Any:
+    """The Calibration a BatchNorm family gets: `--bn` (default: recalibrate when `--calib-data` is given) and the
+    images of `--calib-data` at the space's input size; None when neither is given (the family's own default)."""
+    from deploy_nas.family import Calibration
+
+    if bn is None and calib_dir is None:
+        return None
+    images = None
+    if calib_dir is not None:
+        from deploy_nas.data import load_image_folder
+
+        images = load_image_folder(calib_dir, space.img_size, space.in_chans).images
+    return Calibration(bn or "recalibrate", images)
+
+
+def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
+                   calib_dir: Path | None = None) -> Extracted:
     """Load the supernet, resolve and validate the config, and materialize its dense model."""
     from deploy_nas.materialize import materialize
 
     supernet, space = source.load()
     cfg = supernet.check_config(resolve_config(config, supernet.family, space))
+    calib = calibration(bn, calib_dir, space) if space is not None else None
     return Extracted(materialize(supernet, cfg, calib=calib), cfg, space)
 
 
-def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path | None = None) -> nn.Module:
+def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path | None = None,
+                    bn: str | None = None, calib_dir: Path | None = None) -> nn.Module:
     """The dense model `deploy-nas run` deploys: a materialized directory (`dense_dir`), or `config` extracted from
     the supernet `source` names."""
     from deploy_nas.dense import load_dense
@@ -90,7 +108,7 @@ def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path 
         return load_dense(dense_dir)
     if config is None:
         raise InvalidSubnetConfig("missing option --config (or --dense DIR)")
-    return extract_subnet(source, config).model
+    return extract_subnet(source, config, bn, calib_dir).model
 
 
 def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:
@@ -106,6 +124,19 @@ def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- search
+
+
+def train_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
+    """train/val/test splits: the embedded digits, or the image folders DIR/train, DIR/val and DIR/test (DIR/val
+    stands in for a missing DIR/test)."""
+    from deploy_nas.data import digits_splits, load_image_folder
+
+    if data_dir is None:
+        return digits_splits(space.img_size, space.in_chans)
+    splits = {k: load_image_folder(Path(data_dir) / k, space.img_size, space.in_chans) for k in ("train", "val")}
+    test = Path(data_dir) / "test"
+    splits["test"] = load_image_folder(test, space.img_size, space.in_chans) if test.is_dir() else splits["val"]
+    return splits
 
 
 def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:

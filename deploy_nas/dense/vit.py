@@ -7,6 +7,7 @@ AutoFormer scales by the same factor.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -24,12 +25,21 @@ LOWERINGS = ("augmented", "separable", "gather")
 
 @dataclass(frozen=True)
 class ViTBlockSpec:
-    num_heads: int
-    head_dim: int
+    """One block. The fields after `relative_position` describe pruned ViTs (ViT-Slim): ragged heads, whole
+    sub-blocks pruned to their constant output bias, and per-block token sets."""
+
+    num_heads: int  # 0: the attention is pruned away and the block adds its constant output bias (attn.bias)
+    head_dim: int  # the width of every head (padded layout: the widest kept head, zero-padded)
     attn_scale: float  # always explicit: pruning heads or head dims must not change it
-    mlp_hidden: int
+    mlp_hidden: int  # 0: the MLP is pruned away and the block adds its constant output bias (mlp.bias)
     qkv_bias: bool = True
     relative_position: bool = False
+    head_widths: tuple[int, ...] | None = None  # the kept channels of each head (ragged heads)
+    # grouped layout: heads of equal width side by side, (heads, width) per group in qkv order; None: padded layout
+    head_groups: tuple[tuple[int, int], ...] | None = None
+    tokens: tuple[int, ...] | None = None  # the block's tokens: positions among the previous block's tokens
+    masked_tokens: int = 0  # tokens masked before this block: one constant key/value carrying log(their count)
+    token_scale: bool = False  # a learned scale per token on both normalized inputs (soft token masks)
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,18 @@ class ViTSpec:
     def from_dict(cls, d: dict[str, Any]) -> ViTSpec:
         known = {f.name for f in fields(cls)}
         body = {k: v for k, v in d.items() if k in known}
-        body["blocks"] = tuple(ViTBlockSpec(**b) for b in d["blocks"])
+        body["blocks"] = tuple(_block_from_dict(b) for b in d["blocks"])
         return cls(**body)
+
+
+def _block_from_dict(b: dict[str, Any]) -> ViTBlockSpec:
+    b = dict(b)
+    for key in ("head_widths", "tokens"):
+        if b.get(key) is not None:
+            b[key] = tuple(int(v) for v in b[key])
+    if b.get("head_groups") is not None:
+        b["head_groups"] = tuple((int(h), int(w)) for h, w in b["head_groups"])
+    return ViTBlockSpec(**b)
 
 
 def _format1(d: dict[str, Any]) -> DenseSpec:
@@ -92,22 +112,35 @@ class RelativePosition(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, spec: ViTBlockSpec, rel_rows: int | None, lowering: str = "separable"):
+    """Multi-head attention with q scaled first; optionally AutoFormer's relative-position terms, heads of several
+    widths (grouped layout), and one constant bias-only key/value standing for `masked_tokens` masked tokens."""
+
+    def __init__(self, dim: int, spec: ViTBlockSpec, rel_rows: int | None, lowering: str = "separable",
+                 tokens: int = 0):
         super().__init__()
         if lowering not in LOWERINGS:
             raise ValueError(f"unknown relative-position lowering {lowering!r}; choose one of {LOWERINGS}")
         self.lowering = lowering
         self.num_heads, self.head_dim, self.scale = spec.num_heads, spec.head_dim, spec.attn_scale
-        inner = spec.num_heads * spec.head_dim
+        self.groups = spec.head_groups or ((spec.num_heads, spec.head_dim),)
+        inner = sum(h * w for h, w in self.groups)
         self.qkv = nn.Linear(dim, 3 * inner, bias=spec.qkv_bias)
         self.proj = nn.Linear(inner, dim)
         self.relative_position = spec.relative_position
         if self.relative_position:
             self.rel_pos_k = RelativePosition(rel_rows, spec.head_dim)
             self.rel_pos_v = RelativePosition(rel_rows, spec.head_dim)
+        self.masked = spec.masked_tokens
+        if self.masked:  # the masked tokens' common key, once, with the log of their count: exact softmax weights
+            offset = torch.zeros(tokens + 1)
+            offset[-1] = math.log(self.masked)
+            self.register_buffer("masked_offset", offset, persistent=False)  # added to (B, H, N, N + 1) logits
 
     def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
-        q, k, v = split_heads(self.qkv(x), 3, self.num_heads, self.head_dim)  # each (B, H, N, d)
+        qkv = self.qkv(x)
+        if len(self.groups) > 1 or self.masked:
+            return self.proj(torch.cat([self._group(qkv, g, x.shape[0]) for g in range(len(self.groups))], dim=-1))
+        q, k, v = split_heads(qkv, 3, self.num_heads, self.head_dim)  # each (B, H, N, d)
         q = q * self.scale
         if self.relative_position and self.lowering == "augmented":
             out = relpos.attention(q, k, v, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
@@ -122,6 +155,20 @@ class Attention(nn.Module):
             out = out + self._values(attn, index)
         return self.proj(merge_heads(out))
 
+    def _group(self, qkv: Tensor, g: int, batch: int) -> Tensor:
+        """Attention of head group g: its slice of the qkv output; (B, N, heads * width)."""
+        start = 3 * sum(h * w for h, w in self.groups[:g])
+        heads, width = self.groups[g]
+        q, k, v = split_heads(qkv[..., start:start + 3 * heads * width], 3, heads, width)
+        q = q * self.scale
+        if not self.masked:
+            return merge_heads((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
+        bias = self.qkv.bias[start:start + 3 * heads * width].reshape(3, heads, 1, width)
+        k = torch.cat([k, bias[1].expand(batch, heads, 1, width)], dim=2)  # + the masked tokens' key
+        v = torch.cat([v, bias[2].expand(batch, heads, 1, width)], dim=2)
+        logits = q @ k.transpose(-2, -1) + self.masked_offset  # (B, heads, N, N + 1)
+        return merge_heads(logits.softmax(dim=-1) @ v)
+
     def _keys(self, q: Tensor, index: tuple[Tensor, ...]) -> Tensor:
         tables = (self.rel_pos_k.table_v, self.rel_pos_k.table_h)
         if self.lowering == "gather":
@@ -135,21 +182,43 @@ class Attention(nn.Module):
         return relpos.value_term(attn, *tables, index[2])
 
 
+class ConstantBias(nn.Module):
+    """A sub-block whose every channel was pruned: it still adds its output bias (`bias`) to the residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor, *index: Any) -> Tensor:
+        return self.bias
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, spec: ViTBlockSpec, body: ViTSpec, rel_rows: int | None):
+    def __init__(self, dim: int, spec: ViTBlockSpec, body: ViTSpec, rel_rows: int | None, tokens: int):
         super().__init__()
         self.pre_norm = body.pre_norm
         self.norm1 = nn.LayerNorm(dim, eps=body.norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=body.norm_eps)
-        self.attn = Attention(dim, spec, rel_rows, body.relpos_lowering)
-        self.mlp = Mlp(dim, spec.mlp_hidden, body.activation)
+        self.attn = Attention(dim, spec, rel_rows, body.relpos_lowering, tokens) if spec.num_heads else \
+            ConstantBias(dim)
+        self.mlp = Mlp(dim, spec.mlp_hidden, body.activation) if spec.mlp_hidden else ConstantBias(dim)
+        if spec.tokens is not None:  # a constant gather: this block's tokens among the previous block's
+            self.register_buffer("tokens", torch.tensor(spec.tokens, dtype=torch.long), persistent=False)
+        else:
+            self.tokens = None
+        self.token_scale = nn.Parameter(torch.ones(tokens, 1)) if spec.token_scale else None
 
     def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
-        if self.pre_norm:
-            x = x + self.attn(self.norm1(x), index)
-            return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, index))
-        return self.norm2(x + self.mlp(x))
+        if self.tokens is not None:
+            x = x[:, self.tokens]  # (B, N_prev, E) -> (B, N, E)
+        if not self.pre_norm:
+            x = self.norm1(x + self.attn(x, index))
+            return self.norm2(x + self.mlp(x))
+        x = x + self.attn(self._scaled(self.norm1(x)), index)
+        return x + self.mlp(self._scaled(self.norm2(x)))
+
+    def _scaled(self, h: Tensor) -> Tensor:
+        return h if self.token_scale is None else h * self.token_scale
 
 
 class VisionTransformer(nn.Module):
@@ -168,7 +237,10 @@ class VisionTransformer(nn.Module):
         if b.pos_embed:
             self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, E))
         rows = 2 * b.max_relative_position + 2 if any(s.relative_position for s in b.blocks) else None
-        self.blocks = nn.ModuleList(Block(E, s, b, rows) for s in b.blocks)
+        tokens = [grid * grid + 1]
+        for s in b.blocks:
+            tokens.append(len(s.tokens) if s.tokens is not None else tokens[-1])
+        self.blocks = nn.ModuleList(Block(E, s, b, rows, n) for s, n in zip(b.blocks, tokens[1:]))
         self.norm = nn.LayerNorm(E, eps=b.norm_eps) if b.pre_norm else nn.Identity()
         self.head = nn.Linear(E, spec.num_classes)
         # Index constants shared by every block (not weights: rebuilt from the spec): the (G, G) offsets of the
@@ -194,12 +266,22 @@ class VisionTransformer(nn.Module):
         b: ViTSpec = self.spec.body
         table = Table(f"{self.spec.source.get('family', ARCH)} {self.spec.source.get('config_id', '')}  "
                       f"{self.spec.img_size}px/{b.patch_size}  embed {b.embed_dim}  depth {b.depth}  pool {b.pool}",
-                      ("block", "heads", "head dim", "Q", "scale", "MLP", "rel-pos", "params", "MMAC"))
+                      ("block", "tokens", "heads", "head widths", "Q", "scale", "MLP", "rel-pos", "params", "MMAC"))
+        n = (self.spec.img_size // b.patch_size) ** 2 + 1
         for i, (s, blk) in enumerate(zip(b.blocks, self.blocks)):
-            table.add_row(i, s.num_heads, s.head_dim, s.num_heads * s.head_dim, f"{s.attn_scale:.4g}", s.mlp_hidden,
+            n = len(s.tokens) if s.tokens is not None else n
+            widths = s.head_widths or (s.head_dim,) * s.num_heads
+            table.add_row(i, n, s.num_heads, _widths(widths, s), sum(widths), f"{s.attn_scale:.4g}", s.mlp_hidden,
                           "yes" if s.relative_position else "no", f"{count_parameters(blk):,}",
                           f"{macs_by_module.get(f'blocks.{i}', 0) / 1e6:.1f}")
         return table
+
+
+def _widths(widths: tuple[int, ...], s: ViTBlockSpec) -> str:
+    """Kept widths of the heads; "(padded to d)" when the padded layout carries them at a larger width."""
+    text = ",".join(map(str, widths)) if widths else "-"
+    pad = s.head_groups is None and s.head_widths is not None and any(w != s.head_dim for w in widths)
+    return f"{text} (padded to {s.head_dim})" if pad else text
 
 
 ARCHS.register(ARCH, VisionTransformer)

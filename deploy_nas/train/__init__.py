@@ -1,8 +1,9 @@
 """Supernet training, family-agnostic over `supernet(x, cfg)`, `space.sample(rng, kind)` and the supernet protocol.
 
-Each family names its training rule (`Family.train_rule`), a key of `TRAIN_RULES`: `sandwich` (AutoFormer, NASViT,
-S3; `train/sandwich.py`). A rule is a trainer class `(supernet, space, TrainConfig, World)` with `fit`, `evaluate`,
-`save` and `resume`; `train_supernet` is the workflow the CLI calls.
+Each family names its training rule (`Family.train_rule`), a key of `TRAIN_RULES`; every module of this package
+registers the rules it defines (`sandwich.py`: AutoFormer, NASViT, S3; `slim.py`: ViT-Slim's mask search). A rule
+is a trainer class `(supernet, space, TrainConfig, World)` with `fit`, `evaluate`, `save` and `resume`;
+`train_supernet` is the workflow the CLI calls.
 """
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ STATE_FILE = "train_state.pt"
 
 
 def _load_rules() -> None:
-    import deploy_nas.train.sandwich  # noqa: F401  (registers "sandwich")
+    """Import every module of this package: each registers the rules it defines (sandwich, spos, ...)."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 TRAIN_RULES: Registry[type] = Registry("training rule", DeployNASError, loader=_load_rules)
@@ -47,6 +54,12 @@ class TrainConfig:
     label_smoothing: float = setting(0.1)
     grad_projection: bool = setting(False, "NASViT's gradient projection")
     projection_from_epoch: int = setting(0)
+    # ViT-Slim's mask search (rule "slim"): loss = CE + w_attn sum|attn.zeta| + w_mlp sum|mlp.zeta|
+    # + w_patch sum|tanh(patch_zeta)| over all layers (search.py's --w1/--w2/--w3, there divided by the world size)
+    w_attn: float = setting(1e-4, "mask search: weight of the L1 term of the attention masks")
+    w_mlp: float = setting(1e-4, "mask search: weight of the L1 term of the MLP masks")
+    w_patch: float = setting(1e-4, "mask search: weight of the L1 term of the token masks")
+    freeze_weights: bool = setting(False, "mask search: train only the masks and the norms")
     ema_decay: float | None = setting(None, "keep an EMA of the weights (saved instead of the raw weights)")
     clip_grad: float | None = setting(5.0)
     seed: int = setting(0)
@@ -65,7 +78,8 @@ class TrainConfig:
                   ("distill_weight", 0 <= self.distill_weight <= 1), ("warmup_epochs", self.warmup_epochs >= 0),
                   ("shift", self.shift >= 0), ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
                   ("max_steps", self.max_steps is None or self.max_steps >= 1),
-                  ("projection_from_epoch", self.projection_from_epoch >= 0))
+                  ("projection_from_epoch", self.projection_from_epoch >= 0),
+                  *((w, 0 <= getattr(self, w) < math.inf) for w in ("w_attn", "w_mlp", "w_patch")))
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise DeployNASError(f"training config out of range: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
@@ -89,15 +103,23 @@ def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
     return (1 + a) * g_sub + g_s
 
 
+def train_config(family: Any, given: dict[str, Any]) -> TrainConfig:
+    """The family's training recipe (`Family.train_defaults`, e.g. NASViT's weak augmentation and gradient
+    projection) under the settings the user gave, validated."""
+    return TrainConfig(**{**getattr(family, "train_defaults", {}), **given}).validate()
+
+
 def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resume: bool = False,
-                   data: dict[str, Any] | None = None, log: Callable[[dict], None] = lambda row: None) -> dict:
-    """Build the family's supernet for `space` (seeded), train it with the family's rule into `out` (a supernet
-    directory, written after every epoch), and return {"history", "test_top1"}. Runs under torchrun too."""
+                   data: dict[str, Any] | None = None, log: Callable[[dict], None] = lambda row: None,
+                   supernet: Any = None) -> dict:
+    """Train `supernet` (default: the family's, built for `space`, seeded) with the family's rule into `out` (a
+    supernet directory, written after every epoch); returns {"history", "test_top1"}. Runs under torchrun too."""
     from deploy_nas.data import digits_splits
 
     torch.manual_seed(config.seed)
     world = World()
-    trainer = TRAIN_RULES.get(family.train_rule)(family.build_supernet(space, config.seed), space, config, world)
+    supernet = supernet if supernet is not None else family.build_supernet(space, config.seed)
+    trainer = TRAIN_RULES.get(family.train_rule)(supernet, space, config, world)
     if resume and trainer.resume(out):
         log({"resumed_from": str(out), "epoch": trainer.epoch})
     data = data or digits_splits(space.img_size, space.in_chans, seed=0)
@@ -107,4 +129,4 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
     return result
 
 
-__all__ = ["STATE_FILE", "TRAIN_RULES", "TrainConfig", "World", "lr_at", "project", "train_supernet"]
+__all__ = ["STATE_FILE", "TRAIN_RULES", "TrainConfig", "World", "lr_at", "project", "train_config", "train_supernet"]

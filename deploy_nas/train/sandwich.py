@@ -11,8 +11,9 @@ and they equal what one process computes on the global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,7 @@ class SandwichTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    self.ema[k].mul_(c.ema_decay).add_(v.detach(), alpha=1 - c.ema_decay)
+        self._update_ema()
         self.step_count += 1
         return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0,
                 "lr": lr}
@@ -151,6 +149,7 @@ class SandwichTrainer:
                    "loss_sub": float(np.mean([r["loss_sub"] for r in losses])) if losses else None}
             if val is not None:
                 row.update({f"val_top1_{k}": v for k, v in self.evaluate(val).items()})
+            row.update(self.epoch_stats())
             history.append(row)
             log(row)
             if out is not None and self.world.rank == 0:
@@ -162,16 +161,32 @@ class SandwichTrainer:
     @torch.no_grad()
     def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
         """Top-1 of the max/min subnets (EMA weights when kept)."""
-        model = self.model
-        saved = None
+        with self.ema_weights():
+            return {kind: top1(self.model.fixed(self.space.sample(random.Random(0), kind)), split, batch,
+                               self.device) for kind in kinds}
+
+    def epoch_stats(self) -> dict[str, float]:
+        """What a rule logs at the end of each epoch besides losses and top-1 (none here)."""
+        return {}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
         if self.ema is not None:
-            saved = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(self.ema)
-        result = {kind: top1(model.fixed(self.space.sample(random.Random(0), kind)), split, batch, self.device)
-                  for kind in kinds}
-        if saved is not None:
-            model.load_state_dict(saved)
-        return result
+            for k, v in self.model.state_dict().items():
+                self.ema[k].mul_(self.config.ema_decay).add_(v.detach(), alpha=1 - self.config.ema_decay)
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """The model holds the EMA weights (when kept) inside the block, its own weights again after."""
+        if self.ema is None:
+            yield
+            return
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.ema)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(saved)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save(self, out: str | Path) -> None:
@@ -203,8 +218,6 @@ class SandwichTrainer:
         self.ema = state["ema"]
         self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
         return True
-
-
 
 
 TRAIN_RULES.register("sandwich", SandwichTrainer)

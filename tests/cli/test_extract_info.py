@@ -36,7 +36,7 @@ def test_extract_default_supernet_then_info(tmp_path):
     assert [b.num_heads for b in model.spec.body.blocks] == [2, 3, 4]
     r = run("info", tmp_path / "out")
     assert r.returncode == 0, r.stderr
-    assert "params" in r.stdout and "GMAC" in r.stdout and "head dim" in r.stdout
+    assert "params" in r.stdout and "GMAC" in r.stdout and "head widths" in r.stdout
 
 
 def test_extract_official_checkpoint_with_official_yaml_config(tmp_path):
@@ -134,7 +134,7 @@ def test_family_choices_come_from_the_registry(tmp_path):
 def test_info_renders_full_markdown_when_piped_and_reads_format_1():
     r = run("info", OFFICIAL.parent / "dense_format1")
     assert r.returncode == 0, r.stderr
-    assert "| block | heads | head dim | Q | scale | MLP | rel-pos | params | MMAC |" in r.stdout
+    assert "| block | tokens | heads | head widths | Q | scale | MLP | rel-pos | params | MMAC |" in r.stdout
     assert "…" not in r.stdout
 
 

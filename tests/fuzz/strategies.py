@@ -1,7 +1,8 @@
 """Hypothesis strategies for the fuzz suite: configs (canonical JSON, the official dict and YAML forms, YAML with
 aliases, arbitrary documents and bytes), checkpoints (key sets, shapes, dtypes, values, containers, formats,
-truncations) and CLI argument lists. Each family plugs its own config and checkpoint strategies into
-`FAMILY_STRATEGIES` (tests/families/test_protocol.py checks that every registered family has them)."""
+truncations) and CLI argument lists. Each family plugs its own config and checkpoint strategies in: a module
+`tests/fuzz/strategies_<family>.py` defining `STRATEGIES = FamilyStrategies(...)` (tests/families/test_protocol.py
+checks that every registered family has one)."""
 from __future__ import annotations
 
 import argparse
@@ -193,9 +194,20 @@ def _autoformer_base() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in default_supernet()[0].state_dict().items()}
 
 
-FAMILY_STRATEGIES: dict[str, FamilyStrategies] = {
-    "autoformer": FamilyStrategies(_autoformer_configs(), _autoformer_base),
-}
+def _family_strategies() -> dict[str, FamilyStrategies]:
+    """AutoFormer's (above) and every `tests/fuzz/strategies_<family>.py` module's STRATEGIES."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    found = {"autoformer": FamilyStrategies(_autoformer_configs(), _autoformer_base)}
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name.startswith("strategies_"):
+            found[module.name[len("strategies_"):]] = importlib.import_module(f"tests.fuzz.{module.name}").STRATEGIES
+    return found
+
+
+FAMILY_STRATEGIES: dict[str, FamilyStrategies] = _family_strategies()
 
 
 # -------------------------------------------------------------------------------------------------- the CLI

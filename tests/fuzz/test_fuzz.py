@@ -6,10 +6,12 @@ import os
 import shutil
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from deploy_nas.family import FAMILIES
+from deploy_nas.supernets import DEFAULT_DIR, read_supernet_meta
 from tests.fuzz.conftest import SETTINGS
 from tests.fuzz.strategies import (
     FAMILY_STRATEGIES,
@@ -27,6 +29,10 @@ FAMILY_NAMES = sorted(set(FAMILIES.names()) & set(FAMILY_STRATEGIES))
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_configs(workspace, family):
     strategy = FAMILY_STRATEGIES[family].configs
+    source = []  # the embedded default supernet, or a checkpoint of the family's base in its official layout
+    if family != read_supernet_meta(DEFAULT_DIR)["family"]:
+        torch.save({"model": FAMILY_STRATEGIES[family].checkpoint_base()}, workspace.inputs / "base.pth")
+        source = ["--checkpoint", workspace.inputs / "base.pth"]
 
     @SETTINGS
     @given(data=st.data())
@@ -39,7 +45,7 @@ def test_configs(workspace, family):
             suffix, content = serialize_document(data.draw, data.draw(strategy))
         path = workspace.inputs / f"config{suffix}"
         path.write_bytes(content)
-        workspace.case("config", ["extract", "--family", family, "--config", path, "--out", workspace.out])
+        workspace.case("config", ["extract", "--family", family, *source, "--config", path, "--out", workspace.out])
         path.unlink()
 
     case()

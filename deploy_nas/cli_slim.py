@@ -1,0 +1,110 @@
+"""`deploy-nas slim search|prune`: ViT-Slim's commands, contributed by its family (`ViTSlimFamily.commands`).
+
+`search` trains the soft masks of a DeiT (`deploy_nas.train.slim`); `prune` turns budgets (given, or stored in the
+checkpoint's `args`) into the exact dense model with ragged heads, constant-bias sub-blocks and token gathers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy_nas import cli_options as opt
+from deploy_nas.train import TrainConfig
+
+SLIM_ONLY = ("w_attn", "w_mlp", "w_patch", "freeze_weights")
+SANDWICH_ONLY = ("num_random", "distill", "distill_weight", "grad_projection", "projection_from_epoch")
+
+
+@click.group("slim")
+def slim() -> None:
+    """ViT-Slim: search soft masks on a DeiT, then prune it to budgets (exact dense heads, MLP channels, tokens)."""
+
+
+@slim.command("search")
+@click.option("--base", type=click.Path(path_type=Path), default=None,
+              help="The DeiT to search in: an official DeiT file ({'model': ...}), a timm state dict or a ViT-Slim "
+                   "checkpoint. Default: a random initialisation of --space.")
+@click.option("--space", default=None, help="Without --base: the registered space or file of the DeiT to build "
+              "(default: vitslim-tiny, a 4-block DeiT for 32px images).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Image folders DIR/train, DIR/val (and DIR/test) of class folders (default: the embedded digits).")
+@click.option("--head-search", "mask", flag_value="head", default=None,
+              help="Without masks in --base: one mask per head (official --head_search).")
+@click.option("--uniform-search", "mask", flag_value="uniform",
+              help="Without masks in --base: one channel mask shared by all heads (official --uniform_search).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Directory for the searched model (supernet.json + weights, and ckpt.pth in the official layout).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@opt.dataclass_options(TrainConfig, exclude=SANDWICH_ONLY)
+@opt.writes(force="resume")
+def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
+           **config: Any) -> None:
+    """Train the weights and the soft masks of a DeiT with ViT-Slim's L1 sparsity terms (data-parallel under
+    torchrun). Then `deploy-nas slim prune --checkpoint OUT --budget-attn ...`."""
+    from deploy_nas.distributed import main_process, process_group_from_env
+    from deploy_nas.train import train_config, train_supernet
+    from deploy_nas.train.slim import search_target
+    from deploy_nas.workflows import train_data
+
+    fam, supernet, chosen = search_target(base, space, mask)
+    given = {k: v for k, v in config.items() if not opt.is_default(k)}
+    log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
+    with process_group_from_env(cuda=config["device"].startswith("cuda")):
+        result = train_supernet(fam, chosen, out, train_config(fam, given), resume, train_data(chosen, data_dir),
+                                log=log, supernet=supernet)
+    if main_process():
+        last = result["history"][-1] if result["history"] else {}
+        small = ", ".join(f"{k[6:]} {v:.0%}" for k, v in last.items() if k.startswith("small_"))
+        click.echo(f"searched masks -> {out} (masks below 0.05: {small or 'n/a'}); prune with `deploy-nas slim "
+                   f"prune --checkpoint {out} --budget-attn B --budget-mlp B --budget-patch B --out DIR`")
+
+
+@slim.command("prune")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="A ViT-Slim checkpoint (official search/retrain ckpt, `slim search` output directory or its "
+                   "ckpt.pth, or a timm DeiT state dict with masks).")
+@click.option("--budget-attn", type=float, default=None, help="Kept fraction of the attention channels, in (0, 1].")
+@click.option("--budget-mlp", type=float, default=None, help="Kept fraction of the MLP hidden units, in (0, 1].")
+@click.option("--budget-patch", type=float, default=None, help="Kept fraction of the tokens, in (0, 1].")
+@click.option("--soft", is_flag=True, help="Fold the soft masks as they are (nothing pruned; no budgets).")
+@click.option("--head-layout", type=click.Choice(["padded", "grouped"]), default=None,
+              help="Heads of different widths: zero-padded to the widest (default) or one attention per width.")
+@click.option("--pad-to", type=click.IntRange(min=1), default=None,
+              help="Round padded head widths up to a multiple of this (8 for TensorRT's fused attention).")
+@click.option("--import-option", "import_options", multiple=True, metavar="KEY=VALUE",
+              help="A ViT-Slim import option (num_heads=N for a DeiT without masks).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory for the dense model.")
+@opt.force
+@opt.writes()
+def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None, budget_patch: float | None,
+          soft: bool, head_layout: str | None, pad_to: int | None, import_options: tuple[str, ...], out: Path,
+          force: bool) -> None:
+    """Budgets -> masks (one global threshold per mask family, as the official code) -> the exact dense model.
+    Budgets not given are read from the checkpoint's `args` (official search/retrain checkpoints store them)."""
+    from deploy_nas.dense import save_dense
+    from deploy_nas.flops import count_flops
+    from deploy_nas.materialize import materialize
+    from deploy_nas.supernets.vitslim import prune_config, with_layout
+    from deploy_nas.workflows import SupernetSource
+
+    supernet, _ = SupernetSource("vitslim", checkpoint=None if checkpoint.is_dir() else checkpoint,
+                                 supernet_dir=checkpoint if checkpoint.is_dir() else None,
+                                 import_options=import_options).load()
+    supernet = with_layout(supernet, head_layout, pad_to)
+    cfg = prune_config(supernet, {"budget_attn": budget_attn, "budget_mlp": budget_mlp,
+                                  "budget_patch": budget_patch}, soft)
+    model = materialize(supernet, cfg)
+    save_dense(model, out, force=force)
+    flops = count_flops(model)
+    table = model.architecture_table(flops.by_module)
+    base = supernet.param_count(type(cfg)())
+    table.caption = (f"params {flops.params / 1e6:.3f}M (base {base / 1e6:.3f}M)   FLOPs {flops.gmacs:.3f} GMAC "
+                     f"(batch 1)   budgets attn {cfg.budget_attn:g} mlp {cfg.budget_mlp:g} tokens "
+                     f"{cfg.budget_patch:g}{'   soft masks folded' if cfg.soft else ''}")
+    from deploy_nas.console import show
+
+    show(table)
+    click.echo(f"pruned -> {out} (deploy it with `deploy-nas run --dense {out} --out DIR`)")
