@@ -121,8 +121,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores_usable']} usable cores; onnxruntime "
              f"{m['versions']['onnxruntime']}, openvino {m['versions']['openvino']}. {result['rounds']} alternated "
              "rounds, medians of the batch-1 p50 latency.", "",
-             "| model | params | GMAC executed | GMAC of the budgets | OpenVINO ms | onnxruntime ms | OpenVINO speed-up "
-             "| onnxruntime speed-up |", "|---|---|---|---|---|---|---|---|"]
+             "| model | params | GMAC executed | GMAC of the budgets | OpenVINO ms | onnxruntime ms "
+             "| OpenVINO speed-up | onnxruntime speed-up |", "|---|---|---|---|---|---|---|---|"]
     for name in result["models"]:
         label = name.split()[1]
         base = {b: med[f"masked {label}|{b}"] for b in BACKENDS}

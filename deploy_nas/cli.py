@@ -203,11 +203,14 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
 @click.option("--space", default=None, help="Registered space or file (default: the family's default space).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Supernet directory to write.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@click.option("--grad-projection-from", "grad_projection_from", type=click.IntRange(min=0), default=None,
+              help="NASViT's gradient projection from this epoch on (--grad-projection --projection-from-epoch N).")
 @opt.dataclass_options(TrainConfig)
 @opt.writes(force="resume")
-def train(family: str | None, space: str | None, out: Path, resume: bool, **config: Any) -> None:
-    """Supernet training with the family's rule on the embedded digits; under `torchrun --nproc_per_node N`
-    (or `python -m deploy_nas.train`) data-parallel."""
+def train(family: str | None, space: str | None, out: Path, resume: bool, grad_projection_from: int | None,
+          **config: Any) -> None:
+    """Supernet training with the family's rule on the embedded task (cluttered digits); under `torchrun
+    --nproc_per_node N` (or `python -m deploy_nas.train`) data-parallel."""
     import json
 
     from deploy_nas.distributed import main_process, process_group_from_env
@@ -216,6 +219,8 @@ def train(family: str | None, space: str | None, out: Path, resume: bool, **conf
 
     fam, chosen = training_target(family, space)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the family's recipe fills in the rest
+    if grad_projection_from is not None:
+        given.update(grad_projection=True, projection_from_epoch=grad_projection_from)
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
         train_supernet(fam, chosen, out, train_config(fam, given), resume, log=log)
@@ -256,9 +261,10 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--generations", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--generations", type=click.IntRange(min=1, max=10_000), default=None,
+              help="evolution generations (default: the demo's, see workflows.DEMO_SEARCH)")
 @opt.writes(force=None)
-def demo(out: Path, generations: int) -> None:
+def demo(out: Path, generations: int | None) -> None:
     """The main job on the embedded trained supernet: search under a latency budget that binds on this machine
     (OpenVINO fp32), evolution and random side by side, then deploy the winner to onnxruntime and OpenVINO."""
     from deploy_nas import workflows

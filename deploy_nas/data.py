@@ -1,14 +1,20 @@
-"""Data: the embedded digits set (scikit-learn's copy, shipped inside its wheel: no download) and an
-ImageFolder-style loader for real images, both giving float32 NCHW arrays normalized with ImageNet mean/std.
+"""Data: the embedded digits (scikit-learn's copy, shipped inside its wheel: no download), the embedded task made
+from them (cluttered digits, generated deterministically), and an ImageFolder-style loader for real images, all
+giving float32 NCHW arrays normalized with ImageNet mean/std.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deploy_nas.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -62,8 +68,83 @@ def digits_splits(img_size: int = 32, in_chans: int = 3, seed: int = 0) -> dict[
     return {k: Split(_normalize(rgb[idx]), digits.target[idx].astype(np.int64)) for k, idx in parts.items()}
 
 
+# The embedded task: how many renderings of each base digit per split, and the rendering ranges.
+RENDERS = {"train": 4, "val": 1, "test": 2}
+SCALE, ROTATE, SHEAR = (0.55, 0.85), 0.35, 0.2  # digit height as a fraction of the canvas; radians
+OFFSET = 0.35  # how far off-centre a digit may sit, as a fraction of the room the canvas leaves around it
+CLUTTER, CLUTTER_LEVEL, NOISE = 2, 0.6, 0.1  # fragments of other digits per image, their brightness; pixel noise
+
+
+@functools.lru_cache(maxsize=4)
+def cluttered_digits_splits(img_size: int = 48, in_chans: int = 3, seed: int = 0) -> dict[str, Split]:
+    """The embedded task the default supernet and the demo use: scikit-learn's digits, split 60/20/20 by base digit
+    (no digit appears in two splits), each rendered `RENDERS[split]` times on a noisy, tinted canvas of `img_size`
+    px at a random scale, rotation, shear and position, among `CLUTTER` fragments of other digits. Deterministic in
+    `seed` (generated in a second; nothing downloaded). Hard enough that small and large subnets differ clearly."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    base = torch.from_numpy(digits.images / 16.0).float()[:, None]  # (1797, 1, 8, 8)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(base), generator=g)
+    n_train, n_val = int(0.6 * len(order)), int(0.2 * len(order))
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    splits = {}
+    for name, idx in parts.items():
+        idx = idx.repeat(RENDERS[name])
+        canvas = _render(base[idx], img_size, g, SCALE)  # (n, 1, S, S)
+        for _ in range(CLUTTER):  # a window of another digit (of the same split) at a random place
+            other = _render(base[idx[torch.randint(len(idx), (len(idx),), generator=g)]], img_size, g, SCALE)
+            canvas = torch.maximum(canvas, other * _window(len(idx), img_size, g) * CLUTTER_LEVEL)
+        tint = 0.4 + 0.6 * torch.rand(len(idx), in_chans, 1, 1, generator=g)
+        background = 0.3 * torch.rand(len(idx), in_chans, 1, 1, generator=g)
+        rgb = background + (tint - background) * canvas + NOISE * torch.randn(len(idx), in_chans, img_size, img_size,
+                                                                               generator=g)
+        rgb = rgb.clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (n, S, S, C)
+        splits[name] = Split(_normalize(rgb), digits.target[idx.numpy()].astype(np.int64))
+    return splits
+
+
+def _render(digits: torch.Tensor, size: int, g: torch.Generator, scale: tuple[float, float]) -> torch.Tensor:
+    """(n, 1, 8, 8) digits drawn on (n, 1, size, size) canvases by a random similarity + shear transform."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(digits)
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g)  # digit height / canvas
+    angle = ROTATE * (2 * torch.rand(n, generator=g) - 1)
+    shear = SHEAR * (2 * torch.rand(n, generator=g) - 1)
+    shift = OFFSET * (1 - s)[:, None] * (2 * torch.rand(n, 2, generator=g) - 1)  # the digit stays on the canvas
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, -sin + shear, -(cos * shift[:, 0] + (-sin + shear) * shift[:, 1])], -1),
+                         torch.stack([sin, cos, -(sin * shift[:, 0] + cos * shift[:, 1])], -1)], 1)  # (n, 2, 3)
+    big = F.interpolate(digits, size=(32, 32), mode="bilinear", align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+    return F.grid_sample(big, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
+
+
+def _window(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 1, size, size) 0/1 masks of one random square of a quarter to a third of the canvas side."""
+    import torch
+
+    side = (size * (0.25 + 0.1 * torch.rand(n, generator=g))).long()
+    top = (torch.rand(n, generator=g) * (size - side)).long()
+    left = (torch.rand(n, generator=g) * (size - side)).long()
+    r = torch.arange(size)
+    rows = (r[None] >= top[:, None]) & (r[None] < (top + side)[:, None])  # (n, size)
+    cols = (r[None] >= left[:, None]) & (r[None] < (left + side)[:, None])
+    return (rows[:, :, None] & cols[:, None, :]).float()[:, None]
+
+
+def embedded_splits(img_size: int, in_chans: int = 3, seed: int = 0) -> dict[str, Split]:
+    """The embedded task training, search and the demo use when no image folder is given: the cluttered digits."""
+    return cluttered_digits_splits(img_size, in_chans, seed)
+
+
 def embedded_images(n: int, img_size: int, in_chans: int = 3, split: str = "test") -> np.ndarray:
-    """A fixed batch of `n` real images from the embedded set (for parity and int8 calibration)."""
+    """A fixed batch of `n` real images (the plain digits: any real images do, and these cost nothing to make) for
+    parity batches and int8 calibration."""
     images = digits_splits(img_size, in_chans)[split].images
     if n > len(images):
         images = np.concatenate([images] * (n // len(images) + 1))

@@ -27,7 +27,8 @@ from deploy_nas.registry import Registry
 
 SampleKind = Literal["random", "min", "max"]
 # Modules that register the built-in families (imported on the first registry lookup).
-BUILTIN_FAMILIES = ("deploy_nas.supernets.autoformer", "deploy_nas.supernets.vitslim")
+BUILTIN_FAMILIES = ("deploy_nas.supernets.autoformer", "deploy_nas.supernets.vitslim", "deploy_nas.supernets.nasvit",
+                    "deploy_nas.supernets.s3", "deploy_nas.supernets.psvit")
 
 
 def load_builtin_families() -> None:

@@ -35,9 +35,9 @@ class EvolutionConfig:
 
     @classmethod
     def for_population(cls, population: int, generations: int, seed: int = 0) -> EvolutionConfig:
-        """AutoFormer's proportions for any population size: top-10 parents (or all), half mutations, half
-        crossovers."""
-        return cls(population=population, parents=min(10, population), mutations=population // 2,
+        """AutoFormer's proportions for any population size: the top fifth as parents (top 10 of 50; at least 2),
+        half mutations, half crossovers."""
+        return cls(population=population, parents=max(2, round(population / 5)), mutations=population // 2,
                    crossovers=population - population // 2, generations=generations, seed=seed)
 
 
@@ -96,13 +96,22 @@ class Evolution:
         return row
 
     def _children(self, parents: list[Any], rng: random.Random) -> list[Any]:
+        """Feasible children never scored before (as the official search skips visited candidates), so that every
+        generation spends its evaluations on new subnets."""
         c = self.config
-        mutated, crossed = [], []
+        mutated, crossed, seen = [], [], set(self.scores)
+
+        def fresh(child: Any) -> bool:
+            if child.id in seen or not self.feasible(child):
+                return False
+            seen.add(child.id)
+            return True
+
         for _ in range(c.max_tries):
             if len(mutated) >= c.mutations:
                 break
             child = self.space.mutate(rng.choice(parents), rng, c.m_prob, c.s_prob)
-            if self.feasible(child):
+            if fresh(child):
                 mutated.append(child)
         for _ in range(c.max_tries):
             if len(crossed) >= c.crossovers:
@@ -111,7 +120,7 @@ class Evolution:
             if not self.space.can_cross(a, b):
                 continue
             child = self.space.crossover(a, b, rng)
-            if self.feasible(child):
+            if fresh(child):
                 crossed.append(child)
         return mutated + crossed
 

@@ -294,7 +294,7 @@ class AutoFormerFamily:
     import_options = AutoFormerImportOptions
     train_rule = "sandwich"
     tiny_space = "autoformer-tiny"
-    default_space = "autoformer-tiny"
+    default_space = "autoformer-demo"  # the space of the embedded default supernet
 
     def config_from_dict(self, obj: Any) -> AutoFormerConfig:
         return AutoFormerConfig.from_dict(obj)

@@ -114,7 +114,7 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
                    supernet: Any = None) -> dict:
     """Train `supernet` (default: the family's, built for `space`, seeded) with the family's rule into `out` (a
     supernet directory, written after every epoch); returns {"history", "test_top1"}. Runs under torchrun too."""
-    from deploy_nas.data import digits_splits
+    from deploy_nas.data import embedded_splits
 
     torch.manual_seed(config.seed)
     world = World()
@@ -122,7 +122,7 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
     trainer = TRAIN_RULES.get(family.train_rule)(supernet, space, config, world)
     if resume and trainer.resume(out):
         log({"resumed_from": str(out), "epoch": trainer.epoch})
-    data = data or digits_splits(space.img_size, space.in_chans, seed=0)
+    data = data or embedded_splits(space.img_size, space.in_chans)
     history = trainer.fit(data["train"], data["val"], out, log=log)
     result = {"history": history, "test_top1": trainer.evaluate(data["test"])}
     log({"test_top1": result["test_top1"]})

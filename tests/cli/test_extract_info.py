@@ -29,11 +29,11 @@ def test_help_works_without_backends():
 
 def test_extract_default_supernet_then_info(tmp_path):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"depth": 3, "embed_dim": 64, "mlp_ratio": [2, 3, 4], "num_heads": [2, 3, 4]}))
+    cfg.write_text(json.dumps({"depth": 4, "embed_dim": 96, "mlp_ratio": [2, 3, 4, 2], "num_heads": [2, 3, 4, 2]}))
     r = run("extract", "--config", cfg, "--out", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     model = load_dense(tmp_path / "out")
-    assert [b.num_heads for b in model.spec.body.blocks] == [2, 3, 4]
+    assert [b.num_heads for b in model.spec.body.blocks] == [2, 3, 4, 2]
     r = run("info", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert "params" in r.stdout and "GMAC" in r.stdout and "head widths" in r.stdout

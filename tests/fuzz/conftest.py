@@ -4,8 +4,10 @@ a parity failure), bounded time and memory, and no new file anywhere but the fin
 its temp directory and its home are compared before and after).
 
 Case counts: `FUZZ_EXAMPLES` per input kind (default 150: part of `make test`; `make fuzz` sets 1000 and marks the
-run `slow`). Hypothesis runs derandomized in `make test` (the same cases every time: CI never flakes on a new
-random case) and random under `make fuzz`.
+run `slow`); the families other than the embedded default's run a third of that in `make test` (`family_settings`),
+so that adding a family does not add minutes to every CI run, and the full count under `make fuzz`. Hypothesis
+runs derandomized in `make test` (the same cases every time: CI never flakes on a new random case) and random under
+`make fuzz`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_RANDOM" not in os.environ,
                     suppress_health_check=list(HealthCheck), database=None)
+
+
+def family_settings(default: bool) -> settings:
+    """SETTINGS for one family's cases: all of them for the embedded default's family (and under `make fuzz`), a
+    third for the others."""
+    full = default or "FUZZ_RANDOM" in os.environ
+    return settings(SETTINGS, max_examples=EXAMPLES if full else max(10, EXAMPLES // 3))
+
+
 TIMEOUT_S = 60.0
 MEMORY = 2 << 30  # address space a case may add to the warm server's
 MAX_RSS = 3 << 30  # peak resident memory of a case (the warm server with torch is ~0.5 GiB of it)

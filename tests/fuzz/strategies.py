@@ -175,16 +175,16 @@ def _autoformer_configs() -> st.SearchStrategy:
     depth = maybe(st.integers(0, 6))
     canonical = st.fixed_dictionaries({
         "family": maybe(st.just("autoformer"), st.sampled_from(["nasvit", "s3", "", "AUTOFORMER"])),
-        "depth": depth, "embed_dim": maybe(st.sampled_from([48, 64, 56, 0, 4096])),
+        "depth": depth, "embed_dim": maybe(st.sampled_from([64, 96, 128, 56, 0, 4096])),
         "mlp_ratio": maybe(st.lists(maybe(ratios), max_size=6)),
         "num_heads": maybe(st.lists(maybe(heads), max_size=6))})
     official = st.fixed_dictionaries({
         "layer_num": maybe(st.one_of(st.integers(0, 6), st.just(1e9), st.just(10 ** 12))),
-        "embed_dim": st.one_of(maybe(st.sampled_from([48, 64])), st.lists(st.sampled_from([48, 64]), max_size=6)),
+        "embed_dim": st.one_of(maybe(st.sampled_from([64, 96])), st.lists(st.sampled_from([64, 96]), max_size=6)),
         "mlp_ratio": maybe(st.lists(ratios, max_size=8)), "num_heads": maybe(st.lists(heads, max_size=8))})
     retrain = official.map(lambda d: {"RETRAIN": {"DEPTH": d["layer_num"], "EMBED_DIM": d["embed_dim"],
                                                   "MLP_RATIO": d["mlp_ratio"], "NUM_HEADS": d["num_heads"]}})
-    return st.one_of(near_valid("autoformer-tiny", lambda c: c.to_official()), near_valid("autoformer-tiny"),
+    return st.one_of(near_valid("autoformer-demo", lambda c: c.to_official()), near_valid("autoformer-demo"),
                      canonical.flatmap(drop_and_add), official.flatmap(drop_and_add), retrain, DOCUMENTS)
 
 

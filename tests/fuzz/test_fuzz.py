@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from deploy_nas.family import FAMILIES
 from deploy_nas.supernets import DEFAULT_DIR, read_supernet_meta
-from tests.fuzz.conftest import SETTINGS
+from tests.fuzz.conftest import SETTINGS, family_settings
 from tests.fuzz.strategies import (
     FAMILY_STRATEGIES,
     IN_PLACE,
@@ -30,11 +30,12 @@ FAMILY_NAMES = sorted(set(FAMILIES.names()) & set(FAMILY_STRATEGIES))
 def test_configs(workspace, family):
     strategy = FAMILY_STRATEGIES[family].configs
     source = []  # the embedded default supernet, or a checkpoint of the family's base in its official layout
-    if family != read_supernet_meta(DEFAULT_DIR)["family"]:
+    default = family == read_supernet_meta(DEFAULT_DIR)["family"]
+    if not default:
         torch.save({"model": FAMILY_STRATEGIES[family].checkpoint_base()}, workspace.inputs / "base.pth")
         source = ["--checkpoint", workspace.inputs / "base.pth"]
 
-    @SETTINGS
+    @family_settings(default)
     @given(data=st.data())
     def case(data):
         if data.draw(st.integers(0, 7)) == 0:
@@ -55,7 +56,7 @@ def test_configs(workspace, family):
 def test_checkpoints(workspace, family):
     base = FAMILY_STRATEGIES[family].checkpoint_base()
 
-    @SETTINGS
+    @family_settings(family == read_supernet_meta(DEFAULT_DIR)["family"])
     @given(data=st.data())
     def case(data):
         suffix, content = data.draw(checkpoint_file(base))
