@@ -132,7 +132,7 @@ def _no_output(path: Path) -> bool:
 def test_run_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
     (tmp_path / "empty").mkdir()
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"depth": 3, "embed_dim": 100, "mlp_ratio": [2, 2, 2], "num_heads": [2, 2, 2]}))
+    bad.write_text(json.dumps({"depth": 4, "embed_dim": 100, "mlp_ratio": [2, 2, 2, 2], "num_heads": [2, 2, 2, 2]}))
     args = [a.format(empty=tmp_path / "empty", bad_config=bad) for a in args]
     if "--config" not in args:
         args = ["--config", "min", *args]

@@ -17,7 +17,8 @@ STEPS, GLOBAL_BATCH = 3, 16
 
 
 def small_train_split(n: int = 64) -> Split:
-    train = digits_splits(32, 3)["train"]
+    """The first `n` plain digits at the default supernet's input size."""
+    train = digits_splits(default_supernet(seed=0)[1].img_size, 3)["train"]
     return Split(train.images[:n], train.labels[:n])
 
 
@@ -101,7 +102,7 @@ def test_training_on_cuda_follows_the_cpu_run(tmp_path):
     from deploy_nas.export.backends.torch_backend import ieee_fp32
     from deploy_nas.supernets import load_supernet_dir
 
-    data = digits_splits(32, 3)
+    data = digits_splits(default_supernet(seed=0)[1].img_size, 3)
     runs = {}
     for device in ("cpu", "cuda"):
         supernet, space = default_supernet(seed=0)
