@@ -5,6 +5,7 @@ names the space it belongs to); the registries load the built-in families on fir
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,36 @@ class Preset:
 
     config: Any
     space: str
+
+
+class CanonicalConfig:
+    """What every family's config shares: canonical JSON (sorted keys, no spaces) and the id that hashes it."""
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))  # type: ignore[attr-defined]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+class CheckedSpace:
+    """What every family's space shares: one message for a value outside the space, and `contains`."""
+
+    name: str
+
+    def _check_choice(self, where: str, value: Any, allowed: tuple) -> None:
+        if value not in allowed:
+            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
+                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
+
+    def contains(self, cfg: Any) -> bool:
+        try:
+            self.validate(cfg)  # type: ignore[attr-defined]
+        except InvalidSubnetConfig:
+            return False
+        return True
 
 
 SPACES: Registry[Any] = Registry("search space", InvalidSubnetConfig, loader=_load_families)

@@ -5,14 +5,12 @@ MLP ratios and head counts. Head dim is fixed by the supernet (64 in the officia
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, Preset
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset
 
 FAMILY = "autoformer"
 
@@ -32,7 +30,7 @@ def _int(value: Any, where: str) -> int:
 
 
 @dataclass(frozen=True)
-class AutoFormerConfig:
+class AutoFormerConfig(CanonicalConfig):
     """One AutoFormer subnet. `mlp_ratio` and `num_heads` hold one entry per kept block."""
 
     depth: int
@@ -56,14 +54,6 @@ class AutoFormerConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "depth": self.depth, "embed_dim": self.embed_dim,
                 "mlp_ratio": list(self.mlp_ratio), "num_heads": list(self.num_heads)}
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def to_official(self) -> dict[str, Any]:
         """The dict `Vision_TransformerSuper.set_sample_config` takes."""
@@ -138,7 +128,7 @@ SampleKind = Literal["random", "min", "max"]
 
 
 @dataclass(frozen=True)
-class AutoFormerSpace:
+class AutoFormerSpace(CheckedSpace):
     """The choices per dimension, plus the super (maximum) sizes the supernet is built with."""
 
     name: str
@@ -181,24 +171,12 @@ class AutoFormerSpace:
         if getattr(cfg, "family", None) != FAMILY:
             raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
                                       f"space {self.name!r} is {FAMILY!r}")
-        self._check("depth", cfg.depth, self.depth)
-        self._check("embed_dim", cfg.embed_dim, self.embed_dim)
+        self._check_choice("depth", cfg.depth, self.depth)
+        self._check_choice("embed_dim", cfg.embed_dim, self.embed_dim)
         for i, (r, h) in enumerate(zip(cfg.mlp_ratio, cfg.num_heads)):
-            self._check(f"mlp_ratio[{i}]", r, self.mlp_ratio)
-            self._check(f"num_heads[{i}]", h, self.num_heads)
+            self._check_choice(f"mlp_ratio[{i}]", r, self.mlp_ratio)
+            self._check_choice(f"num_heads[{i}]", h, self.num_heads)
         return cfg
-
-    def _check(self, where: str, value: Any, allowed: tuple) -> None:
-        if value not in allowed:
-            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
-                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
-
-    def contains(self, cfg: Any) -> bool:
-        try:
-            self.validate(cfg)
-        except InvalidSubnetConfig:
-            return False
-        return True
 
     # --- sampling and evolution operators ---------------------------------------------------------------------
     def sample(self, rng: random.Random, kind: SampleKind = "random") -> AutoFormerConfig:

@@ -11,14 +11,12 @@ the strides while the official space keeps the official values. The supernet is 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES
+from . import SPACES, CanonicalConfig, CheckedSpace
 
 FAMILY = "nasvit"
 WIDTH_STAGES = ("first_conv", "mb1", "mb2", "mb3", "mb4", "mb5", "mb6", "mb7", "last_conv")
@@ -56,7 +54,7 @@ def _ints(obj: Any, name: str, length: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class NASViTConfig:
+class NASViTConfig(CanonicalConfig):
     """One NASViT subnet, as the official `sample_active_subnet` dict."""
 
     resolution: int
@@ -77,14 +75,6 @@ class NASViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": FAMILY, **self.to_official()}
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, obj: Any) -> NASViTConfig:
@@ -124,7 +114,7 @@ def _per_stage(values: Any, name: str, stages: tuple[str, ...]) -> tuple[tuple[i
 
 
 @dataclass(frozen=True)
-class NASViTSpace:
+class NASViTSpace(CheckedSpace):
     """The choices per stage plus the layout facts of the official `supernet_config`.
 
     `stride`: first_conv and mb1..mb7; `se`, `transformer`: mb1..mb7; `head_expand`: the v3 head's expansion of
@@ -219,17 +209,12 @@ class NASViTSpace:
         if getattr(cfg, "family", None) != FAMILY:
             raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
                                       f"space {self.name!r} is {FAMILY!r}")
-        self._check("resolution", cfg.resolution, self.resolution)
+        self._check_choice("resolution", cfg.resolution, self.resolution)
         for gene in GENES:
             stages = WIDTH_STAGES if gene == "width" else MB_STAGES
             for i, (value, allowed) in enumerate(zip(getattr(cfg, gene), getattr(self, gene))):
-                self._check(f"{gene}[{i}] ({stages[i]})", value, allowed)
+                self._check_choice(f"{gene}[{i}] ({stages[i]})", value, allowed)
         return cfg
-
-    def _check(self, where: str, value: Any, allowed: tuple) -> None:
-        if value not in allowed:
-            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
-                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
 
     def sample(self, rng: random.Random | None, kind: SampleKind = "random") -> NASViTConfig:
         """min / max / uniform per entry, in the official draw order (resolution, then width, depth, kernel_size,

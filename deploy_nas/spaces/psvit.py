@@ -25,15 +25,13 @@ PSViT has no public code; what the article leaves open is decided here and in do
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES
+from . import SPACES, CanonicalConfig, CheckedSpace
 
 FAMILY = "psvit"
 LAYER, SHARED, IDENTITY = "layer", "shared", "identity"
@@ -73,7 +71,7 @@ def pool_stride(pooling: str, n_in: int, n_out: int) -> int | None:
 
 
 @dataclass(frozen=True)
-class PSViTConfig:
+class PSViTConfig(CanonicalConfig):
     """One PSViT subnet: per stage its width, its patch-token count and its cell choices."""
 
     widths: tuple[int, ...]
@@ -111,14 +109,6 @@ class PSViTConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"family": FAMILY, "widths": list(self.widths), "tokens": list(self.tokens),
                 "cells": [list(stage) for stage in self.cells]}
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, obj: Any) -> PSViTConfig:
@@ -186,7 +176,7 @@ def _orphan_reuse(stage: int, cells: list[str]) -> str:
 
 
 @dataclass(frozen=True)
-class PSViTSpace:
+class PSViTSpace(CheckedSpace):
     """The choices of a PSViT space: per stage the widths and patch-token counts, the cells per stage and the cell
     choices, plus the input, the pooling form (1d: CLS token + Conv1d + MaxPool1d; 2d: no CLS, strided Conv2d)
     and the fixed sizes (head dim, MLP ratio)."""
@@ -282,12 +272,12 @@ class PSViTSpace:
                 raise InvalidSubnetConfig(f"cells[{s}] has {len(cells)} cells, stage {s} of space {self.name!r} has "
                                           f"{n}; give one choice per cell")
             for c, choice in enumerate(cells):
-                self._check(f"cells[{s}][{c}]", choice, self.choices)
+                self._check_choice(f"cells[{s}][{c}]", choice, self.choices)
         if self.increasing:
             self._check_increasing(cfg)
         for s in range(self.num_stages):
-            self._check(f"widths[{s}]", cfg.widths[s], self.widths[s])
-            self._check(f"tokens[{s}]", cfg.tokens[s], self.tokens[s])
+            self._check_choice(f"widths[{s}]", cfg.widths[s], self.widths[s])
+            self._check_choice(f"tokens[{s}]", cfg.tokens[s], self.tokens[s])
         return cfg
 
     def _check_increasing(self, cfg: PSViTConfig) -> None:
@@ -300,18 +290,6 @@ class PSViTSpace:
                 raise InvalidSubnetConfig(f"tokens {list(cfg.tokens)}: stage {s} ({cfg.tokens[s]}) does not have "
                                           f"fewer tokens than stage {s - 1} ({cfg.tokens[s - 1]}); space "
                                           f"{self.name!r} needs token counts that fall from stage to stage")
-
-    def _check(self, where: str, value: Any, allowed: tuple) -> None:
-        if value not in allowed:
-            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
-                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
-
-    def contains(self, cfg: Any) -> bool:
-        try:
-            self.validate(cfg)
-        except InvalidSubnetConfig:
-            return False
-        return True
 
     # --- sampling and evolution -----------------------------------------------------------------------------------
     def sample(self, rng: random.Random | None, kind: SampleKind = "random") -> PSViTConfig:

@@ -15,15 +15,13 @@ heads, which their forward pass needs to equal the width.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, Preset
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset
 
 FAMILY = "s3"
 OFFICIAL_HEAD_DIM = 32
@@ -67,7 +65,7 @@ CONVERT = {"mlp_ratio": _ratio, "num_heads": _int, "qkv_dim": _int, "window_size
 
 
 @dataclass(frozen=True)
-class S3Config:
+class S3Config(CanonicalConfig):
     """One S3 network: per stage a depth and a width, per stage per block the `BLOCK_DIMS`."""
 
     depths: tuple[int, ...]
@@ -119,14 +117,6 @@ class S3Config:
     def to_dict(self) -> dict[str, Any]:
         d = {"family": FAMILY, "depths": list(self.depths), "embed_dim": list(self.embed_dim)}
         return d | {name: [list(v) for v in getattr(self, name)] for name in BLOCK_DIMS}
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no spaces; the config id hashes exactly this string."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     def to_official(self) -> dict[str, Any]:
         """The official YAML form (Q-K-V is implied there: 32 x heads)."""
@@ -235,7 +225,7 @@ class S3StageSuper:
 
 
 @dataclass(frozen=True)
-class S3Space:
+class S3Space(CheckedSpace):
     """Per stage choices; `super_stages` are the supernet's sizes (None: the largest choices)."""
 
     name: str
@@ -314,8 +304,8 @@ class S3Space:
         if cfg.stages != len(self.stages):
             raise InvalidSubnetConfig(f"config has {cfg.stages} stages, space {self.name!r} has {len(self.stages)}")
         for s, (c, res) in enumerate(zip(self.stages, self.resolutions)):
-            self._check_value(_where("depths", s), cfg.depths[s], c.depth)
-            self._check_value(_where("embed_dim", s), cfg.embed_dim[s], c.embed_dim)
+            self._check_choice(_where("depths", s), cfg.depths[s], c.depth)
+            self._check_choice(_where("embed_dim", s), cfg.embed_dim[s], c.embed_dim)
             for name in BLOCK_DIMS:
                 allowed = getattr(c, name)
                 for b, v in enumerate(getattr(cfg, name)[s]):
@@ -325,20 +315,8 @@ class S3Space:
                                                   "global attention")
                     if name == "window_size" and v >= res and max(allowed) >= res:
                         continue
-                    self._check_value(_where(name, s, b), v, allowed)
+                    self._check_choice(_where(name, s, b), v, allowed)
         return cfg
-
-    def _check_value(self, where: str, value: Any, allowed: tuple) -> None:
-        if value not in allowed:
-            raise InvalidSubnetConfig(f"{where} = {brief(value)} is outside space {self.name!r} "
-                                      f"(allowed: {', '.join(str(a) for a in allowed)})")
-
-    def contains(self, cfg: Any) -> bool:
-        try:
-            self.validate(cfg)
-        except InvalidSubnetConfig:
-            return False
-        return True
 
     # --- sampling and evolution operators ---------------------------------------------------------------------
     def sample(self, rng: random.Random | None, kind: SampleKind = "random") -> S3Config:

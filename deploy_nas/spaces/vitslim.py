@@ -7,15 +7,13 @@ masks themselves folded into the weights (`soft`: deploy straight after the sear
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, Preset
+from . import PRESETS, SPACES, CanonicalConfig, Preset
 
 FAMILY = "vitslim"
 BUDGETS = ("budget_attn", "budget_mlp", "budget_patch")
@@ -29,7 +27,7 @@ def _budget(value: Any, where: str) -> float:
 
 
 @dataclass(frozen=True)
-class SlimConfig:
+class SlimConfig(CanonicalConfig):
     """Budgets (kept fractions) of the attention channels, the MLP hidden units and the tokens; `soft`: fold the
     learned soft masks instead of thresholding them (the budgets are then ignored and must be 1)."""
 
@@ -49,13 +47,6 @@ class SlimConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": FAMILY, **asdict(self)}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    @property
-    def id(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, obj: Any) -> SlimConfig:
