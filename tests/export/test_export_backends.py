@@ -186,10 +186,12 @@ def test_fp16_graph_keeps_fragile_ops_in_fp32(onnx_files, kind):
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
     types.update({t.name: t.data_type for t in g.initializer})
     kept = [n for n in g.node if n.op_type in ("LayerNormalization", "Softmax") or n.op_type.startswith("Reduce")]
-    assert kept and all(types[i] == TensorProto.FLOAT for n in kept for i in n.input if i)
+    # every float input of those stays fp32 (integer inputs such as ReduceSum's axes stay what they are)
+    assert kept and all(types[i] != TensorProto.FLOAT16 for n in kept for i in n.input if i)
+    assert any(types[i] == TensorProto.FLOAT for n in kept for i in n.input if i)
     assert all(types[i] == TensorProto.FLOAT16 for n in g.node if n.op_type == "MatMul" for i in n.input)
     assert types["input"] == types["logits"] == TensorProto.FLOAT
-    x = fixed_batch((3, 32, 32), batch=4)
+    x = fixed_batch(tuple(d.dim_value for d in fp32.graph.input[0].type.tensor_type.shape.dim[1:]), batch=4)
     ref, got = ReferenceEvaluator(fp32).run(None, {"input": x})[0], ReferenceEvaluator(fp16).run(None, {"input": x})[0]
     assert np.abs(got - ref).max() <= TOLERANCES["tensorrt", "fp16"].max_abs
     assert cosine_rows(got.astype(np.float64), ref.astype(np.float64)).min() >= 0.999

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from deploy_nas.export.profile import INDEX_OPS, OpTime, index_share, onnxruntime_events, summarize
+from deploy_nas.supernets import default_supernet
 
 
 def test_summarize_groups_by_op_type_and_shares_add_up():
@@ -29,7 +30,8 @@ def test_onnxruntime_profile_events_are_read(tmp_path):
 @pytest.mark.parametrize("backend", [pytest.param("openvino", marks=pytest.mark.openvino), "onnxruntime"])
 def test_engines_profile_their_ops(engines, backend):
     engine = engines(backend, "fp32", "min")
-    rows = engine.op_profile(np.zeros((1, 3, 32, 32), np.float32))
+    size = default_supernet()[1].img_size
+    rows = engine.op_profile(np.zeros((1, 3, size, size), np.float32))
     assert rows and sum(r.share for r in rows) == pytest.approx(1.0)
     assert all(r.nodes >= 1 and r.ms >= 0 for r in rows)
     ops = {r.op for r in rows}
