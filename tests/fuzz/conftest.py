@@ -3,9 +3,9 @@ timeout; `fuzz_case` checks every promise of the README for it: exit 0, or 2 wit
 a parity failure), bounded time and memory, and no new file anywhere but the final output (the case's directory,
 its temp directory and its home are compared before and after).
 
-Case counts: `FUZZ_EXAMPLES` per input kind (default 150: part of `make test`; `make fuzz` sets 1000 and marks the
+Case counts: `FUZZ_EXAMPLES` per input kind (default 50: part of `make test`; `make fuzz` sets 1000 and marks the
 run `slow`); the families other than the embedded default's run a third of that in `make test` (`family_settings`),
-so that adding a family does not add minutes to every CI run, and the full count under `make fuzz`. Hypothesis
+so that five families do not add many minutes to every CI run, and the full count under `make fuzz`. Hypothesis
 runs derandomized in `make test` (the same cases every time: CI never flakes on a new random case) and random under
 `make fuzz`.
 """
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_RANDOM" not in os.environ,
                     suppress_health_check=list(HealthCheck), database=None)
 
