@@ -24,7 +24,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The fuzz suite at full size: 1,000 random cases per input kind (`make test` runs 50, a third of that for the non-default families, the same ones every time).
+# The fuzz suite at full size: 1,000 random cases per input kind and family (`make test` runs 50, a third of
+# that for the non-default families, the same ones every time).
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=1000 FUZZ_RANDOM=1 $(PY) -m pytest -q -m slow tests/fuzz
 
