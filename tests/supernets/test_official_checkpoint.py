@@ -143,5 +143,7 @@ def test_pickle_needing_code_execution_is_refused_and_not_run(narrow_s, tmp_path
 def test_load_supernet_default_and_family_check(tmp_path):
     model, space = load_supernet(None)
     assert space.name == "autoformer-demo" and model.arch.embed_dim == space.super_embed_dim
-    with pytest.raises(Exception, match="unknown family"):
+    with pytest.raises(Exception, match="embedded default supernet is 'autoformer', not 'nasvit'"):
         load_supernet(None, family="nasvit")
+    with pytest.raises(Exception, match="unknown family"):
+        load_supernet(None, family="nosuchfamily")
