@@ -109,14 +109,7 @@ class SandwichTrainer:
                 g.copy_(project(g, gs))
         else:
             self.world.mean_(grads)
-        if c.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
-        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self._update_ema()
-        self.step_count += 1
+        lr = self._apply_update(model.parameters(), total_steps, steps_per_epoch)
         return {"loss_max": float(loss_max.detach()), "loss_sub": float(np.mean(sub_losses)) if sub_losses else 0.0,
                 "lr": lr}
 
@@ -170,6 +163,19 @@ class SandwichTrainer:
         return {}
 
     @torch.no_grad()
+    def _apply_update(self, params: Any, total_steps: int, steps_per_epoch: int) -> float:
+        """The end of every rule's step: clip, set the scheduled learning rate, step, EMA; returns the rate."""
+        c = self.config
+        if c.clip_grad:
+            nn.utils.clip_grad_norm_(params, c.clip_grad)
+        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self._update_ema()
+        self.step_count += 1
+        return lr
+
     def _update_ema(self) -> None:
         if self.ema is not None:
             for k, v in self.model.state_dict().items():

@@ -25,7 +25,7 @@ from torch import nn
 from deploy_nas.errors import DeployNASError
 from deploy_nas.evaluate import top1
 from deploy_nas.spaces.vitslim import SlimConfig
-from deploy_nas.train import TRAIN_RULES, TrainConfig, lr_at
+from deploy_nas.train import TRAIN_RULES, TrainConfig
 from deploy_nas.train.sandwich import SandwichTrainer
 
 OFFICIAL_CHECKPOINT = "ckpt.pth"
@@ -73,14 +73,7 @@ class MaskSearch(SandwichTrainer):
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
         self.world.mean_(grads)
-        if c.clip_grad:
-            nn.utils.clip_grad_norm_(self.trainable, c.clip_grad)
-        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self._update_ema()
-        self.step_count += 1
+        lr = self._apply_update(self.trainable, total_steps, steps_per_epoch)
         return {"loss_max": float(ce.detach()), "loss_sub": float(l1.detach()), "lr": lr}
 
     @torch.no_grad()

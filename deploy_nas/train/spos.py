@@ -21,7 +21,7 @@ from torch import nn
 
 from deploy_nas.errors import DeployNASError
 from deploy_nas.evaluate import top1
-from deploy_nas.train import TRAIN_RULES, TrainConfig, lr_at
+from deploy_nas.train import TRAIN_RULES, TrainConfig
 from deploy_nas.train.sandwich import SandwichTrainer, _grads
 
 EVAL_PATHS = 3  # seeded random paths scored by `evaluate`, besides the max and min subnets
@@ -54,14 +54,7 @@ class SposTrainer(SandwichTrainer):
         loss = F.cross_entropy(model(x, cfg), y, label_smoothing=c.label_smoothing)
         loss.backward()
         self.world.mean_(_grads(model))  # parameters off the path get zero gradients (AdamW still decays them)
-        if c.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad)
-        lr = lr_at(self.step_count, total_steps, int(c.warmup_epochs * steps_per_epoch), c.lr, c.min_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self._update_ema()
-        self.step_count += 1
+        lr = self._apply_update(model.parameters(), total_steps, steps_per_epoch)
         # logged under the sandwich trainer's names: the epoch rows and the CLI read loss_max / loss_sub
         return {"loss_max": float(loss.detach()), "loss_sub": 0.0, "lr": lr, "layers": cfg.num_layers}
 
