@@ -1,12 +1,14 @@
-"""AutoFormer-T/-S next to timm's DeiT-tiny/-small: what AutoFormer's relative-position attention costs, before
-(the gather/scatter lowering) and after (the augmented lowering) the 2026-12 change, side by side in one run.
+"""AutoFormer-T/-S next to timm's DeiT-tiny/-small: what AutoFormer's relative-position attention costs under each
+lowering of the dense models, side by side in one run: "gather" (GatherElements/ScatterElements over (N, N)
+indices, the form before 2026-12), "augmented" (the first 2026-12 form) and "compact" (the current form).
 
-Every model is exported by the same exporter (TorchScript, opset 17, onnxsim) and measured on OpenVINO fp32 and
-onnxruntime fp32 (from that ONNX file) and torch eager, at batch 1 (latency) and 8 (throughput), in alternated
-rounds (the order flips each round, each measurement sized to `--seconds` of runs), random weights in the official
-layouts (speed does not depend on the values). The tables give the medians over the rounds, the ratios to the
-DeiT of the same width, and where the time goes (the runtimes' own profilers, batch 1). Optionally
-`benchmark_app -hint latency` on the OpenVINO IRs, alternated with our own measurement.
+Every model is exported by the same exporter (TorchScript, opset 17, onnxsim) and measured on OpenVINO fp32 (2 and
+1 threads) and onnxruntime fp32 (from that ONNX file) and torch eager, at batch 1 (latency) and 8 (throughput), in
+alternated rounds (the model order rotates each round, each measurement sized to `--seconds` of runs), random
+weights in the official layouts (speed does not depend on the values). The tables give the medians over the
+rounds, the medians of the per-round ratios to the DeiT of the same width (robust to the machine's drift: a round's
+measurements sit next to each other in time), and where the time goes (the runtimes' own profilers, batch 1).
+Optionally `benchmark_app -hint latency` on the OpenVINO IRs, alternated.
 
     python benchmarks/relpos_vs_deit.py --out benchmarks/results [--rounds 5] [--benchmark-app]
 
@@ -42,8 +44,8 @@ from deploy_nas.spaces import PRESETS, SPACES  # noqa: E402
 from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet  # noqa: E402
 
 PAIRS = {"autoformer-t": "deit_tiny_patch16_224", "autoformer-s": "deit_small_patch16_224"}
-LOWERINGS = {"before": "gather", "after": "augmented"}
-BACKENDS = ("openvino", "onnxruntime", "torch")
+LOWERINGS = ("gather", "augmented", "compact")
+BACKENDS = ("openvino", "openvino-1t", "onnxruntime", "torch")
 
 
 class Timm(torch.nn.Module):
@@ -72,8 +74,8 @@ def autoformer(preset: str, lowering: str) -> torch.nn.Module:
 def models(presets: list[str]) -> dict[str, torch.nn.Module]:
     out = {}
     for preset in presets:
-        for when, lowering in LOWERINGS.items():
-            out[f"{preset} {when}"] = autoformer(preset, lowering)
+        for lowering in LOWERINGS:
+            out[f"{preset} {lowering}"] = autoformer(preset, lowering)
         out[PAIRS[preset]] = Timm(PAIRS[preset])
     return out
 
@@ -81,7 +83,9 @@ def models(presets: list[str]) -> dict[str, torch.nn.Module]:
 def engines(name: str, model: torch.nn.Module, work: Path, threads: int) -> dict[str, Any]:
     onnx = export_onnx(model, work / name.replace(" ", "_") / "model.onnx")
     config = BuildConfig(threads=threads, out_dir=work / name.replace(" ", "_"))
+    one = BuildConfig(threads=1, out_dir=work / name.replace(" ", "_") / "1t")
     return {"openvino": get_backend("openvino").build(onnx.path, config),
+            "openvino-1t": get_backend("openvino").build(onnx.path, one),
             "onnxruntime": get_backend("onnxruntime").build(onnx.path, config),
             "torch": TorchEngine(model, threads=threads), "nodes": onnx.nodes_after}
 
@@ -90,10 +94,13 @@ def measure(built: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[
     rows = []
     names = list(built)
     for rnd in range(args.rounds):
-        for name in names if rnd % 2 == 0 else names[::-1]:
-            for backend in BACKENDS:
+        for backend in BACKENDS:
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                 engine = built[name][backend]
-                for batch in args.batches:
+                # torch eager and one-thread OpenVINO: batch 1 only; larger batches in the first --batch-rounds
+                # rounds (50 batches each)
+                for batch in [b for b in args.batches if b == 1 or (backend in ("openvino", "onnxruntime") and
+                                                                     rnd < args.batch_rounds)]:
                     if batch == 1:
                         runs, _ = runs_for_seconds(engine, args.seconds, 50, 10, 5000)
                     else:
@@ -105,12 +112,26 @@ def measure(built: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[
     return rows
 
 
+def _value(r: dict[str, Any]) -> float:
+    return r["p50_ms"] if r["batch"] == 1 else 1000 * r["batch"] / r["throughput_fps"]  # ms per batch
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[tuple, float]:
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        value = r["p50_ms"] if r["batch"] == 1 else 1000 * r["batch"] / r["throughput_fps"]  # ms per batch
-        groups.setdefault((r["model"], r["backend"], r["batch"]), []).append(value)
+        groups.setdefault((r["model"], r["backend"], r["batch"]), []).append(_value(r))
     return {k: statistics.median(v) for k, v in groups.items()}
+
+
+def round_ratios(rows: list[dict[str, Any]]) -> dict[tuple, float]:
+    """(model, backend, batch) -> the median over rounds of its time / its DeiT's time in the same round."""
+    at = {(r["model"], r["backend"], r["batch"], r["round"]): _value(r) for r in rows}
+    ratios: dict[tuple, list[float]] = {}
+    for (model, backend, batch, rnd), value in at.items():
+        deit = PAIRS.get(model.split(" ")[0])
+        if deit and (deit, backend, batch, rnd) in at:
+            ratios.setdefault((model, backend, batch), []).append(value / at[(deit, backend, batch, rnd)])
+    return {k: statistics.median(v) for k, v in ratios.items()}
 
 
 def bapp_rounds(built: dict[str, dict[str, Any]], work: Path, args: argparse.Namespace) -> dict[str, list[float]]:
@@ -128,32 +149,41 @@ def bapp_rounds(built: dict[str, dict[str, Any]], work: Path, args: argparse.Nam
 
 def markdown(result: dict[str, Any]) -> str:
     med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
+    rat = {tuple(k.split("|")): v for k, v in result["ratios"].items()}
     info = result["machine"]
     lines = [f"Machine: {info['cpu']} ({', '.join(info['isa'])}), {info['cores_usable']} usable cores; torch "
              f"{info['versions']['torch']}, onnxruntime {info['versions']['onnxruntime']}, openvino "
-             f"{info['versions']['openvino']}, timm {result['timm']}. {result['rounds']} alternated rounds, "
-             f"medians; batch 1 is the p50 latency, batch 8 the time per batch in throughput mode.", ""]
+             f"{info['versions']['openvino']}, timm {result['timm']}. {result['rounds']} rounds, the model order "
+             "rotating each round; ms: medians over the rounds (batch 1: p50 latency; batch 8: time per batch in "
+             "throughput mode); ratios: medians of the per-round ratios to DeiT. `openvino-1t`: one thread.", ""]
     for preset in result["presets"]:
         deit = PAIRS[preset]
+        names = [f"{preset} {lowering}" for lowering in LOWERINGS]
         lines += [f"### {preset} vs {deit}", "",
-                  f"GMAC: {preset} {result['gmacs'][f'{preset} after']:.3f} (the augmented lowering), "
-                  f"{result['gmacs'][f'{preset} before']:.3f} (gather), {deit} {result['gmacs'][deit]:.3f}; "
-                  f"ONNX nodes: {result['nodes'][f'{preset} before']} before, {result['nodes'][f'{preset} after']} "
-                  f"after, {result['nodes'][deit]} for DeiT.", "",
-                  "| engine | batch | DeiT ms | before ms | after ms | before / DeiT | after / DeiT |",
-                  "|---|---|---|---|---|---|---|"]
+                  "GMAC: " + ", ".join(f"{n.split(' ')[1]} {result['gmacs'][n]:.3f}" for n in names) +
+                  f", {deit} {result['gmacs'][deit]:.3f}; ONNX nodes: " +
+                  ", ".join(f"{n.split(' ')[1]} {result['nodes'][n]}" for n in names) +
+                  f", DeiT {result['nodes'][deit]}.", "",
+                  "| engine | batch | DeiT ms | " + " | ".join(f"{lw} ms" for lw in LOWERINGS) + " | " +
+                  " | ".join(f"{lw} / DeiT" for lw in LOWERINGS) + " |",
+                  "|---|---|---|" + "---|" * (2 * len(LOWERINGS))]
         for backend in BACKENDS:
             for batch in result["batches"]:
-                d, b, a = (med[(m, backend, str(batch))] for m in (deit, f"{preset} before", f"{preset} after"))
-                lines.append(f"| {backend} | {batch} | {d:.2f} | {b:.2f} | {a:.2f} | {b / d:.3f}x | **{a / d:.3f}x** |")
+                key = (backend, str(batch))
+                if (deit, *key) not in med:
+                    continue
+                times = " | ".join(f"{med[(n, *key)]:.2f}" for n in names)
+                ratios = " | ".join(("**{:.3f}x**" if n == names[-1] else "{:.3f}x").format(rat[(n, *key)])
+                                    for n in names)
+                lines.append(f"| {backend} | {batch} | {med[(deit, *key)]:.2f} | {times} | {ratios} |")
         bapp = result.get("benchmark_app") or {}
-        if bapp.get(deit) and bapp.get(f"{preset} after"):
-            ratio = {w: statistics.median(bapp[f"{preset} {w}"]) / statistics.median(bapp[deit])
-                     for w in ("before", "after")}
-            lines += ["", f"`benchmark_app -hint latency` (OpenVINO's own tool, same IRs, alternated): before "
-                          f"{ratio['before']:.3f}x, after **{ratio['after']:.3f}x** of {deit}."]
+        if bapp.get(deit):
+            parts = [f"{n.split(' ')[1]} {statistics.median(bapp[n]) / statistics.median(bapp[deit]):.3f}x"
+                     for n in names if bapp.get(n)]
+            lines += ["", f"`benchmark_app -hint latency` (OpenVINO's own tool, same IRs, alternated), of {deit}: "
+                      + ", ".join(parts) + "."]
         lines += [""]
-        for name in (f"{preset} before", f"{preset} after", deit):
+        for name in names + [deit]:
             for backend in ("openvino", "onnxruntime"):
                 ops = result["profiles"][name][backend]
                 lines += [f"Where the time goes, {name}, {backend} (batch 1, the runtime's profiler; gather/scatter "
@@ -171,13 +201,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
     fig, axes = plt.subplots(1, len(result["presets"]), figsize=(6 * len(result["presets"]), 4), squeeze=False)
     for ax, preset in zip(axes[0], result["presets"]):
-        names = [PAIRS[preset], f"{preset} before", f"{preset} after"]
+        names = [PAIRS[preset]] + [f"{preset} {lowering}" for lowering in LOWERINGS]
+        colors = ["tab:gray", "tab:red", "tab:orange", "tab:green"]
         for i, backend in enumerate(BACKENDS):
-            ax.bar([i + 0.27 * j for j in range(3)], [med[(n, backend, "1")] for n in names], width=0.25,
-                   color=["tab:gray", "tab:red", "tab:green"])
-        ax.set_xticks([i + 0.27 for i in range(len(BACKENDS))], BACKENDS)
+            ax.bar([i + 0.2 * j for j in range(len(names))], [med[(n, backend, "1")] for n in names], width=0.18,
+                   color=colors)
+        ax.set_xticks([i + 0.3 for i in range(len(BACKENDS))], BACKENDS, fontsize=8)
         ax.set_ylabel("batch-1 p50, ms")
-        ax.set_title(f"{preset}: DeiT (gray), gather lowering (red), augmented (green)", fontsize=9)
+        ax.set_title(f"{preset}: DeiT (gray), gather (red), augmented (orange), compact (green)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -191,6 +222,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0, help="each batch-1 measurement spans this long")
+    ap.add_argument("--batch-rounds", type=int, default=3, help="rounds that also measure the larger batches")
     ap.add_argument("--benchmark-app", action="store_true", help="also time the IRs with OpenVINO's benchmark_app")
     ap.add_argument("--bapp-seconds", type=int, default=5)
     args = ap.parse_args()
@@ -212,7 +244,8 @@ def main() -> None:
 
     result = {"machine": machine(), "timm": timm.__version__, "presets": presets, "batches": args.batches,
               "rounds": args.rounds, "rows": rows, "gmacs": gmacs, "nodes": nodes, "profiles": profiles,
-              "medians": {"|".join(map(str, k)): v for k, v in summary(rows).items()}, "benchmark_app": bapp}
+              "medians": {"|".join(map(str, k)): v for k, v in summary(rows).items()},
+              "ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows).items()}, "benchmark_app": bapp}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "relpos.json").write_text(json.dumps(result, indent=1))
     (args.out / "relpos.md").write_text(markdown(result))

@@ -1,5 +1,4 @@
-"""AutoFormer's 2D relative position attention terms: the reference form, the gather/scatter form (the lowering used
-until 2026-12), and the separable form the dense models use.
+"""AutoFormer's 2D relative position attention terms: the reference form and the lowerings of the dense models.
 
 Two tables per term, `table_v` and `table_h` of shape (K, D) with K = 2R + 2, are shared by all heads. For tokens
 n, m (index 0 is the cls token, patch tokens sit on a G x G grid) the relative embedding is
@@ -8,19 +7,25 @@ to n shifted into 1..2R+1, and 0 for any cls pair. The keys term adds q . r[n, m
 adds sum_m attn[n, m] r[n, m] to the output.
 
 * reference: builds r as an (N, N, D) tensor.
-* gather/scatter: (q @ table^T) is (B, H, N, K), gathered along K with the (N, N) index broadcast to
-  (B, H, N, N) [ONNX GatherElements]; values bin the attention by index with a scatter-add over (B, H, N, N)
-  [ONNX ScatterElements]. Exact, but on OpenVINO 26% of AutoFormer-T's time moved indices.
-* separable (used): the index is separable: iv[n, m] depends only on the grid rows of n and m, ih only on their
-  columns. So each table is first gathered into per-row tables T_rows[a, b] = table[idx(a, b)] of shape (G, G, D)
-  (a constant gather of weights: folded into a constant at export), and then
+* gather/scatter (the lowering until 2026-12): (q @ table^T) is (B, H, N, K), gathered along K with the (N, N)
+  index broadcast to (B, H, N, N) [ONNX GatherElements]; values bin the attention by index with a scatter-add
+  over (B, H, N, N) [ONNX ScatterElements]. Exact, but on OpenVINO 26% of AutoFormer-T's time moved indices.
+* separable (the supernet's form): the index is separable: iv[n, m] depends only on the grid rows of n and m, ih
+  only on their columns. So each table is first gathered into per-row tables T_rows[a, b] = table[idx(a, b)] of
+  shape (G, G, D) (a constant gather of weights: folded into a constant at export), and then
     keys:   for queries of grid row a, q @ T_rows[a]^T gives (G_cols, G) logits over key rows, broadcast over key
             columns (and likewise for columns): batched MatMuls of (G, D) x (D, G) and one broadcast add;
     values: the attention summed over key columns (rows) is (B, H, N, G), multiplied by T_rows[a]: batched MatMuls;
   the cls row and column (index 0) are one dot product each, concatenated around. No gather or scatter runs per
   inference. Exact up to fp32 summation order; offsets beyond R clip inside `idx`, so any G works.
+* augmented (the dense models' form in 2026-12): the separable terms folded into one q' k'^T and one attn @ v'
+  matmul (`attention`); about 27 small nodes per layer around them.
+* compact (the dense models' form since): the same two augmented matmuls, with everything around them reduced to
+  one small MatMul and one constant-index gather per side (`compact_attention`, `compact_index`).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -174,3 +179,79 @@ def attention(q: Tensor, k: Tensor, v: Tensor, keys: tuple[Tensor, Tensor], valu
     # index 0: the cls key for a patch query; every key for the cls query (all of its attention mass)
     on_index0 = rel[..., G:2 * G].sum(dim=-1, keepdim=True) * is_cls + rel[..., 2 * G:2 * G + 1]
     return out + patch_term + on_index0 * (values[0][0] + values[1][0])
+
+
+# ------------------------------------------------------------------------------------------------------- compact
+
+
+class CompactIndex(NamedTuple):
+    """The constants of `compact_attention` for a G x G grid and range R (`compact_index`); L = 2G - 1 offsets.
+
+    * `offsets` (L,): the table row of each row/column offset -(G-1)..G-1 (clipped to R: clipping lives here).
+    * `query` (N, 2G + 1): per query, which columns of u = q @ [T_v[offsets]; T_v[0]; T_h[offsets]; T_h[0];
+      T_v[0] + T_h[0]]^T (4G + 1 columns) are its logits for key rows 0..G-1, key columns 0..G-1 and the cls key.
+    * `keys` (N, 2G + 1): per key, the one-hot of its row and column, and [key is cls].
+    * `values` (N, 2G + 3): `keys` and two more columns, 1 and 0.
+    * `value_slots` (N, 2L + 1): per query, which column of attn @ `values` lands in each slot of the values table
+      [V_v[offsets]; V_h[offsets]; V_v[0] + V_h[0]] (the 0 column where no key sits at that offset)."""
+
+    offsets: Tensor
+    query: Tensor
+    keys: Tensor
+    values: Tensor
+    value_slots: Tensor
+
+
+def compact_index(grid: int, max_relative_position: int) -> CompactIndex:
+    G, R = grid, max_relative_position
+    L, N = 2 * G - 1, G * G + 1
+    offsets = torch.arange(-(G - 1), G).clamp(-R, R) + R + 1
+    a = torch.arange(G * G) // G  # grid row and column of each patch token
+    c = torch.arange(G * G) % G
+    b = torch.arange(G)
+    query = torch.empty(N, 2 * G + 1, dtype=torch.long)
+    query[0] = torch.tensor([L] * G + [2 * L + 1] * G + [2 * L + 2])  # the cls query: index 0 for every key
+    query[1:, :G] = b[None] - a[:, None] + G - 1
+    query[1:, G:2 * G] = L + 1 + b[None] - c[:, None] + G - 1
+    query[1:, 2 * G] = 2 * L + 2
+    keys = torch.zeros(N, 2 * G + 1)
+    keys[1:, :G] = F.one_hot(a, G).float()
+    keys[1:, G:2 * G] = F.one_hot(c, G).float()
+    keys[0, 2 * G] = 1.0
+    values = torch.cat([keys, torch.ones(N, 1), torch.zeros(N, 1)], dim=1)
+    zero, ones, is_cls = 2 * G + 2, 2 * G + 1, 2 * G
+    slots = torch.full((N, 2 * L + 1), zero, dtype=torch.long)
+    slots[0, 2 * L] = ones  # the cls query: all of its attention mass sits on index 0
+    p = torch.arange(L)
+    row_key = p[None] - (G - 1) + a[:, None]  # the key row at offset p of each patch query
+    col_key = p[None] - (G - 1) + c[:, None]
+    slots[1:, :L] = torch.where((row_key >= 0) & (row_key < G), row_key, zero)
+    slots[1:, L:2 * L] = torch.where((col_key >= 0) & (col_key < G), G + col_key, zero)
+    slots[1:, 2 * L] = is_cls
+    return CompactIndex(offsets, query, keys, values, slots)
+
+
+def compact_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keys: tuple[Tensor, Tensor],
+                      values: tuple[Tensor, Tensor], index: CompactIndex) -> Tensor:
+    """softmax(scale (q k^T + keys term)) v + values term; q, k, v: (B, H, 1 + G*G, D) -> (B, H, N, Dv).
+
+    The augmented matmuls of `attention`, with what surrounds them reduced to a few nodes: q' = [q, u[query]] *
+    scale, where u is one small MatMul of q with the offset tables and `[query]` a gather by a constant (N, 2G + 1)
+    index, so that q' k'^T with k' = [k, one-hot rows and columns, is-cls] is the whole logit matrix; then
+    y = attn @ [v, the same features, 1, 0], and the values term is y gathered by a constant (N, 4G - 1) index into
+    the slots of the offset tables, times those tables (one small MatMul). The scale multiplies q' (q and its
+    relative logits alike, as AutoFormer scales both) right before the first batched matmul. The gathers act on
+    (B, H, N, 4G + 1) and (B, H, N, 2G + 3) tensors (ONNX GatherElements); the tables are gathered from the
+    weights by constants, which the exporter folds."""
+    B, H, N, _ = q.shape
+    Dv = v.shape[-1]
+    o = index.offsets
+    tq = torch.cat([keys[0][o], keys[0][:1], keys[1][o], keys[1][:1], (keys[0][0] + keys[1][0])[None]])
+    u = torch.matmul(q, tq.t())  # (B, H, N, 4G + 1)
+    q_aug = torch.cat([q, torch.gather(u, 3, index.query.expand(B, H, N, -1))], dim=-1) * scale
+    k_aug = torch.cat([k, index.keys.expand(B, H, N, -1)], dim=-1)
+    attn = torch.matmul(q_aug, k_aug.transpose(-2, -1)).softmax(dim=-1)
+    y = torch.matmul(attn, torch.cat([v, index.values.expand(B, H, N, -1)], dim=-1))  # (B, H, N, Dv + 2G + 3)
+    z = torch.gather(y, 3, (index.value_slots + Dv).expand(B, H, N, -1))  # (B, H, N, 4G - 1)
+    tv = torch.cat([values[0][o], values[1][o], (values[0][0] + values[1][0])[None]])
+    return y[..., :Dv] + torch.matmul(z, tv)

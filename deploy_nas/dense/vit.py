@@ -2,14 +2,14 @@
 AutoFormer's 2D relative-position terms (lowered through `deploy_nas.kernels.relpos`, never as (N, N, D) tensors).
 
 q is scaled before q @ k^T (TensorRT's fused attention needs the scale on Q or K before the first batched matmul;
-NVIDIA names stability and speed as the reasons); the scaled q also feeds the relative-position keys term, which
-AutoFormer scales by the same factor.
+NVIDIA names stability and speed as the reasons); with relative positions the scale multiplies the augmented q
+(q and its relative logits: AutoFormer scales the keys term by the same factor).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from deploy_nas.dense.spec import ARCHS, LEGACY_READERS, DenseSpec
 from deploy_nas.kernels import relpos
 
 ARCH = "vit"
-LOWERINGS = ("augmented", "separable", "gather")
+LOWERINGS = ("compact", "augmented", "separable", "gather")
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,12 @@ class ViTSpec:
     norm_eps: float = 1e-5
     activation: str = "gelu_erf"  # "gelu_erf" | "gelu_tanh"
     max_relative_position: int | None = None
-    # how the relative-position terms lower (kernels/relpos.py; all exact): "augmented" (inside one QK and one AV
-    # matmul), "separable" (per-row tables, batched MatMuls, broadcast adds) or "gather" (GatherElements and
-    # ScatterElements over (N, N) indices: the lowering used before 2026-12, kept to measure against)
-    relpos_lowering: str = "augmented"
+    # how the relative-position terms lower (kernels/relpos.py; all exact): "compact" (one QK and one AV matmul
+    # with a small MatMul and a constant-index gather on each side), "augmented" (the same two matmuls with the
+    # separable terms around them, the form of early 2026-12), "separable" (per-row tables, batched MatMuls,
+    # broadcast adds) or "gather" (GatherElements and ScatterElements over (N, N) indices: the lowering used
+    # before 2026-12). The older forms stay to measure against.
+    relpos_lowering: str = "compact"
 
     @property
     def depth(self) -> int:
@@ -102,6 +104,18 @@ def _format1(d: dict[str, Any]) -> DenseSpec:
 LEGACY_READERS[1] = _format1
 
 
+class RelIndex(NamedTuple):
+    """Index constants of the relative-position lowerings, shared by the blocks (None where the lowering needs
+    none): the (N, N) indices of the gather form, the (G, G) offsets and key features of the separable and
+    augmented forms, the constants of the compact form."""
+
+    iv: Tensor | None
+    ih: Tensor | None
+    offsets: Tensor
+    features: Tensor
+    compact: relpos.CompactIndex | None
+
+
 class RelativePosition(nn.Module):
     """The two (2R+2, head_dim) tables of one relative-position term (shared by the heads)."""
 
@@ -136,15 +150,19 @@ class Attention(nn.Module):
             offset[-1] = math.log(self.masked)
             self.register_buffer("masked_offset", offset, persistent=False)  # added to (B, H, N, N + 1) logits
 
-    def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+    def forward(self, x: Tensor, index: RelIndex) -> Tensor:
         qkv = self.qkv(x)
         if len(self.groups) > 1 or self.masked:
             return self.proj(torch.cat([self._group(qkv, g, x.shape[0]) for g in range(len(self.groups))], dim=-1))
         q, k, v = split_heads(qkv, 3, self.num_heads, self.head_dim)  # each (B, H, N, d)
+        if self.relative_position and self.lowering == "compact":
+            out = relpos.compact_attention(q, k, v, self.scale, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
+                                           (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index.compact)
+            return self.proj(merge_heads(out))
         q = q * self.scale
         if self.relative_position and self.lowering == "augmented":
             out = relpos.attention(q, k, v, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
-                                   (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index[2], index[3])
+                                   (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index.offsets, index.features)
             return self.proj(merge_heads(out))
         attn = q @ k.transpose(-2, -1)
         if self.relative_position:
@@ -169,17 +187,17 @@ class Attention(nn.Module):
         logits = q @ k.transpose(-2, -1) + self.masked_offset  # (B, heads, N, N + 1)
         return merge_heads(logits.softmax(dim=-1) @ v)
 
-    def _keys(self, q: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+    def _keys(self, q: Tensor, index: RelIndex) -> Tensor:
         tables = (self.rel_pos_k.table_v, self.rel_pos_k.table_h)
         if self.lowering == "gather":
-            return relpos.key_logits_gather(q, *tables, index[0], index[1])
-        return relpos.key_logits(q, *tables, index[2])
+            return relpos.key_logits_gather(q, *tables, index.iv, index.ih)
+        return relpos.key_logits(q, *tables, index.offsets)
 
-    def _values(self, attn: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+    def _values(self, attn: Tensor, index: RelIndex) -> Tensor:
         tables = (self.rel_pos_v.table_v, self.rel_pos_v.table_h)
         if self.lowering == "gather":
-            return relpos.value_term_scatter(attn, *tables, index[0], index[1])
-        return relpos.value_term(attn, *tables, index[2])
+            return relpos.value_term_scatter(attn, *tables, index.iv, index.ih)
+        return relpos.value_term(attn, *tables, index.offsets)
 
 
 class ConstantBias(nn.Module):
@@ -208,7 +226,7 @@ class Block(nn.Module):
             self.tokens = None
         self.token_scale = nn.Parameter(torch.ones(tokens, 1)) if spec.token_scale else None
 
-    def forward(self, x: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+    def forward(self, x: Tensor, index: RelIndex) -> Tensor:
         if self.tokens is not None:
             x = x[:, self.tokens]  # (B, N_prev, E) -> (B, N, E)
         if not self.pre_norm:
@@ -243,21 +261,27 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(E, s, b, rows, n) for s, n in zip(b.blocks, tokens[1:]))
         self.norm = nn.LayerNorm(E, eps=b.norm_eps) if b.pre_norm else nn.Identity()
         self.head = nn.Linear(E, spec.num_classes)
-        # Index constants shared by every block (not weights: rebuilt from the spec): the (G, G) offsets of the
-        # separable form, or the (N, N) indices of the gather form.
+        # Index constants shared by every block (not weights: rebuilt from the spec): those of the compact form,
+        # the (G, G) offsets of the separable form, or the (N, N) indices of the gather form.
         R = b.max_relative_position or 0
         iv, ih = relpos.relative_position_index(grid, R) if b.relpos_lowering == "gather" else (None, None)
         self.register_buffer("rel_index_v", iv, persistent=False)
         self.register_buffer("rel_index_h", ih, persistent=False)
         self.register_buffer("rel_offset", relpos.offset_index(grid, R), persistent=False)
         self.register_buffer("rel_features", relpos.indicator_features(grid), persistent=False)
+        self.compact = rows is not None and b.relpos_lowering == "compact"
+        if self.compact:
+            for name, value in relpos.compact_index(grid, R)._asdict().items():
+                self.register_buffer(f"rel_compact_{name}", value, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, E)
         if self.spec.body.pos_embed:
             x = x + self.pos_embed
-        index = (self.rel_index_v, self.rel_index_h, self.rel_offset, self.rel_features)
+        compact = relpos.CompactIndex(*(getattr(self, f"rel_compact_{n}") for n in relpos.CompactIndex._fields)) \
+            if self.compact else None
+        index = RelIndex(self.rel_index_v, self.rel_index_h, self.rel_offset, self.rel_features, compact)
         for block in self.blocks:
             x = block(x, index)
         return self.head(pool_tokens(self.norm(x), self.spec.body.pool))

@@ -37,17 +37,58 @@ def ov_core() -> Any:
 
 
 def ir_from_onnx(onnx_path: str | Path) -> Any:
-    """An ov.Model read from the ONNX file (input "input", output "logits", dynamic batch)."""
+    """An ov.Model read from the ONNX file (input "input", output "logits", dynamic batch), its constant-index
+    GatherElements rewritten as Gathers (`gathers_from_constant_indices`)."""
     import openvino as ov
 
     from deploy_nas.export.onnx import check_onnx
 
     check_onnx(onnx_path)
     try:
-        return ov.convert_model(str(onnx_path))
+        model = ov.convert_model(str(onnx_path))
     except RuntimeError as err:
         raise ExportError(f"openvino cannot convert {onnx_path}: {ov_cause(err)}; "
                           "re-export the ONNX file") from err
+    gathers_from_constant_indices(model)
+    return model
+
+
+def gathers_from_constant_indices(model: Any) -> int:
+    """Rewrite every GatherElements along the last axis whose indices are a constant (N, F) table broadcast over
+    the leading axes (AutoFormer's compact relative-position lowering has two per layer) as Reshape(data, [..., -1])
+    + Gather(flat indices) on the flattened last two axes: the same elements in the same order. OpenVINO's CPU
+    plugin runs GatherElements with its reference kernel and Gather with a JIT one (onnxruntime is the other way
+    around, which is why the ONNX file keeps GatherElements). Returns the number of nodes rewritten."""
+    from openvino import opset13 as ops
+
+    done = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "GatherElements":
+            continue
+        data, source = node.input_value(0), node.input_value(1).get_node()
+        shape = data.get_partial_shape()
+        rank = shape.rank.get_length() if shape.rank.is_static else 0
+        axis = node.get_attributes()["axis"] % max(rank, 1)
+        if source.get_type_name() == "Broadcast":
+            source = source.input_value(0).get_node()
+        if rank < 2 or axis != rank - 1 or source.get_type_name() != "Constant" or \
+                not (shape[rank - 2].is_static and shape[rank - 1].is_static):
+            continue
+        table = np.asarray(source.get_data())
+        rows, width = shape[rank - 2].get_length(), shape[rank - 1].get_length()
+        if table.ndim < 2 or table.shape[-2] != rows or any(d != 1 for d in table.shape[:-2]) or \
+                table.size == 0 or table.min() < 0 or table.max() >= width:
+            continue
+        table = table.reshape(table.shape[-2:]).astype(np.int64)
+        flat = ops.reshape(data, ops.constant(np.array([0] * (rank - 2) + [-1], np.int64)), special_zero=True)
+        gather = ops.gather(flat, ops.constant(table + width * np.arange(rows)[:, None]),
+                            ops.constant(np.int64(rank - 2)))
+        gather.set_friendly_name(node.get_friendly_name())
+        node.output(0).replace(gather.output(0))
+        done += 1
+    if done:
+        model.validate_nodes_and_infer_types()
+    return done
 
 
 def ir_from_module(model: Any) -> Any:
@@ -68,6 +109,7 @@ def ir_from_module(model: Any) -> Any:
             raise ExportError(f"openvino cannot convert the module: {ov_cause(err)}; "
                               "use the ONNX path (build from model.onnx)") from err
     ov_model.reshape({0: ov.PartialShape([-1, *shape])})
+    gathers_from_constant_indices(ov_model)
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     return ov_model

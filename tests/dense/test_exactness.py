@@ -1,14 +1,19 @@
 """Materialization is exact: load_dense(save(materialize(supernet, cfg)))(x) == supernet(x, cfg) to 1e-5 in fp32.
 
 The supernets here use the reference relative-position form (the official (N, N, D) tensors), the dense models the
-fast gather/scatter kernels, so these tests also check the kernels end to end.
+lowered kernels (the compact form by default; every lowering in the grid/range test), so these tests also check the
+kernels end to end.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from deploy_nas import PRESETS, SPACES, load_dense, materialize, save_dense
+from deploy_nas.dense import build_dense
+from deploy_nas.dense.vit import LOWERINGS
 from deploy_nas.flops import count_params
 from tests.conftest import make_supernet, narrow_space, seeded_configs
 
@@ -76,6 +81,27 @@ def test_import_flag_variants_are_exact(flags, tmp_path):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for cfg in configs:
         assert _max_abs_error(supernet, cfg, x, tmp_path) <= TOL
+
+
+# (img size, patch, R): grids of 1 to 8 tokens a side, with and without clipping (a grid larger than R + 1 clips
+# offsets), the demo's 6 x 6 grid at R = 3 among them.
+@pytest.mark.parametrize("img_size, patch, R", [(32, 8, 2), (48, 8, 3), (32, 4, 2), (64, 8, 14), (16, 16, 1),
+                                                (40, 8, 1), (32, 16, 3)])
+def test_every_lowering_is_exact_at_every_grid_and_range(img_size, patch, R):
+    space = dataclasses.replace(SPACES.get("autoformer-tiny"), img_size=img_size, patch_size=patch,
+                                max_relative_position=R)
+    supernet = make_supernet(space, seed=5)
+    x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    for cfg in seeded_configs(space, 4, seed=5):
+        dense = materialize(supernet, cfg)
+        assert dense.spec.body.relpos_lowering == "compact"
+        with torch.no_grad():
+            ref = supernet(x, cfg)
+            for lowering in LOWERINGS:
+                body = dataclasses.replace(dense.spec.body, relpos_lowering=lowering)
+                model = build_dense(dataclasses.replace(dense.spec, body=body), dense.state_dict())
+                err = (model(x) - ref).abs().max().item()
+                assert err <= TOL, f"{lowering} at {img_size} px / {patch} (grid {img_size // patch}, R {R}): {err:.3g}"
 
 
 def test_materialize_leaves_supernet_untouched(tiny_supernet, tiny_space):

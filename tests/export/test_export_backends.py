@@ -195,3 +195,40 @@ def test_fp16_graph_keeps_fragile_ops_in_fp32(onnx_files, kind):
     ref, got = ReferenceEvaluator(fp32).run(None, {"input": x})[0], ReferenceEvaluator(fp16).run(None, {"input": x})[0]
     assert np.abs(got - ref).max() <= TOLERANCES["tensorrt", "fp16"].max_abs
     assert cosine_rows(got.astype(np.float64), ref.astype(np.float64)).min() >= 0.999
+
+
+@pytest.mark.openvino
+def test_openvino_runs_the_relative_position_gathers_as_gathers(onnx_files, dense_models, tmp_path):
+    """The ONNX file keeps GatherElements (onnxruntime's fast path); the IR converted from it runs each of them as a
+    Gather on the flattened last two axes (OpenVINO's JIT path), with the same outputs; other GatherElements
+    (not a constant broadcast along the last axis) are left alone."""
+    import onnx
+    import openvino as ov
+
+    from deploy_nas.export.backends.openvino_backend import gathers_from_constant_indices, ir_from_onnx
+    from deploy_nas.export.onnx import fixed_batch, input_shape, torch_outputs
+
+    model = dense_models["max"]
+    proto = onnx.load(str(onnx_files["max"].path))
+    assert sum(n.op_type == "GatherElements" for n in proto.graph.node) == 2 * len(model.spec.body.blocks)
+    ir = ir_from_onnx(onnx_files["max"].path)
+    kinds = [n.get_type_name() for n in ir.get_ordered_ops()]
+    assert "GatherElements" not in kinds and kinds.count("Gather") >= 2 * len(model.spec.body.blocks)
+    x = fixed_batch(input_shape(model), batch=3, seed=2)
+    out = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    assert np.abs(out - torch_outputs(model, x)).max() <= 1e-4
+
+    from openvino import opset13 as ops
+
+    data = ops.parameter([2, 3, 5], np.float32)
+    varying = ops.parameter([2, 3, 2], np.int64)  # indices that are not constant: not rewritten
+    rows = ops.constant(np.array([[[0, 4], [1, 1], [3, 2]]], np.int64))  # one table broadcast over the batch
+    broadcast = ops.broadcast(rows, ops.constant(np.array([2, 3, 2], np.int64)))
+    graph = ov.Model([ops.gather_elements(data, broadcast, -1), ops.gather_elements(data, varying, 2)],
+                     [data, varying])
+    assert gathers_from_constant_indices(graph) == 1
+    feeds = [np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32),
+             np.random.default_rng(1).integers(0, 5, (2, 3, 2))]
+    first, second = ov.Core().compile_model(graph, "CPU")(feeds).values()
+    assert np.array_equal(first, np.take_along_axis(feeds[0], np.broadcast_to([[0, 4], [1, 1], [3, 2]], (2, 3, 2)), -1))
+    assert np.array_equal(second, np.take_along_axis(feeds[0], feeds[1], 2))

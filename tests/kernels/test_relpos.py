@@ -1,5 +1,6 @@
-"""The relative-position kernels: the separable form (used) and the gather/scatter form (the previous lowering)
-against the reference (N, N, D) form, at every grid and R the spaces allow, clipping (G > R + 1) included."""
+"""The relative-position kernels: the compact form (the dense models'), the augmented and separable forms and the
+gather/scatter form (earlier lowerings) against the reference (N, N, D) form, at every grid and R the spaces allow,
+clipping (G > R + 1) included."""
 from __future__ import annotations
 
 import pytest
@@ -41,6 +42,37 @@ def test_augmented_attention_equals_the_reference(grid, R):
     ref = attn @ v + relpos.value_term_reference(attn, *values, iv, ih)
     out = relpos.attention(q, k, v, (tv, th), values, relpos.offset_index(grid, R), relpos.indicator_features(grid))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("grid, R", GRIDS + [(6, 3), (3, 1)])
+@pytest.mark.parametrize("dv", [16, 8])
+def test_compact_attention_equals_the_reference(grid, R, dv):
+    q, _, tv, th = _inputs(grid, R)
+    g = torch.Generator().manual_seed(11)
+    k, v = torch.randn(q.shape, generator=g), torch.randn(*q.shape[:3], dv, generator=g)
+    values = (torch.randn(tv.shape[0], dv, generator=g), torch.randn(th.shape[0], dv, generator=g))
+    iv, ih = relpos.relative_position_index(grid, R)
+    scale = 0.3
+    attn = ((q @ k.transpose(-2, -1) + relpos.key_logits_reference(q, tv, th, iv, ih)) * scale).softmax(-1)
+    ref = attn @ v + relpos.value_term_reference(attn, *values, iv, ih)
+    out = relpos.compact_attention(q, k, v, scale, (tv, th), values, relpos.compact_index(grid, R))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-5)
+
+
+def test_compact_index_layout():
+    """A 3 x 3 grid at R = 1: the offset tables clip, each query reads its own window of offsets, and every key
+    row / column of a patch query lands in exactly one slot of the values table."""
+    c = relpos.compact_index(3, 1)
+    assert c.offsets.tolist() == [1, 1, 2, 3, 3]  # offsets -2..2 clipped to -1..1, shifted by R + 1
+    L = 5
+    # query (row 1, col 2) = token 1 + 1 * 3 + 2: key rows 0..2 are offsets -1..1 -> u columns 1..3; key columns
+    # 0..2 are offsets -2..0 -> columns L + 1 + 0..2; then the cls-key column
+    assert c.query[6].tolist() == [1, 2, 3, L + 1, L + 2, L + 3, 2 * L + 2]
+    assert c.query[0].tolist() == [L] * 3 + [2 * L + 1] * 3 + [2 * L + 2]
+    assert c.keys[0].tolist() == [0] * 6 + [1] and c.keys[1 + 3 + 2].tolist() == [0, 1, 0, 0, 0, 1, 0]
+    slots = c.value_slots[6]  # row offsets -2..2 hold key rows -1(none), 0, 1, 2, 3(none): the zero column 8
+    assert slots[:L].tolist() == [8, 0, 1, 2, 8] and slots[L:2 * L].tolist() == [3, 4, 5, 8, 8]
+    assert slots[-1] == 6 and c.value_slots[0].tolist() == [8] * 2 * L + [7]
 
 
 @pytest.mark.parametrize("grid, R", GRIDS[:4])
@@ -88,3 +120,38 @@ def test_the_separable_graph_has_no_gather_or_scatter_on_activations(tmp_path):
     ops = {n.op_type for n in graph.node}
     assert not ops & {"GatherElements", "ScatterElements", "ScatterND"} and "MatMul" in ops, ops
     assert all(set(n.input) <= constants for n in graph.node if n.op_type == "Gather")  # folded at export
+
+
+def test_the_compact_graph_gathers_only_small_tensors(tmp_path):
+    """Exported, the compact form's only index ops on activations are two GatherElements per layer, on
+    (B, H, N, 4G + 1) and (B, H, N, 2G + 3) tensors, never on (N, N) ones; nothing is scattered."""
+    import onnx
+
+    grid, R, d = 4, 2, 8
+    N = grid * grid + 1
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(2 * R + 2, d)) for _ in range(4))
+            for name, value in relpos.compact_index(grid, R)._asdict().items():
+                self.register_buffer(name, value)
+
+        def forward(self, q):
+            index = relpos.CompactIndex(*(getattr(self, n) for n in relpos.CompactIndex._fields))
+            return relpos.compact_attention(q, q, q, 0.5, tuple(self.tables[:2]), tuple(self.tables[2:]), index)
+
+    path = tmp_path / "c.onnx"
+    torch.onnx.export(Layer(), (torch.randn(1, 2, N, d),), str(path), dynamo=False, opset_version=17,
+                      input_names=["q"], dynamic_axes={"q": {0: "batch"}})
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [x.dim_value for x in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    constants = {t.name for t in model.graph.initializer}
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"ScatterElements", "ScatterND"} & set(ops) and ops.count("GatherElements") == 2, ops
+    widths = sorted(shapes[n.input[0]][-1] for n in model.graph.node if n.op_type == "GatherElements")
+    assert widths == [4 * grid + 1, d + 2 * grid + 3] and all(shapes[n.output[0]][-2] == N for n in model.graph.node
+                                                                if n.op_type == "GatherElements")
+    shape_ops = {o for n in model.graph.node if n.op_type == "Shape" for o in n.output}
+    assert all(set(n.input) <= constants for n in model.graph.node  # tables: folded; batch-size gathers aside
+               if n.op_type == "Gather" and n.input[0] not in shape_ops)
