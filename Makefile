@@ -18,8 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/deploy-nas demo --out $(OUT)
 
+# Two pytest-xdist workers (one per core here); TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,11 +26,12 @@ def torchrun(module: str, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_search_over_two_ranks_scores_the_same_populations_as_one_process(tmp_path):
-    r = torchrun("deploy_nas.search", *SEARCH, "--out", tmp_path / "two")
+def test_search_over_two_ranks_scores_the_same_populations_as_one_process(tmp_path, tiny_supernet_dir):
+    search = [*SEARCH, "--supernet", tiny_supernet_dir]
+    r = torchrun("deploy_nas.search", *search, "--out", tmp_path / "two")
     assert r.returncode == 0, r.stderr[-3000:]
-    one = subprocess.run([EXE, "search", *SEARCH, "--out", str(tmp_path / "one")], capture_output=True, text=True,
-                         timeout=600, env=ENV)
+    one = subprocess.run([EXE, "search", *map(str, search), "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600, env=ENV)
     assert one.returncode == 0, one.stderr[-3000:]
     assert r.stdout.count("best config:") == 1  # rank 0 alone reports
     # the latency budget never binds, so the search is decided by val top-1 alone: identical generations

@@ -63,7 +63,7 @@ def test_manifest_hashes_every_artifact(deployed):
 
 def test_step_by_step_commands_update_parity_and_bench(deployed, tmp_path):
     out = tmp_path / "t"
-    assert run("extract", "--config", "max", "--out", out / "dense").returncode == 0
+    assert run("extract", "--config", "min", "--out", out / "dense").returncode == 0
     r = run("export", "onnx", out)
     assert r.returncode == 0 and "opset 17" in r.stdout, r.stderr
     r = run("export", "openvino", out, "--precision", "int8", "--threads", "1")
@@ -181,8 +181,8 @@ def test_unavailable_tensorrt_exits_2_with_its_reason(tmp_path):
 
 def test_killed_run_leaves_no_artifact_under_its_final_name(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([EXE, "run", "--config", "max", "--out", str(out), "--backend", "openvino",
-                             "--precision", "fp32,fp16,int8", "--runs", "200"],
+    proc = subprocess.Popen([EXE, "run", "--config", "min", "--out", str(out), "--backend", "openvino",
+                             "--precision", "fp32,fp16,int8", "--runs", "2000", "--threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from deploy_nas import load_dense
+
+# DEPLOY_NAS_EXE: test another build of the CLI (e.g. an older one, to see a reproduction fail there); `run` forks a
+# warm server unless that or DEPLOY_NAS_FRESH=1 asks for a fresh process per call (tests/cli_runner.py)
+from tests.cli_runner import EXE, run  # noqa: E402,F401  (the other CLI test modules import both from here)
 from tests.conftest import OFFICIAL, make_supernet, narrow_space
-
-# DEPLOY_NAS_EXE: test another build of the CLI (e.g. an older one, to see a reproduction fail there)
-EXE = os.environ.get("DEPLOY_NAS_EXE") or shutil.which("deploy-nas") or str(Path(sys.executable).parent / "deploy-nas")
-
-
-def run(*args, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_help_works_without_backends():

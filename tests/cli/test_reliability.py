@@ -85,8 +85,8 @@ def test_1_a_kill_during_a_forced_replace_keeps_the_old_output(tmp_path):
     assert run("run", "--dense", out / "dense", "--backend", "onnxruntime", "--batch", "1", "--out",
                tmp_path / "dep").returncode == 0
     before = {p: p.read_bytes() for p in (tmp_path / "dep").rglob("*") if p.is_file()}
-    proc = subprocess.Popen([EXE, "run", "--config", "max", "--out", str(tmp_path / "dep"), "--force", "--backend",
-                             "openvino", "--precision", "fp32,fp16", "--runs", "200"],
+    proc = subprocess.Popen([EXE, "run", "--config", "min", "--out", str(tmp_path / "dep"), "--force", "--backend",
+                             "openvino", "--precision", "fp32,fp16", "--runs", "2000", "--threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(f".dep.{TAG}-*/openvino/*/model.xml")):
@@ -127,8 +127,8 @@ def test_3_a_huge_layer_num_is_refused_before_any_list_is_built(tmp_path):
                                    f".out.{TAG}-*/model.onnx", f".out.{TAG}-*/openvino/fp32/model.xml",
                                    f".out.{TAG}-*/openvino/fp16/build.json"])
 def test_4_a_run_killed_at_any_point_leaves_named_temporaries_the_next_run_sweeps(tmp_path, point):
-    proc = subprocess.Popen([EXE, "run", "--config", "max", "--out", str(tmp_path / "out"), "--backend",
-                             "openvino", "--precision", "fp32,fp16", "--runs", "200"],
+    proc = subprocess.Popen([EXE, "run", "--config", "min", "--out", str(tmp_path / "out"), "--backend",
+                             "openvino", "--precision", "fp32,fp16", "--runs", "2000", "--threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(point)):
@@ -343,15 +343,15 @@ def test_18_threads_beyond_the_cores_are_capped_and_said(tmp_path):
 
 # 19 ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mask", [0o022, 0o027])
-def test_19_artifacts_get_the_modes_the_umask_gives(tmp_path, mask):
+def test_19_artifacts_get_the_modes_the_umask_gives(tmp_path, mask, tiny_supernet_dir):
     empty = tmp_path / "existing"
     empty.mkdir(mode=0o755)
     empty.chmod(0o750)
     env_umask = f"umask {mask:03o} && "
     for cmd in (f"{EXE} extract --config min --out {tmp_path / 'dense'}",
                 f"{EXE} extract --config min --out {empty}",
-                f"{EXE} search --backend torch --threads 1 --latency-budget-ms 1e9 --generations 1 --population 4 "
-                f"--measure 8 --out {tmp_path / 's'}"):
+                f"{EXE} search --supernet {tiny_supernet_dir} --backend torch --threads 1 --latency-budget-ms 1e9 "
+                f"--generations 1 --population 4 --measure 8 --out {tmp_path / 's'}"):
         r = subprocess.run(env_umask + cmd, shell=True, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]
     for root in (tmp_path / "dense", tmp_path / "s"):

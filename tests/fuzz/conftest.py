@@ -57,7 +57,7 @@ TALLY = Tally()
 class Zygote:
     def __init__(self, home: Path, tmp: Path, capture: Path):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(home), "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1",
-               "FUZZ_CAPTURE": str(capture)}
+               "FUZZ_CAPTURE": str(capture), "ZYGOTE_THREADS": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.zygote"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         assert json.loads(self.proc.stdout.readline()) == {"ready": True}
@@ -150,8 +150,24 @@ def workspace(tmp_path_factory) -> Workspace:
     zygote.close()
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if TALLY.counts:
-        terminalreporter.write_line("fuzz cases per input kind (exit code: count): " + "; ".join(
-            f"{kind} {sum(c.values())} ({', '.join(f'{rc}: {n}' for rc, n in sorted(c.items()))})"
-            for kind, c in sorted(TALLY.counts.items())))
+def pytest_sessionfinish(session) -> None:
+    """Under pytest-xdist, a worker hands its tally to the controller (merged in tests/conftest.py)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_tally"] = json.dumps(
+            {kind: {str(rc): n for rc, n in c.items()} for kind, c in TALLY.counts.items()})
+
+
+def merge_tally(encoded: str) -> None:
+    for kind, counts in json.loads(encoded).items():
+        for rc, n in counts.items():
+            TALLY.counts.setdefault(kind, {}).setdefault(int(rc), 0)
+            TALLY.counts[kind][int(rc)] += n
+
+
+def summary_line() -> str | None:
+    """The case counts per input kind and exit code (printed at the end of the run by tests/conftest.py)."""
+    if not TALLY.counts:
+        return None
+    return "fuzz cases per input kind (exit code: count): " + "; ".join(
+        f"{kind} {sum(c.values())} ({', '.join(f'{rc}: {n}' for rc, n in sorted(c.items()))})"
+        for kind, c in sorted(TALLY.counts.items()))

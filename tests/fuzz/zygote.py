@@ -1,9 +1,12 @@
-"""A fork server for the fuzz suite: imports the CLI once, then runs each case in a forked child under a memory
-limit and a timeout, and reports its exit code, output, time and peak memory. Forking from a warm process costs
-milliseconds where a fresh interpreter (torch import) costs seconds; every case is still a separate process.
+"""A fork server for the fuzz suite and the command-line tests: imports the CLI once, then runs each case in a
+forked child (stdin from /dev/null, optionally under a memory limit) with a timeout, and reports its exit code,
+output, time and peak memory. Forking from a warm process costs milliseconds where a fresh interpreter (torch
+import) costs seconds; every case is still a separate process.
 
-Protocol: one JSON request per line on stdin {"args", "cwd", "env", "timeout", "memory"}; one JSON reply per
-line on stdout {"rc", "stdout", "stderr", "seconds", "max_rss", "timed_out"}.
+Protocol: one JSON request per line on stdin {"args", "cwd", "env", "timeout", "memory" (bytes the case may add to
+the server's address space, or null for no limit)}; one JSON reply per line on stdout {"rc", "stdout", "stderr",
+"seconds", "max_rss", "timed_out"}. ZYGOTE_THREADS, when set, is the torch thread count of the server (and so of
+every case that does not set its own).
 """
 from __future__ import annotations
 
@@ -25,12 +28,15 @@ def _child(request: dict, out_path: str, err_path: str) -> None:
     os.chdir(request["cwd"])
     os.environ.update(request.get("env", {}))
     tempfile.tempdir = None  # read TMPDIR again
-    for fd, path in ((1, out_path), (2, err_path)):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                            (2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        target = os.open(path, flags, 0o600)
         os.dup2(target, fd)
         os.close(target)
-    limit = _vm_bytes() + int(request["memory"])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the child's stdin: /dev/null, not the request pipe)
+    if request.get("memory") is not None:
+        limit = _vm_bytes() + int(request["memory"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     from deploy_nas.cli import main
@@ -54,7 +60,8 @@ def _child(request: dict, out_path: str, err_path: str) -> None:
 def serve() -> None:
     import torch
 
-    torch.set_num_threads(1)
+    if os.environ.get("ZYGOTE_THREADS"):
+        torch.set_num_threads(int(os.environ["ZYGOTE_THREADS"]))
     import deploy_nas.cli  # noqa: F401  (warm: the CLI and its lazy imports of the core)
     import deploy_nas.export.pipeline  # noqa: F401
     from deploy_nas.supernets import default_supernet
@@ -86,7 +93,7 @@ def serve() -> None:
                  "timed_out": timed_out}
         for key, path in (("stdout", out_path), ("stderr", err_path)):
             with open(path, errors="replace") as f:
-                reply[key] = f.read()[-20000:]
+                reply[key] = f.read()[-(1 << 21):]
         print(json.dumps(reply), flush=True)
 
 

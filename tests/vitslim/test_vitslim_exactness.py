@@ -124,7 +124,7 @@ def test_flops_of_the_dense_model_match_the_analytic_count(budgets):
 def test_pruned_deit_deploys_with_parity(tmp_path, layout):
     from deploy_nas.export.pipeline import RunPlan, run
 
-    a = replace(arch("deit-tiny", img_size=224), head_layout=layout)
+    a = replace(arch("deit-tiny", img_size=96), head_layout=layout)
     model = random_masked(a, seed=7)
     plan = RunPlan(targets=(("onnxruntime", "fp32"), ("openvino", "fp32")), batches=(1,), threads=1, runs=50,
                    warmup=2, cross_check_module=False)
