@@ -4,9 +4,18 @@ The model goes the way `deploy-nas run` would send it (ONNX, then the backend's 
 and its batch-1 p50 is measured in latency mode like every `bench` row. Sub-millisecond subnets are timed over at
 least `seconds` of runs (the count sized from a first `runs`-run probe): 50 runs of 0.5 ms last 25 ms, and one
 slow spell of a shared machine inside so short a window moves the p50 of a whole measurement.
+
+Several models (`many`) are measured interleaved: every engine is built first, then `passes` passes each time every
+model for `seconds / passes` (the order rotating from pass to pass), and a model's latency is the median of its
+passes' p50s. A slow spell of a shared machine then lands on one slice of every model's measurement instead of on
+all of one model's, which is what decides the ranking a latency predictor is fitted and scored on.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +26,59 @@ class BackendLatency:
     """`latency(dense_model) -> p50 ms` at batch 1 on `backend`/`precision` with `threads` threads."""
 
     def __init__(self, backend: str = "openvino", precision: str = "fp32", threads: int | None = None,
-                 runs: int = 50, warmup: int = 10, seconds: float = 0.25, max_runs: int = 5000):
+                 runs: int = 50, warmup: int = 10, seconds: float = 0.25, max_runs: int = 5000, passes: int = 5):
         from deploy_nas.export.pipeline import check_request
 
         check_request(backend, precision)
         self.backend, self.precision, self.threads, self.runs, self.warmup = backend, precision, threads, runs, warmup
-        self.seconds, self.max_runs = seconds, max_runs
+        self.seconds, self.max_runs, self.passes = seconds, max_runs, passes
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "threads": self.threads, "runs": self.runs,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "passes": self.passes}
 
-    def __call__(self, model: Any) -> float:
+    def engine(self, model: Any, work: Path) -> Any:
+        """The engine `model` is timed on (built under `work`)."""
         from deploy_nas.export.backends.torch_backend import TorchEngine
         from deploy_nas.export.onnx import export_onnx
 
         if self.backend == "torch":
-            return self.p50(TorchEngine(model, threads=self.threads))
+            return TorchEngine(model, threads=self.threads)
+        onnx = export_onnx(model, work / "model.onnx").path
+        return get_backend(self.backend).build(onnx, BuildConfig(precision=self.precision, threads=self.threads))
+
+    def __call__(self, model: Any) -> float:
         from deploy_nas.io import temp_dir
 
-        with temp_dir("latency") as tmp:
-            onnx = export_onnx(model, Path(tmp) / "model.onnx").path
-            config = BuildConfig(precision=self.precision, threads=self.threads)
-            with get_backend(self.backend).build(onnx, config) as engine:
-                return self.p50(engine)
+        with temp_dir("latency") as tmp, self.engine(model, Path(tmp)) as engine:
+            return self.p50(engine)
+
+    def many(self, models: Sequence[Any]) -> list[float]:
+        """Batch-1 p50 (ms) of each model, measured interleaved (see the module docstring)."""
+        import numpy as np
+
+        from deploy_nas.io import temp_dir
+
+        if len(models) < 2 or self.passes < 2:
+            return [self(m) for m in models]
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(temp_dir("latency")))
+            runners = []
+            for i, model in enumerate(models):
+                engine = stack.enter_context(self.engine(model, tmp / str(i)))
+                x = np.random.default_rng(0).standard_normal((1, *engine.input_shape), dtype=np.float32)
+                runners.append(stack.enter_context(engine.runner(x, mode="latency", threads=self.threads)))
+            counts = []
+            for runner in runners:  # warm-up, and a probe that sizes each pass to seconds / passes
+                runner.run_async(self.warmup)
+                probe = statistics.median(runner.run_async(max(5, self.runs // self.passes))[1])
+                share = self.seconds / self.passes * 1000 / max(probe, 1e-3)
+                counts.append(min(self.max_runs, max(self.runs // self.passes, math.ceil(share))))
+            p50s: list[list[float]] = [[] for _ in runners]
+            for k in range(self.passes):
+                for i in [(j + k) % len(runners) for j in range(len(runners))]:
+                    p50s[i].append(statistics.median(runners[i].run_async(counts[i])[1]))
+            return [statistics.median(v) for v in p50s]
 
     def p50(self, engine: Any) -> float:
         from deploy_nas.export.fps import measure_fps, runs_for_seconds

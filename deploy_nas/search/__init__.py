@@ -78,11 +78,23 @@ class Search:
 
     # ---------------------------------------------------------------------------------------------- pieces
     def measure(self, cfg: Any) -> float:
+        return self.measure_many([cfg])[0]
+
+    def measure_many(self, cfgs: list[Any]) -> list[float]:
+        """Measured latencies (ms); those not known yet are measured together, interleaved when the latency
+        function can (`BackendLatency.many`), on rank 0 alone."""
         from deploy_nas.materialize import materialize
 
-        if cfg.id not in self._measured:  # every rank asks for the same configs in the same order
-            self._measured[cfg.id] = self.world.run_on_main(lambda: self.latency(materialize(self.supernet, cfg)))
-        return self._measured[cfg.id]
+        new = list({c.id: c for c in cfgs if c.id not in self._measured}.values())
+        if new:  # every rank asks for the same configs in the same order
+
+            def measure() -> list[float]:
+                models = [materialize(self.supernet, c) for c in new]
+                many = getattr(self.latency, "many", None)
+                return many(models) if many is not None else [self.latency(m) for m in models]
+
+            self._measured.update(zip([c.id for c in new], self.world.run_on_main(measure)))
+        return [self._measured[c.id] for c in cfgs]
 
     def val_top1(self, cfg: Any) -> float:
         return self.val_top1_many([cfg])[0]
@@ -129,9 +141,9 @@ class Search:
         if fastest > self.constraints.latency_budget_ms:
             raise InfeasibleBudget(f"no subnet can meet {self.constraints.latency_budget_ms:g} ms: the fastest, the "
                                    f"min subnet, measured {fastest:.3f} ms; raise --latency-budget-ms")
-        for i, cfg in enumerate(cfgs):
-            self.log(f"measure {i + 1}/{len(cfgs)}: {cfg.id} {self.measure(cfg):.3f} ms")
-        ms = [self._measured[c.id] for c in cfgs]
+        ms = self.measure_many(cfgs)
+        for i, (cfg, t) in enumerate(zip(cfgs, ms)):
+            self.log(f"measure {i + 1}/{len(cfgs)}: {cfg.id} {t:.3f} ms")
         held = [i for i in range(len(cfgs)) if i % 4 == 3]
         fit = [i for i in range(len(cfgs)) if i % 4 != 3]
         self.predictor.fit([cfgs[i] for i in fit], [ms[i] for i in fit])
@@ -150,6 +162,7 @@ class Search:
         decides."""
         ranked = sorted(scores.values(), key=lambda cs: (-cs[1], cs[0].id))
         budget = self.constraints.latency_budget_ms
+        self.measure_many([cfg for cfg, _ in ranked[:self.setup.finalists]])  # the top ones, side by side
         rows = []
         for cfg, f in ranked[:max(self.setup.finalists, self.setup.max_checks)]:
             if len(rows) >= self.setup.finalists and any(r["latency_ms"] <= budget for r in rows):
