@@ -40,6 +40,7 @@ from deploy_nas.export.onnx import export_onnx  # noqa: E402
 from deploy_nas.family import FAMILIES  # noqa: E402
 from deploy_nas.flops import count_flops  # noqa: E402
 from deploy_nas.materialize import materialize  # noqa: E402
+from deploy_nas.search.space_evolution import EvolveSpaceRequest  # noqa: E402
 from deploy_nas.spaces import PRESETS, SPACES  # noqa: E402
 from deploy_nas.spaces.s3 import S3Space, S3StageChoices  # noqa: E402
 from deploy_nas.supernets.s3 import (  # noqa: E402
@@ -160,7 +161,7 @@ def plain_digits_folder(root: Path, img_size: int) -> Path:
 
 
 def evolution_part(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from deploy_nas.search.space_evolution import EvolveSpaceRequest, evolve_space
+    from deploy_nas.search.space_evolution import evolve_space
     from deploy_nas.supernets import load_supernet_dir
     from deploy_nas.train import TrainConfig, train_supernet
     from deploy_nas.workflows import train_data
@@ -181,9 +182,11 @@ def evolution_part(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     train_seconds = time.perf_counter() - started
     request = EvolveSpaceRequest(steps=args.steps, budget_gmac=args.budget_gmac, samples=args.samples,
                                  per_value=args.per_value, finetune_epochs=args.finetune_epochs,
+                                 finetune_lr=args.finetune_lr,
                                  min_effect=args.min_effect, data_dir=data_dir, seed=0)
     started = time.perf_counter()
-    record = evolve_space(supernet, poor_space(space), work / "space", request, log=print, force=True)
+    record = evolve_space(supernet, poor_space(space), work / "space", request, log=print, force=True,
+                          trained=space)
     return {"data": args.data, "train_epochs": args.train_epochs, "train_seconds": train_seconds,
             "supernet_test_top1": trained["test_top1"], "evolve_seconds": time.perf_counter() - started,
             "request": record["request"], "evaluated": record["evaluated"],
@@ -294,6 +297,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--per-value", type=int, default=12)
     ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune-lr", type=float, default=EvolveSpaceRequest.finetune_lr)
     ap.add_argument("--min-effect", type=float, default=0.01)
     ap.add_argument("--reuse-supernet", action="store_true", help="evolution: keep WORK/sn if an earlier run trained "
                     "it (--train-epochs then only labels it)")

@@ -29,11 +29,15 @@ def evolve_space(supernet_dir: Path, space: str | None, out: Path, force: bool, 
     --budget-gmac, inherited weights), then per step fit E-T error against each dimension's choices, move them
     downhill and fine-tune the supernet on the new space."""
     from deploy_nas.console import Table, show
+    from deploy_nas.family import FAMILIES
     from deploy_nas.search.space_evolution import evolve_space as run
+    from deploy_nas.supernets import read_supernet_meta
     from deploy_nas.workflows import SupernetSource
 
     supernet, start = SupernetSource("s3", supernet_dir=supernet_dir, space=space).load()
-    record = run(supernet, start, out, EvolveSpaceRequest(**request), log=click.echo, force=force)
+    meta = read_supernet_meta(supernet_dir)  # the space it was trained on bounds the choices (without --grow)
+    trained = FAMILIES.get("s3").space_from_dict(meta["space"]) if meta.get("space") else None
+    record = run(supernet, start, out, EvolveSpaceRequest(**request), log=click.echo, force=force, trained=trained)
     table = Table("E-T error per step (top-1 error, inherited weights)", ("step", "E-T", "E", "T", "subnets",
                                                                           "moved"))
     for row in record["steps"]:

@@ -17,6 +17,7 @@ from deploy_nas.search.space_evolution import (
     DimensionState,
     EvolveSpaceRequest,
     Scorer,
+    SpaceEvolution,
     dimension_points,
     et_error,
     fit_slope,
@@ -80,6 +81,21 @@ def test_the_step_rule():
     assert same is top and "at bound" in action and "embed_dim 56 > the supernet's 48" in action
     grown, action = move_dimension(top, dim, -0.01, -0.08, DimensionState(1), 0.01, lambda s: s)  # --grow
     assert grown.choices(dim) == (48, 56)
+
+
+def test_choices_stay_in_the_trained_range_unless_grown():
+    supernet = FAMILY.build_supernet(TINY, 0)
+    data = embedded_splits(32)
+    dim = (1, "embed_dim")  # trained 24..48
+    poor = TINY.with_choices(dim, (24, 32))
+    bounded = SpaceEvolution(supernet, poor, EvolveSpaceRequest(), data, lambda m: None, trained=TINY)
+    same, action = move_dimension(poor, dim, 0.01, 0.08, DimensionState(1), 0.01, bounded._fits)  # downhill: down
+    assert same is poor and "leaves the trained range 24..48" in action
+    up, _ = move_dimension(poor, dim, -0.01, -0.08, DimensionState(1), 0.01, bounded._fits)
+    assert up.choices(dim) == (32, 40)
+    grow = SpaceEvolution(supernet, poor, EvolveSpaceRequest(grow=True), data, lambda m: None, trained=TINY)
+    down, _ = move_dimension(poor, dim, 0.01, 0.08, DimensionState(1), 0.01, grow._fits)
+    assert down.choices(dim) == (16, 24)
 
 
 def test_heads_and_qkv_moves_that_would_not_split_are_blocked():
