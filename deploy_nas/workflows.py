@@ -140,11 +140,12 @@ def train_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
 
 
 def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
-    """val/test splits: the embedded task (cluttered digits), or DIR/val and DIR/test image folders."""
-    from deploy_nas.data import embedded_splits, load_image_folder
+    """val/test splits: the embedded task (cluttered digits; val with `SEARCH_VAL_RENDERS` renderings of its
+    digits), or DIR/val and DIR/test image folders."""
+    from deploy_nas.data import load_image_folder, search_splits
 
     if data_dir is None:
-        return embedded_splits(space.img_size, space.in_chans)
+        return search_splits(space.img_size, space.in_chans)
     return {k: load_image_folder(Path(data_dir) / k, space.img_size, space.in_chans) for k in ("val", "test")}
 
 
