@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -36,9 +37,14 @@ def test_engines_profile_their_ops(engines, backend):
     assert all(r.nodes >= 1 and r.ms >= 0 for r in rows)
     ops = {r.op for r in rows}
     assert ops & {"MatMul", "FullyConnected", "FusedMatMul", "Subgraph"}  # the GEMMs show up
-    # the compact relative-position lowering gathers two small tensors per layer: 1-3% of AutoFormer-T/S on OpenVINO
-    # (benchmarks/README.md); on this 37-token subnet each gather's fixed cost weighs more, most on onnxruntime
-    assert index_share([r.to_dict() for r in rows]) < (0.05 if backend == "openvino" else 0.10)
+    # the compact relative-position lowering gathers two small tensors per attention layer and scatters nothing
+    # (its share of the time is a benchmark figure: benchmarks/README.md); the profile counts those nodes, which
+    # OpenVINO runs as Gathers (onnxruntime also lists the few shape Gathers of the graph)
+    index_nodes = {r.op: r.nodes for r in rows if r.op in INDEX_OPS}
+    depth = default_supernet()[1].sample(random.Random(0), "min").depth  # the "min" engine's subnet
+    assert not any("Scatter" in op for op in index_nodes)
+    gathers = index_nodes.get("Gather", 0) if backend == "openvino" else index_nodes.get("GatherElements", 0)
+    assert gathers == 2 * depth, index_nodes
 
 
 @pytest.mark.openvino
