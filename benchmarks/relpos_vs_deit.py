@@ -1,6 +1,8 @@
 """AutoFormer-T/-S next to timm's DeiT-tiny/-small: what AutoFormer's relative-position attention costs under each
 lowering of the dense models, side by side in one run: "gather" (GatherElements/ScatterElements over (N, N)
-indices, the form before 2026-12), "augmented" (the first 2026-12 form) and "compact" (the current form).
+indices, the form before 2026-12), "augmented" (the first 2026-12 form) and "compact" (the current form); and
+"none", the same model with its relative-position terms dropped (not the same function: the floor that any lowering
+of those terms adds its cost to, so that "compact / none" is what the terms cost).
 
 Every model is exported by the same exporter (TorchScript, opset 17, onnxsim) and measured on OpenVINO fp32 (2 and
 1 threads) and onnxruntime fp32 (from that ONNX file) and torch eager, at batch 1 (latency) and 8 (throughput), in
@@ -44,7 +46,8 @@ from deploy_nas.spaces import PRESETS, SPACES  # noqa: E402
 from deploy_nas.supernets.autoformer import AutoFormerArch, AutoFormerSupernet  # noqa: E402
 
 PAIRS = {"autoformer-t": "deit_tiny_patch16_224", "autoformer-s": "deit_small_patch16_224"}
-LOWERINGS = ("gather", "augmented", "compact")
+LOWERINGS = ("gather", "augmented", "compact", "none")  # "none": the floor, relative-position terms dropped
+BEST = "compact"  # the dense models' default lowering, in bold
 BACKENDS = ("openvino", "openvino-1t", "onnxruntime", "torch")
 
 
@@ -67,14 +70,19 @@ def autoformer(preset: str, lowering: str) -> torch.nn.Module:
     supernet = AutoFormerSupernet(AutoFormerArch.from_space(space))
     supernet.reset_parameters(torch.Generator().manual_seed(0))
     dense = materialize(supernet.eval(), PRESETS.get(preset).config)
+    if lowering == "none":  # the floor: the same widths, depth and heads with plain attention
+        blocks = tuple(dataclasses.replace(b, relative_position=False) for b in dense.spec.body.blocks)
+        body = dataclasses.replace(dense.spec.body, blocks=blocks)
+        state = {k: v for k, v in dense.state_dict().items() if ".rel_pos_" not in k}
+        return build_dense(dataclasses.replace(dense.spec, body=body), state)
     body = dataclasses.replace(dense.spec.body, relpos_lowering=lowering)
     return build_dense(dataclasses.replace(dense.spec, body=body), dense.state_dict())
 
 
-def models(presets: list[str]) -> dict[str, torch.nn.Module]:
+def models(presets: list[str], lowerings: list[str]) -> dict[str, torch.nn.Module]:
     out = {}
     for preset in presets:
-        for lowering in LOWERINGS:
+        for lowering in lowerings:
             out[f"{preset} {lowering}"] = autoformer(preset, lowering)
         out[PAIRS[preset]] = Timm(PAIRS[preset])
     return out
@@ -123,14 +131,16 @@ def summary(rows: list[dict[str, Any]]) -> dict[tuple, float]:
     return {k: statistics.median(v) for k, v in groups.items()}
 
 
-def round_ratios(rows: list[dict[str, Any]]) -> dict[tuple, float]:
-    """(model, backend, batch) -> the median over rounds of its time / its DeiT's time in the same round."""
+def round_ratios(rows: list[dict[str, Any]], versus: str = "deit") -> dict[tuple, float]:
+    """(model, backend, batch) -> the median over rounds of its time / the time in the same round of its DeiT
+    (`versus="deit"`) or of the same preset with another lowering (`versus="none"`: the floor)."""
     at = {(r["model"], r["backend"], r["batch"], r["round"]): _value(r) for r in rows}
     ratios: dict[tuple, list[float]] = {}
     for (model, backend, batch, rnd), value in at.items():
-        deit = PAIRS.get(model.split(" ")[0])
-        if deit and (deit, backend, batch, rnd) in at:
-            ratios.setdefault((model, backend, batch), []).append(value / at[(deit, backend, batch, rnd)])
+        preset = model.split(" ")[0]
+        ref = PAIRS.get(preset) if versus == "deit" else f"{preset} {versus}"
+        if preset in PAIRS and (ref, backend, batch, rnd) in at:
+            ratios.setdefault((model, backend, batch), []).append(value / at[(ref, backend, batch, rnd)])
     return {k: statistics.median(v) for k, v in ratios.items()}
 
 
@@ -150,32 +160,38 @@ def bapp_rounds(built: dict[str, dict[str, Any]], work: Path, args: argparse.Nam
 def markdown(result: dict[str, Any]) -> str:
     med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
     rat = {tuple(k.split("|")): v for k, v in result["ratios"].items()}
+    floor = {tuple(k.split("|")): v for k, v in result.get("floor_ratios", {}).items()}
+    lowerings = result.get("lowerings", LOWERINGS[:3])
     info = result["machine"]
     lines = [f"Machine: {info['cpu']} ({', '.join(info['isa'])}), {info['cores_usable']} usable cores; torch "
              f"{info['versions']['torch']}, onnxruntime {info['versions']['onnxruntime']}, openvino "
              f"{info['versions']['openvino']}, timm {result['timm']}. {result['rounds']} rounds, the model order "
              "rotating each round; ms: medians over the rounds (batch 1: p50 latency; batch 8: time per batch in "
-             "throughput mode); ratios: medians of the per-round ratios to DeiT. `openvino-1t`: one thread.", ""]
+             "throughput mode); ratios: medians of the per-round ratios to DeiT (and, in the last column, of the "
+             "compact lowering to `none`, the same model without relative positions: what the terms cost). "
+             "`openvino-1t`: one thread.", ""]
     for preset in result["presets"]:
         deit = PAIRS[preset]
-        names = [f"{preset} {lowering}" for lowering in LOWERINGS]
+        names = [f"{preset} {lowering}" for lowering in lowerings]
+        with_floor = "none" in lowerings and BEST in lowerings
         lines += [f"### {preset} vs {deit}", "",
                   "GMAC: " + ", ".join(f"{n.split(' ')[1]} {result['gmacs'][n]:.3f}" for n in names) +
                   f", {deit} {result['gmacs'][deit]:.3f}; ONNX nodes: " +
                   ", ".join(f"{n.split(' ')[1]} {result['nodes'][n]}" for n in names) +
                   f", DeiT {result['nodes'][deit]}.", "",
-                  "| engine | batch | DeiT ms | " + " | ".join(f"{lw} ms" for lw in LOWERINGS) + " | " +
-                  " | ".join(f"{lw} / DeiT" for lw in LOWERINGS) + " |",
-                  "|---|---|---|" + "---|" * (2 * len(LOWERINGS))]
+                  "| engine | batch | DeiT ms | " + " | ".join(f"{lw} ms" for lw in lowerings) + " | " +
+                  " | ".join(f"{lw} / DeiT" for lw in lowerings) + (" | compact / none |" if with_floor else " |"),
+                  "|---|---|---|" + "---|" * (2 * len(lowerings) + with_floor)]
         for backend in BACKENDS:
             for batch in result["batches"]:
                 key = (backend, str(batch))
                 if (deit, *key) not in med:
                     continue
                 times = " | ".join(f"{med[(n, *key)]:.2f}" for n in names)
-                ratios = " | ".join(("**{:.3f}x**" if n == names[-1] else "{:.3f}x").format(rat[(n, *key)])
+                ratios = " | ".join(("**{:.3f}x**" if n.endswith(BEST) else "{:.3f}x").format(rat[(n, *key)])
                                     for n in names)
-                lines.append(f"| {backend} | {batch} | {med[(deit, *key)]:.2f} | {times} | {ratios} |")
+                cost = f" {floor[(f'{preset} {BEST}', *key)]:.3f}x |" if with_floor else ""
+                lines.append(f"| {backend} | {batch} | {med[(deit, *key)]:.2f} | {times} | {ratios} |{cost}")
         bapp = result.get("benchmark_app") or {}
         if bapp.get(deit):
             parts = [f"{n.split(' ')[1]} {statistics.median(bapp[n]) / statistics.median(bapp[deit]):.3f}x"
@@ -199,16 +215,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     med = {tuple(k.split("|")): v for k, v in result["medians"].items()}
+    lowerings = result.get("lowerings", LOWERINGS[:3])
+    palette = {"gather": "tab:red", "augmented": "tab:orange", "compact": "tab:green", "none": "tab:blue"}
     fig, axes = plt.subplots(1, len(result["presets"]), figsize=(6 * len(result["presets"]), 4), squeeze=False)
     for ax, preset in zip(axes[0], result["presets"]):
-        names = [PAIRS[preset]] + [f"{preset} {lowering}" for lowering in LOWERINGS]
-        colors = ["tab:gray", "tab:red", "tab:orange", "tab:green"]
+        names = [PAIRS[preset]] + [f"{preset} {lowering}" for lowering in lowerings]
+        colors = ["tab:gray"] + [palette[lw] for lw in lowerings]
         for i, backend in enumerate(BACKENDS):
             ax.bar([i + 0.2 * j for j in range(len(names))], [med[(n, backend, "1")] for n in names], width=0.18,
                    color=colors)
         ax.set_xticks([i + 0.3 for i in range(len(BACKENDS))], BACKENDS, fontsize=8)
         ax.set_ylabel("batch-1 p50, ms")
-        ax.set_title(f"{preset}: DeiT (gray), gather (red), augmented (orange), compact (green)", fontsize=9)
+        ax.set_title(f"{preset}: DeiT (gray), " + ", ".join(f"{lw} ({palette[lw][4:]})" for lw in lowerings),
+                     fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -220,6 +239,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("out/bench-relpos"))
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--lowerings", default=",".join(LOWERINGS),
+                    help="relative-position lowerings of the AutoFormer models (none: the floor without them)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0, help="each batch-1 measurement spans this long")
     ap.add_argument("--batch-rounds", type=int, default=3, help="rounds that also measure the larger batches")
@@ -227,10 +248,13 @@ def main() -> None:
     ap.add_argument("--bapp-seconds", type=int, default=5)
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.lowerings = args.lowerings.split(",")
+    if unknown := set(args.lowerings) - set(LOWERINGS):
+        ap.error(f"unknown lowering(s) {sorted(unknown)}; choose from {LOWERINGS}")
     torch.set_num_threads(args.threads)
     presets = args.presets.split(",")
     built, gmacs, nodes, profiles = {}, {}, {}, {}
-    for name, model in models(presets).items():
+    for name, model in models(presets, args.lowerings).items():
         print(f"build {name}", flush=True)
         built[name] = engines(name, model, args.work, args.threads)
         nodes[name] = built[name].pop("nodes")
@@ -243,9 +267,11 @@ def main() -> None:
     import timm
 
     result = {"machine": machine(), "timm": timm.__version__, "presets": presets, "batches": args.batches,
-              "rounds": args.rounds, "rows": rows, "gmacs": gmacs, "nodes": nodes, "profiles": profiles,
-              "medians": {"|".join(map(str, k)): v for k, v in summary(rows).items()},
-              "ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows).items()}, "benchmark_app": bapp}
+              "lowerings": args.lowerings, "rounds": args.rounds, "rows": rows, "gmacs": gmacs, "nodes": nodes,
+              "profiles": profiles, "medians": {"|".join(map(str, k)): v for k, v in summary(rows).items()},
+              "ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows).items()},
+              "floor_ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows, "none").items()},
+              "benchmark_app": bapp}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "relpos.json").write_text(json.dumps(result, indent=1))
     (args.out / "relpos.md").write_text(markdown(result))
