@@ -46,7 +46,8 @@ def run(seeds: list[int], log=print) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             request = demo_search_request(plan["budget_ms"], seed=seed)
             result = run_search(supernet, space, Path(tmp) / "search", request, known=plan["known"], log=lambda m: None)
-        row = {"seed": seed, "seconds": time.perf_counter() - start, "predictor": result["predictor"]["held_out"]}
+        row = {"seed": seed, "seconds": time.perf_counter() - start, "predictor": result["predictor"]["held_out"],
+               "repeatability": result["predictor"].get("repeatability")}
         for m in METHODS:
             w = result[m]["winner"]
             row[m] = {"id": w["id"], "config": w["config"], "val_top1": w["val_top1"], "test_top1": w["test_top1"],
@@ -70,6 +71,11 @@ def run(seeds: list[int], log=print) -> dict[str, Any]:
     for key in ("kendall_tau", "mape_percent"):
         values = [r["predictor"][key] for r in runs]
         summary[f"predictor.{key}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    for key in ("kendall_tau", "median_diff_percent"):
+        values = [r["repeatability"][key] for r in runs if r.get("repeatability")]
+        if values:
+            summary[f"repeatability.{key}"] = {"median": statistics.median(values), "min": min(values),
+                                               "max": max(values)}
     return {"machine": machine(), "space": space.to_dict(), "threads": DEMO_THREADS, "budget_ms": plan["budget_ms"],
             "latency_range_ms": list(plan["range_ms"]), "runs": runs, "summary": summary}
 
@@ -102,6 +108,11 @@ def markdown(res: dict[str, Any]) -> str:
     t, e = s["predictor.kendall_tau"], s["predictor.mape_percent"]
     lines.append(f"\nLatency predictor on its held-out subnets: Kendall tau {spread(t, lambda v: f'{v:.3f}')}, "
                  f"mean abs error {spread(e, lambda v: f'{v:.1f}%')}.")
+    if "repeatability.kendall_tau" in s:
+        t, d = s["repeatability.kendall_tau"], s["repeatability.median_diff_percent"]
+        lines.append(f"\nTiming repeatability (the predictor's subnets, the medians of the even passes against those "
+                     f"of the odd ones): Kendall tau {spread(t, lambda v: f'{v:.3f}')}, median difference "
+                     f"{spread(d, lambda v: f'{v:.1f}%')}.")
     return "\n".join(lines) + "\n"
 
 

@@ -268,6 +268,7 @@ def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
         "supernet": accuracy,
         "search": {"budget_ms": budget, "latency_range_ms": [fast, slow], "threads": DEMO_THREADS,
                    "predictor": result["predictor"]["held_out"],
+                   "timing_repeatability": result["predictor"]["repeatability"],
                    **{m: {k: result[m]["winner"][k] for k in keys} for m in ("evolution", "random")}},
         "parity": {f"{p['backend']}/{p['precision']}": {"pass": p["passed"], "max_abs": max(
             o["max_abs"] for o in p["outputs"])} for p in deployed["parity"]},

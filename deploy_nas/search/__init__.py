@@ -33,7 +33,7 @@ from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
 from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
-from deploy_nas.search.predictor import LatencyPredictor
+from deploy_nas.search.predictor import LatencyPredictor, repeatability
 
 LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
 
@@ -72,6 +72,7 @@ class Search:
         self.log = log if self.world.main else (lambda message: None)
         self._val: dict[str, float] = {}
         self._measured: dict[str, float] = {}
+        self._passes: dict[str, list[float]] = {}  # per-pass p50s of the subnets measured interleaved
         self._gmacs: dict[str, float] = {}
         self.scored_here = 0  # val top-1 evaluations this rank ran
         self.predictor = LatencyPredictor(space, family_of(space).cost_features)
@@ -88,12 +89,16 @@ class Search:
         new = list({c.id: c for c in cfgs if c.id not in self._measured}.values())
         if new:  # every rank asks for the same configs in the same order
 
-            def measure() -> list[float]:
+            def measure() -> tuple[list[float], list[list[float]]]:
                 models = [materialize(self.supernet, c) for c in new]
                 many = getattr(self.latency, "many", None)
-                return many(models) if many is not None else [self.latency(m) for m in models]
+                if many is None:
+                    return [self.latency(m) for m in models], []
+                return many(models), list(getattr(self.latency, "last_passes", []))
 
-            self._measured.update(zip([c.id for c in new], self.world.run_on_main(measure)))
+            values, passes = self.world.run_on_main(measure)
+            self._measured.update(zip([c.id for c in new], values))
+            self._passes.update(zip([c.id for c in new], passes))
         return [self._measured[c.id] for c in cfgs]
 
     def val_top1(self, cfg: Any) -> float:
@@ -150,8 +155,9 @@ class Search:
         quality = self.predictor.validate([cfgs[i] for i in held], [ms[i] for i in held])
         self.predictor.fit(cfgs, ms)
         self.predictor.coef = self.world.broadcast(self.predictor.coef)  # one feasibility rule on every rank
+        repeat = repeatability([self._passes[c.id] for c in cfgs if c.id in self._passes])
         return {**self.predictor.to_dict(), "held_out": quality, "measured": len(cfgs),
-                "fastest_ms": fastest, "slowest_ms": max(ms)}
+                "fastest_ms": fastest, "slowest_ms": max(ms), "repeatability": repeat}
 
     def finalists(self, scores: dict[str, tuple[Any, float]]) -> dict[str, Any]:
         """Measure the top candidates; the winner is the most accurate one whose measured latency meets the budget.
@@ -187,6 +193,9 @@ class Search:
         self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
                  "held-out subnets")
+        if repeat := predictor["repeatability"]:
+            self.log(f"timing repeatability: the even passes against the odd ones over {repeat['n']} subnets, "
+                     f"Kendall tau {repeat['kendall_tau']:.3f}, median difference {repeat['median_diff_percent']:.1f}%")
         self._write(out, MEASURED_FILE, self._measured)
         evo = self._evolve(out, resume)
         rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed,
@@ -306,8 +315,10 @@ def search_table(result: dict[str, Any]) -> Any:
     from deploy_nas.console import Table
 
     p = result["predictor"]["held_out"]
+    r = result["predictor"].get("repeatability")
+    repeat = f"; timings repeat with Kendall tau {r['kendall_tau']:.3f} between passes" if r else ""
     table = Table(f"search under {result['budget_ms']:.3f} ms (latency predictor: Kendall tau {p['kendall_tau']:.3f}, "
-                  f"{p['mape_percent']:.1f}% mean abs error on {p['n']} held-out subnets)",
+                  f"{p['mape_percent']:.1f}% mean abs error on {p['n']} held-out subnets{repeat})",
                   ("method", "config", "evaluated", "val top-1", "test top-1", "latency ms", "of budget",
                    "meets budget"))
     for name in ("evolution", "random"):

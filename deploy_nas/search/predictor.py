@@ -32,6 +32,18 @@ def mape(pred: Sequence[float], true: Sequence[float]) -> float:
     return float(np.mean(np.abs(pred - true) / true) * 100)
 
 
+def repeatability(passes: Sequence[Sequence[float]]) -> dict[str, float] | None:
+    """How far a measurement can be trusted, from the same subnets timed in several interleaved passes (each entry:
+    one subnet's per-pass p50s): the median of the even passes against the median of the odd ones, as the Kendall
+    tau of the two rankings and the median abs % difference of the two halves. None with fewer than 3 subnets."""
+    halves = [(float(np.median(p[0::2])), float(np.median(p[1::2]))) for p in passes if len(p) >= 2]
+    if len(halves) < 3:
+        return None
+    a, b = zip(*halves)
+    diff = np.abs(np.subtract(a, b)) / np.mean([a, b], axis=0) * 100
+    return {"kendall_tau": kendall_tau(a, b), "median_diff_percent": float(np.median(diff)), "n": len(halves)}
+
+
 @dataclass
 class LatencyPredictor:
     space: Any

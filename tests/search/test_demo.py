@@ -29,11 +29,13 @@ def test_search_table_gives_each_winner_its_share_of_the_budget():
     def winner(ms: float, ok: bool) -> dict:
         return {"id": "abc", "val_top1": 0.9, "test_top1": 0.8, "latency_ms": ms, "meets_budget": ok}
 
-    result = {"budget_ms": 2.0, "predictor": {"held_out": {"kendall_tau": 0.8, "mape_percent": 7.0, "n": 10}},
+    result = {"budget_ms": 2.0, "predictor": {"held_out": {"kendall_tau": 0.8, "mape_percent": 7.0, "n": 10},
+                                              "repeatability": {"kendall_tau": 0.95, "median_diff_percent": 1.2,
+                                                                "n": 38}},
               "evolution": {"winner": winner(1.7, True), "evaluated": 40},
               "random": {"winner": winner(2.2, False), "evaluated": 40}}
     table = search_table(result)
     assert "of budget" in table.columns
     col = list(table.columns).index("of budget")
     assert [row[col] for row in table.rows] == ["85%", "110%"]
-    assert "Kendall tau 0.800" in table.title
+    assert "Kendall tau 0.800" in table.title and "timings repeat with Kendall tau 0.950" in table.title

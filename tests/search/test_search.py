@@ -15,7 +15,7 @@ import pytest
 from deploy_nas.family import FAMILIES
 from deploy_nas.search import InfeasibleBudget, Search, SearchConstraints, SearchSetup, pareto_front
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
-from deploy_nas.search.predictor import LatencyPredictor, kendall_tau, mape
+from deploy_nas.search.predictor import LatencyPredictor, kendall_tau, mape, repeatability
 from deploy_nas.spaces import SPACES
 from deploy_nas.supernets import default_supernet
 from tests.cli.test_extract_info import EXE, run
@@ -33,6 +33,17 @@ def test_predictor_recovers_a_linear_cost_model_and_scores_itself():
     q = p.validate(cfgs[30:], ms[30:])
     assert q["kendall_tau"] == pytest.approx(1.0) and q["mape_percent"] < 1e-6
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0) and mape([110], [100]) == pytest.approx(10.0)
+
+
+def test_repeatability_compares_the_even_passes_with_the_odd_ones():
+    # three subnets, five passes each: the halves (passes 0, 2, 4 and 1, 3) rank them alike, 10% apart at the median
+    passes = [[1.0, 1.1, 1.0, 1.1, 5.0], [2.0, 2.2, 2.0, 2.2, 2.0], [3.0, 3.3, 3.0, 3.3, 3.0]]
+    r = repeatability(passes)
+    assert r["n"] == 3 and r["kendall_tau"] == pytest.approx(1.0)
+    assert r["median_diff_percent"] == pytest.approx(100 * 0.1 / 1.05)
+    swapped = repeatability([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])  # the halves rank the subnets in reverse
+    assert swapped["kendall_tau"] == pytest.approx(-1.0)
+    assert repeatability([[1.0, 1.0], [2.0, 2.0]]) is None and repeatability([[1.0]] * 5) is None
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -110,6 +121,10 @@ def test_search_writes_best_pareto_and_log(tmp_path, torch_latency):
         assert w["meets_budget"] and 0 <= w["test_top1"] <= 1 and w["latency_ms"] > 0
         assert len(result[m]["finalists"]) == 2 and result[m]["front"]
     assert set(result["predictor"]["held_out"]) == {"kendall_tau", "mape_percent", "n"}
+    # 7 of the 8 predictor subnets were timed interleaved in 5 passes (the min subnet alone first, to check the
+    # budget): how well the halves of those passes agree
+    repeat = json.loads((tmp_path / "s" / "pareto.json").read_text())["predictor"]["repeatability"]
+    assert repeat["n"] == 7 and -1 <= repeat["kendall_tau"] <= 1 and repeat["median_diff_percent"] >= 0
     assert len((tmp_path / "s" / "generations.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "s" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
