@@ -8,8 +8,8 @@ slow spell of a shared machine inside so short a window moves the p50 of a whole
 Several models (`many`) are measured interleaved: every engine is built first, then `passes` passes each time every
 model for `seconds / passes` (the order rotating from pass to pass), and a model's latency is the median of its
 passes' p50s. A slow spell of a shared machine then lands on one slice of every model's measurement instead of on
-all of one model's, which is what decides the ranking a latency predictor is fitted and scored on. The passes' p50s
-stay in `last_passes` (one list per model) for the search to report how repeatable its timings were.
+all of one model's, which is what decides the ranking a latency predictor is fitted and scored on. `many_passes`
+returns the passes' p50s themselves, from which the search reports how repeatable its timings were.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ class BackendLatency:
         check_request(backend, precision)
         self.backend, self.precision, self.threads, self.runs, self.warmup = backend, precision, threads, runs, warmup
         self.seconds, self.max_runs, self.passes = seconds, max_runs, passes
-        self.last_passes: list[list[float]] = []  # of the last `many` call: each model's per-pass p50s
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "threads": self.threads, "runs": self.runs,
@@ -57,13 +56,17 @@ class BackendLatency:
 
     def many(self, models: Sequence[Any]) -> list[float]:
         """Batch-1 p50 (ms) of each model, measured interleaved (see the module docstring)."""
+        return [statistics.median(p) for p in self.many_passes(models)]
+
+    def many_passes(self, models: Sequence[Any]) -> list[list[float]]:
+        """Each model's batch-1 p50s (ms), one per pass, measured interleaved (one p50 each when there is nothing to
+        interleave)."""
         import numpy as np
 
         from deploy_nas.io import temp_dir
 
-        self.last_passes = []
         if len(models) < 2 or self.passes < 2:
-            return [self(m) for m in models]
+            return [[self(m)] for m in models]
         with contextlib.ExitStack() as stack:
             tmp = Path(stack.enter_context(temp_dir("latency")))
             runners = []
@@ -81,8 +84,7 @@ class BackendLatency:
             for k in range(self.passes):
                 for i in [(j + k) % len(runners) for j in range(len(runners))]:
                     p50s[i].append(statistics.median(runners[i].run_async(counts[i])[1]))
-            self.last_passes = p50s
-            return [statistics.median(v) for v in p50s]
+            return p50s
 
     def p50(self, engine: Any) -> float:
         from deploy_nas.export.fps import measure_fps, runs_for_seconds

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Search:
 
     def measure_many(self, cfgs: list[Any]) -> list[float]:
         """Measured latencies (ms); those not known yet are measured together, interleaved when the latency
-        function can (`BackendLatency.many`), on rank 0 alone."""
+        function can (`BackendLatency.many_passes`), on rank 0 alone."""
         from deploy_nas.materialize import materialize
 
         new = list({c.id: c for c in cfgs if c.id not in self._measured}.values())
@@ -91,10 +92,11 @@ class Search:
 
             def measure() -> tuple[list[float], list[list[float]]]:
                 models = [materialize(self.supernet, c) for c in new]
-                many = getattr(self.latency, "many", None)
-                if many is None:
-                    return [self.latency(m) for m in models], []
-                return many(models), list(getattr(self.latency, "last_passes", []))
+                many_passes = getattr(self.latency, "many_passes", None)
+                if many_passes is None:
+                    return [self.latency(m) for m in models], [[] for _ in models]
+                passes = many_passes(models)
+                return [statistics.median(p) for p in passes], passes
 
             values, passes = self.world.run_on_main(measure)
             self._measured.update(zip([c.id for c in new], values))
