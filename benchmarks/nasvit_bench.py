@@ -281,8 +281,8 @@ def conflict_run(projection: bool, steps: int, batch: int, seed: int) -> dict[st
 
 def markdown(result: dict[str, Any]) -> str:
     m, lat, info = result["machine"], result["latency"], result["subnets"]
-    lines = [f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores_usable']} usable cores, shared with other "
-             f"jobs while measuring; torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}, "
+    lines = [f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores_usable']} usable cores; "
+             f"torch {m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}, "
              f"openvino {m['versions']['openvino']}. {result['threads']} threads, {result['rounds']} alternated "
              "rounds, medians of the batch-1 p50 latency; random weights in the official layout, BN folded.", "",
              "| subnet | resolution | MMACs | params | OpenVINO fp32 FPS | onnxruntime FPS | torch eager FPS | "
