@@ -167,8 +167,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{info['versions']['torch']}, onnxruntime {info['versions']['onnxruntime']}, openvino "
              f"{info['versions']['openvino']}, timm {result['timm']}. {result['rounds']} rounds, the model order "
              "rotating each round; ms: medians over the rounds (batch 1: p50 latency; batch 8: time per batch in "
-             "throughput mode); ratios: medians of the per-round ratios to DeiT (and, in the last column, of the "
-             "compact lowering to `none`, the same model without relative positions: what the terms cost). "
+             f"throughput mode); ratios: medians of the per-round ratios to DeiT (and, in the last column, of the "
+             f"{BEST} lowering to `none`, the same model without relative positions: what the terms cost). "
              "`openvino-1t`: one thread.", ""]
     for preset in result["presets"]:
         deit = PAIRS[preset]
@@ -180,7 +180,7 @@ def markdown(result: dict[str, Any]) -> str:
                   ", ".join(f"{n.split(' ')[1]} {result['nodes'][n]}" for n in names) +
                   f", DeiT {result['nodes'][deit]}.", "",
                   "| engine | batch | DeiT ms | " + " | ".join(f"{lw} ms" for lw in lowerings) + " | " +
-                  " | ".join(f"{lw} / DeiT" for lw in lowerings) + (" | compact / none |" if with_floor else " |"),
+                  " | ".join(f"{lw} / DeiT" for lw in lowerings) + (f" | {BEST} / none |" if with_floor else " |"),
                   "|---|---|---|" + "---|" * (2 * len(lowerings) + with_floor)]
         for backend in BACKENDS:
             for batch in result["batches"]:

@@ -61,23 +61,22 @@ def run(seeds: list[int], log=print) -> dict[str, Any]:
     summary = {}
     for m in METHODS:
         for key in ("val_top1", "test_top1", "latency_ms", "budget_share"):
-            values = [r[m][key] for r in runs]
-            summary[f"{m}.{key}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+            summary[f"{m}.{key}"] = _spread([r[m][key] for r in runs])
     for key in ("val_top1", "test_top1"):
         diffs = [r["evolution"][key] - r["random"][key] for r in runs]
-        summary[f"evolution-random.{key}"] = {"median": statistics.median(diffs), "min": min(diffs),
-                                              "max": max(diffs), "evolution_ahead": sum(d > 0 for d in diffs),
+        summary[f"evolution-random.{key}"] = {**_spread(diffs), "evolution_ahead": sum(d > 0 for d in diffs),
                                               "ties": sum(d == 0 for d in diffs)}
     for key in ("kendall_tau", "mape_percent"):
-        values = [r["predictor"][key] for r in runs]
-        summary[f"predictor.{key}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        summary[f"predictor.{key}"] = _spread([r["predictor"][key] for r in runs])
     for key in ("kendall_tau", "median_diff_percent"):
-        values = [r["repeatability"][key] for r in runs if r.get("repeatability")]
-        if values:
-            summary[f"repeatability.{key}"] = {"median": statistics.median(values), "min": min(values),
-                                               "max": max(values)}
+        if values := [r["repeatability"][key] for r in runs if r.get("repeatability")]:
+            summary[f"repeatability.{key}"] = _spread(values)
     return {"machine": machine(), "space": space.to_dict(), "threads": DEMO_THREADS, "budget_ms": plan["budget_ms"],
             "latency_range_ms": list(plan["range_ms"]), "runs": runs, "summary": summary}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def markdown(res: dict[str, Any]) -> str:
