@@ -240,7 +240,8 @@ def compact_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keys: tuple
     index, so that q' k'^T with k' = [k, one-hot rows and columns, is-cls] is the whole logit matrix; then
     y = attn @ [v, the same features, 1, 0], and the values term is y gathered by a constant (N, 4G - 1) index into
     the slots of the offset tables, times those tables (one small MatMul). The scale multiplies q' (q and its
-    relative logits alike, as AutoFormer scales both) right before the first batched matmul. The gathers act on
+    relative logits alike, as AutoFormer scales both) right before the first batched matmul; a scale of 1.0 (one
+    already folded into the weights that produce q, which scales u with it) leaves no op. The gathers act on
     (B, H, N, 4G + 1) and (B, H, N, 2G + 3) tensors (ONNX GatherElements); the tables are gathered from the
     weights by constants, which the exporter folds."""
     B, H, N, _ = q.shape
@@ -248,7 +249,9 @@ def compact_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keys: tuple
     o = index.offsets
     tq = torch.cat([keys[0][o], keys[0][:1], keys[1][o], keys[1][:1], (keys[0][0] + keys[1][0])[None]])
     u = torch.matmul(q, tq.t())  # (B, H, N, 4G + 1)
-    q_aug = torch.cat([q, torch.gather(u, 3, index.query.expand(B, H, N, -1))], dim=-1) * scale
+    q_aug = torch.cat([q, torch.gather(u, 3, index.query.expand(B, H, N, -1))], dim=-1)
+    if scale != 1.0:  # 1.0: the scale is folded into q's weights (AutoFormer's dense models), no op here
+        q_aug = q_aug * scale
     k_aug = torch.cat([k, index.keys.expand(B, H, N, -1)], dim=-1)
     attn = torch.matmul(q_aug, k_aug.transpose(-2, -1)).softmax(dim=-1)
     y = torch.matmul(attn, torch.cat([v, index.values.expand(B, H, N, -1)], dim=-1))  # (B, H, N, Dv + 2G + 3)

@@ -48,6 +48,11 @@ def split_heads(x: Tensor, parts: int, heads: int, head_dim: int) -> tuple[Tenso
     return tuple(x.reshape(B, N, parts, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0))
 
 
+def scaled(x: Tensor, scale: float) -> Tensor:
+    """x * scale; x itself for a scale of 1.0 (one folded into the weights), so that no op is left in the graph."""
+    return x if scale == 1.0 else x * scale
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, N, d) -> (B, N, H * d)."""
     B, H, N, d = x.shape

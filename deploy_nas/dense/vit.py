@@ -3,7 +3,9 @@ AutoFormer's 2D relative-position terms (lowered through `deploy_nas.kernels.rel
 
 q is scaled before q @ k^T (TensorRT's fused attention needs the scale on Q or K before the first batched matmul;
 NVIDIA names stability and speed as the reasons); with relative positions the scale multiplies the augmented q
-(q and its relative logits: AutoFormer scales the keys term by the same factor).
+(q and its relative logits: AutoFormer scales the keys term by the same factor). AutoFormer's materialization folds
+the scale into the q rows of qkv instead (`attn_scale` 1.0): no op scales q, and the first batched matmul reads
+the projection's output directly.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy_nas.console import Table
-from deploy_nas.dense.layers import Mlp, PatchEmbed, count_parameters, merge_heads, pool_tokens, split_heads
+from deploy_nas.dense.layers import Mlp, PatchEmbed, count_parameters, merge_heads, pool_tokens, scaled, split_heads
 from deploy_nas.dense.spec import ARCHS, LEGACY_READERS, DenseSpec
 from deploy_nas.kernels import relpos
 
@@ -30,7 +32,9 @@ class ViTBlockSpec:
 
     num_heads: int  # 0: the attention is pruned away and the block adds its constant output bias (attn.bias)
     head_dim: int  # the width of every head (padded layout: the widest kept head, zero-padded)
-    attn_scale: float  # always explicit: pruning heads or head dims must not change it
+    # always explicit: pruning heads or head dims must not change it; 1.0 where materialization folded it into the q
+    # rows of qkv (AutoFormer), and then no op scales q
+    attn_scale: float
     mlp_hidden: int  # 0: the MLP is pruned away and the block adds its constant output bias (mlp.bias)
     qkv_bias: bool = True
     relative_position: bool = False
@@ -159,7 +163,7 @@ class Attention(nn.Module):
             out = relpos.compact_attention(q, k, v, self.scale, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
                                            (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index.compact)
             return self.proj(merge_heads(out))
-        q = q * self.scale
+        q = scaled(q, self.scale)
         if self.relative_position and self.lowering == "augmented":
             out = relpos.attention(q, k, v, (self.rel_pos_k.table_v, self.rel_pos_k.table_h),
                                    (self.rel_pos_v.table_v, self.rel_pos_v.table_h), index.offsets, index.features)
@@ -178,7 +182,7 @@ class Attention(nn.Module):
         start = 3 * sum(h * w for h, w in self.groups[:g])
         heads, width = self.groups[g]
         q, k, v = split_heads(qkv[..., start:start + 3 * heads * width], 3, heads, width)
-        q = q * self.scale
+        q = scaled(q, self.scale)
         if not self.masked:
             return merge_heads((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
         bias = self.qkv.bias[start:start + 3 * heads * width].reshape(3, heads, 1, width)

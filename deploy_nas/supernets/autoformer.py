@@ -5,6 +5,7 @@ dense spec and the sliced weights that `deploy_nas.materialize` turns into a sta
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -16,6 +17,7 @@ from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
 from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
+from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
 from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
@@ -163,8 +165,17 @@ class AutoFormerSupernet(nn.Module):
 
     @torch.no_grad()
     def subnet_state(self, cfg: AutoFormerConfig, calib: Any = None) -> SubnetState:
-        """The dense spec and a state dict in the dense `vit` key layout (fresh contiguous copies); no folds."""
-        spec = self.dense_spec(cfg)
+        """The dense spec and a state dict in the dense `vit` key layout (fresh contiguous copies), with each block's
+        attention scale folded into the q rows of its qkv layer (weights and bias), so that the dense spec's
+        `attn_scale` is 1.0 and no op scales q at run time. AutoFormer scales both q k^T and the relative keys term
+        q . r, which are linear in q: the fold is exact up to fp32 rounding (a power of two, as 64 ** -0.5, is
+        exact). Under the compact lowering the scale would otherwise be one more op per layer on the augmented q,
+        which runtimes do not fuse into their attention kernels."""
+        unfolded = self.dense_spec(cfg)
+        blocks = tuple(dataclasses.replace(b, attn_scale=1.0) for b in unfolded.body.blocks)
+        spec = dataclasses.replace(unfolded, body=dataclasses.replace(unfolded.body, blocks=blocks))
+        folds = tuple(ScaleFold(f"blocks.{i}.attn.qkv", torch.tensor([b.attn_scale, 1.0, 1.0]).repeat_interleave(
+            b.num_heads * b.head_dim)) for i, b in enumerate(unfolded.body.blocks))  # q rows; k, v rows as they are
         E = cfg.embed_dim
         sd: dict[str, Tensor] = {}
         sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"] = self.patch_embed_super.sliced(E)
@@ -189,7 +200,7 @@ class AutoFormerSupernet(nn.Module):
         if self.arch.pre_norm:
             sd["norm.weight"], sd["norm.bias"] = self.norm.sliced(E)
         sd["head.weight"], sd["head.bias"] = self.head.sliced(E, self.arch.num_classes)
-        return SubnetState(spec, {k: v.detach().clone().contiguous() for k, v in sd.items()})
+        return SubnetState(spec, {k: v.detach().clone().contiguous() for k, v in sd.items()}, folds)
 
     # --- the rest of the supernet protocol ----------------------------------------------------------------------
     def param_count(self, cfg: AutoFormerConfig) -> int:

@@ -124,3 +124,34 @@ def test_roundtrip_is_bit_identical(tiny_supernet, tiny_space, tmp_path):
     with torch.no_grad():
         assert torch.equal(dense(x), again(x))
     assert again.spec.body.blocks[0].attn_scale == dense.spec.body.blocks[0].attn_scale
+
+
+def test_the_attention_scale_is_folded_into_the_q_rows(tiny_supernet, tiny_space, tmp_path):
+    """AutoFormer's dense blocks carry their scale in the q rows of qkv (k and v rows as sliced), `attn_scale` 1.0, and
+    the exported graph has no op between the projections and the QK matmul that multiplies or divides."""
+    import onnx
+
+    from deploy_nas.export.onnx import export_onnx
+
+    cfg = tiny_space.sample(__import__("random").Random(3), "max")
+    sub, dense = tiny_supernet.subnet_state(cfg), materialize(tiny_supernet, cfg)
+    for i, (raw, folded) in enumerate(zip(tiny_supernet.dense_spec(cfg).body.blocks, dense.spec.body.blocks)):
+        assert raw.attn_scale == tiny_supernet.blocks[i].attn.dims(cfg.embed_dim, cfg.num_heads[i])[2] != 1.0
+        assert folded.attn_scale == 1.0
+        q = raw.num_heads * raw.head_dim
+        for part in ("weight", "bias"):
+            before, after = sub.state[f"blocks.{i}.attn.qkv.{part}"], getattr(dense.blocks[i].attn.qkv, part)
+            torch.testing.assert_close(after[:q], before[:q] * raw.attn_scale, rtol=1e-6, atol=0)
+            assert torch.equal(after[q:], before[q:])
+    graph = onnx.load(str(export_onnx(dense, tmp_path / "m.onnx").path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def upstream(name, depth=4):  # the ops feeding `name`, a few levels up (shape plumbing in between)
+        node = producer.get(name)
+        if node is None or depth == 0:
+            return []
+        return [node.op_type] + [t for i in node.input for t in upstream(i, depth - 1)]
+
+    qk = [producer[n.input[0]] for n in graph.node if n.op_type == "Softmax"]
+    assert len(qk) == cfg.depth and all(m.op_type == "MatMul" for m in qk)
+    assert not {"Mul", "Div"} & {t for m in qk for i in m.input for t in upstream(i)}
