@@ -74,7 +74,7 @@ def export_group() -> None:
 @click.option("--opset", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset >= 18).")
 @click.option("--no-simplify", is_flag=True, help="Keep the exported graph as is (no onnxsim).")
-@opt.writes(new=False)
+@opt.writes(new=False, replaces=("model.onnx", "model.onnx.json"))
 def export_onnx_cmd(out: Path, opset: int, dynamo: bool, no_simplify: bool) -> None:
     """OUT/model.onnx (+ model.onnx.json), proven against torch with onnxruntime."""
     from deploy_nas.export.pipeline import export_to
@@ -120,7 +120,7 @@ def export_tensorrt_cmd(out: Path, precision: str, max_batch: int) -> None:
 @click.option("--precision", default="fp32", show_default=True)
 @opt.data
 @opt.threads
-@opt.writes(new=False)
+@opt.writes(new=False, replaces=("parity.json",))
 def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, threads: int | None) -> None:
     """Compare a built engine with the dense torch model; updates OUT/parity.json, exit 1 if a gate fails."""
     from deploy_nas.errors import ParityError
@@ -143,7 +143,7 @@ def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, t
 @opt.runs
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @opt.threads
-@opt.writes(new=False)
+@opt.writes(new=False, replaces=("bench.json",))
 def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...], runs: int, warmup: int,
               threads: int | None) -> None:
     """Latency (p50/p90/p99) and throughput of an engine; updates OUT/bench.json."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from deploy_nas.errors import DeployNASError
+from deploy_nas.errors import DeployNASError, brief
 
 
 def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
@@ -25,7 +25,10 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         warnings.simplefilter("ignore")
     try:
         return click.Command.main(command, *args, standalone_mode=False, **kwargs)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as err:
+        if isinstance(err.__cause__, EOFError):  # click reports an EOFError from the command as an abort
+            click.echo("error: unexpected end of a file or of the input (an empty or cut file?)", err=True)
+            sys.exit(2)
         click.echo("error: interrupted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as err:
@@ -39,6 +42,10 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         if main_process():  # under torchrun every rank fails alike; one says so
             click.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:  # the file system refused a path: a name too long, a symlink loop, no permission
+        where = f": {brief(str(err.filename), 80)}" if err.filename else ""
+        click.echo(f"error: {err.strerror or one_line(str(err))}{where}", err=True)
+        sys.exit(2)
     except MemoryError:  # what no input check foresaw: the machine, not a bug, so no traceback
         click.echo("error: out of memory; use a smaller model, batch or input, or a machine with more memory",
                    err=True)
@@ -173,7 +180,16 @@ out_argument = click.argument("out", type=click.Path(path_type=Path))
 force = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
                     help="A folder of images for the parity batch (default: the embedded test split).")
-batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=csv(int),
+
+
+def batch_sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    sizes = csv(int)(ctx, param, value)
+    if not sizes or min(sizes) < 1:  # the largest batch is bounded by the memory its input needs (`run`, `bench`)
+        raise click.BadParameter(f"{brief(str(value), 60)!r}: give one or more batch sizes >= 1, e.g. 1,8")
+    return sizes
+
+
+batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=batch_sizes,
                        help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
 runs = click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
 calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
@@ -211,26 +227,35 @@ def supernet_source(params: dict[str, Any]) -> Any:
 INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir", "base")
 
 
-def writes(new: bool = True, force: str | None = "force") -> Callable:
+def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, ...] = ()) -> Callable:
     """The command writes the directory given as `out`. A new output is checked before any work starts (empty,
     or with the `force` flag a directory holding only what deploy-nas wrote; never an input or an ancestor of one;
     `force=None`: the command owns its output, as the demo does); the output is locked against other writers for
-    the whole command."""
+    the whole command. `replaces`: the files a command on an existing directory rewrites there; each must be absent
+    or written by deploy-nas (checked first; recorded as deploy-nas's afterwards)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             from deploy_nas.distributed import main_process
-            from deploy_nas.io import check_output_dir, output_lock
+            from deploy_nas.io import check_output_dir, check_replaceable, output_lock, record_written
 
             out = kw["out"]
-            if new:
+            command = f"deploy-nas {click.get_current_context().command_path.split(' ', 1)[-1]}"
+            if new:  # the flag that may replace OUT: --force, --resume, or (owning its output) the command itself
                 inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
                 check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
-                                 flag=f"--{(force or 'force').replace('_', '-')}")
+                                 flag=command if force is None else f"--{force.replace('_', '-')}")
+            for name in replaces:
+                check_replaceable(Path(out) / name, command)
             # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks
-            with output_lock(out) if main_process() else contextlib.nullcontext():
-                return fn(*args, **kw)
+            try:
+                with output_lock(out) if main_process() else contextlib.nullcontext():
+                    return fn(*args, **kw)
+            finally:  # a failed parity gate has written its record too; a user's file never got this far
+                for name in replaces:
+                    if (Path(out) / name).is_file():
+                        record_written(Path(out) / name, create=True)
 
         return wrapper
 

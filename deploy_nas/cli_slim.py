@@ -73,7 +73,7 @@ def search(base: Path | None, space: str | None, data_dir: Path | None, mask: st
 @click.option("--soft", is_flag=True, help="Fold the soft masks as they are (nothing pruned; no budgets).")
 @click.option("--head-layout", type=click.Choice(["padded", "grouped"]), default=None,
               help="Heads of different widths: zero-padded to the widest (default) or one attention per width.")
-@click.option("--pad-to", type=click.IntRange(min=1), default=None,
+@click.option("--pad-to", type=click.IntRange(min=1, max=256), default=None,
               help="Round padded head widths up to a multiple of this (8 for TensorRT's fused attention).")
 @click.option("--import-option", "import_options", multiple=True, metavar="KEY=VALUE",
               help="A ViT-Slim import option (num_heads=N for a DeiT without masks).")

@@ -4,6 +4,7 @@ The CLI maps `DeployNASError` to exit code 2 (bad input) and `ParityError` to ex
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -55,3 +56,21 @@ def brief(value: Any, limit: int = 60) -> str:
     """A short repr for messages: a value quoted from user input must never make an error longer than a line."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
+
+
+def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,
+                **values: Any) -> None:
+    """Raise `error` naming every value (a number or a non-empty sequence of them) that is not a finite number
+    (`integers`: an integer) at least `minimum[name]` (1 when unnamed); bools, strings and NaN are refused. Runs
+    before any value is used, so a bad file never reaches a division, an allocation or an index."""
+    bad = []
+    kinds = (int,) if integers else (int, float)
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        low = minimum.get(name, 1)
+        ok = bool(items) and all(isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v)
+                                 and v >= low for v in items)
+        if not ok:
+            bad.append(f"{name} = {brief(value)} (must be {'integers' if integers else 'finite numbers'} >= {low})")
+    if bad:
+        raise error(f"{owner}: {'; '.join(bad)}")

@@ -162,12 +162,23 @@ def _mark_tree(root: Path) -> None:
         _write_marker(d, files | (_read_marker(d) or set()))
 
 
-def record_written(path: Path) -> None:
-    """Add a file written into a deploy-nas directory to that directory's marker (so --force may replace it)."""
+def record_written(path: Path, create: bool = False) -> None:
+    """Add a file written into a deploy-nas directory to that directory's marker (so --force may replace it);
+    `create`: start a marker in a directory that has none (it then owns that file alone)."""
     files = _read_marker(path.parent)
+    if files is None and create:
+        files = set()
     if files is not None and path.name not in files:
         with contextlib.suppress(OSError):
             _write_marker(path.parent, files | {path.name})
+
+
+def check_replaceable(path: Path, command: str) -> None:
+    """Refuse before any work when `command` would replace `path` and deploy-nas did not write it (its
+    directory's marker does not list it): a user's file of the same name is never overwritten."""
+    if (path.exists() or path.is_symlink()) and path.name not in (_read_marker(path.parent) or set()):
+        raise OutputPathError(f"{command} would replace {path}, which deploy-nas did not write; move it away or "
+                              "use another directory")
 
 
 def foreign_entries(d: Path, limit: int = 5) -> list[str]:
@@ -220,6 +231,14 @@ def remove_if_unused(dirs: list[Path]) -> None:
 # --------------------------------------------------------------------------------------------- output checks
 
 
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        raise OutputPathError(f"cannot resolve the path {brief(str(path), 80)}: {getattr(err, 'strerror', None) or err}"
+                              ) from None
+
+
 def _is_ancestor_or_same(a: Path, b: Path) -> bool:
     return a == b or a in b.parents
 
@@ -229,14 +248,14 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
     directory that only holds what deploy-nas wrote. Fails before any slow work starts."""
     out = Path(out)
-    resolved = out.resolve()
+    resolved = _resolve(out)
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
                  (Path.home().resolve(), "your home directory or one of its parents")]
     for place, what in protected:
         if _is_ancestor_or_same(resolved, place):
             raise OutputPathError(f"refusing to write output {out}: it is {what}; choose a new sub-directory")
     for given in inputs:
-        if given is not None and _is_ancestor_or_same(resolved, Path(given).resolve()):
+        if given is not None and _is_ancestor_or_same(resolved, _resolve(Path(given))):
             raise OutputPathError(f"refusing to write output {out}: it holds the input {given}; choose another path")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputPathError(f"output {out} is a file or a link; choose a directory path")

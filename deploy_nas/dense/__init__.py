@@ -12,7 +12,7 @@ from torch import nn
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
-from deploy_nas.errors import DenseModelError
+from deploy_nas.errors import DenseModelError, DeployNASError, brief
 from deploy_nas.io import atomic_dir
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
@@ -58,12 +58,18 @@ def load_dense(directory: str | Path) -> nn.Module:
         text = spec_path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise DenseModelError(f"cannot read {spec_path} ({err}); re-extract the model") from err
-    spec = DenseSpec.from_json(text)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise DenseModelError(f"{weights_path} is corrupt or not safetensors ({err}); re-extract the model") from err
-    return build_dense(spec, state)
+    try:
+        return build_dense(DenseSpec.from_json(text), state)
+    except DeployNASError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+            RuntimeError) as err:  # sizes no dense model has (0, negative, huge), values of the wrong type
+        raise DenseModelError(f"{spec_path} does not describe a model its weights fit ({type(err).__name__}: "
+                              f"{brief(str(err), 150)}); re-extract the model") from None
 
 
 __all__ = ["ARCHS", "DenseSpec", "ViTBlockSpec", "ViTSpec", "VisionTransformer", "build_dense", "save_dense",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy_nas.errors import DenseModelError, brief
+from deploy_nas.errors import DenseModelError, brief, check_sizes
 from deploy_nas.registry import Registry
 
 FORMAT_VERSION = 2
@@ -69,6 +69,8 @@ class DenseSpec:
             raise DenseModelError(f"spec.json has format {brief(version)}; this deploy_nas reads formats "
                                   f"{sorted([*LEGACY_READERS, FORMAT_VERSION])}. Upgrade deploy_nas or re-extract")
         module = ARCHS.get(str(d.get("arch")))
+        check_sizes("spec.json", DenseModelError, {}, integers=True,
+                    **{k: d[k] for k in ("img_size", "in_chans", "num_classes") if k in d})
         try:
             return cls(arch=d["arch"], img_size=int(d["img_size"]), in_chans=int(d["in_chans"]),
                        num_classes=int(d["num_classes"]), body=module.body_type.from_dict(d["body"]),

@@ -45,6 +45,15 @@ class ViTBlockSpec:
     masked_tokens: int = 0  # tokens masked before this block: one constant key/value carrying log(their count)
     token_scale: bool = False  # a learned scale per token on both normalized inputs (soft token masks)
 
+    def __post_init__(self) -> None:
+        from deploy_nas.errors import DenseModelError, check_sizes
+
+        at_least_0 = {"num_heads": 0, "head_dim": 0, "mlp_hidden": 0, "masked_tokens": 0}  # 0: pruned away
+        check_sizes("spec.json block", DenseModelError, at_least_0, integers=True, num_heads=self.num_heads,
+                    head_dim=self.head_dim, mlp_hidden=self.mlp_hidden, masked_tokens=self.masked_tokens)
+        check_sizes("spec.json block", DenseModelError, {"attn_scale": 0}, attn_scale=self.attn_scale)
+        _check_flags(self, ("qkv_bias", "relative_position", "token_scale"))
+
 
 @dataclass(frozen=True)
 class ViTSpec:
@@ -66,6 +75,21 @@ class ViTSpec:
     # before 2026-12). The older forms stay to measure against.
     relpos_lowering: str = "compact"
 
+    def __post_init__(self) -> None:
+        from deploy_nas.errors import DenseModelError, brief, check_sizes
+
+        r = self.max_relative_position
+        check_sizes("spec.json body", DenseModelError, {"max_relative_position": 0}, integers=True,
+                    patch_size=self.patch_size, embed_dim=self.embed_dim, **({} if r is None else {
+                        "max_relative_position": r}))
+        check_sizes("spec.json body", DenseModelError, {"norm_eps": 0}, norm_eps=self.norm_eps)
+        _check_flags(self, ("pos_embed", "pre_norm"))
+        for name, allowed in (("pool", ("cls", "mean")), ("activation", ("gelu_erf", "gelu_tanh")),
+                              ("relpos_lowering", LOWERINGS)):
+            if getattr(self, name) not in allowed:
+                raise DenseModelError(f"spec.json body: {name} = {brief(getattr(self, name))} (one of "
+                                      f"{', '.join(allowed)})")
+
     @property
     def depth(self) -> int:
         return len(self.blocks)
@@ -79,6 +103,14 @@ class ViTSpec:
         body = {k: v for k, v in d.items() if k in known}
         body["blocks"] = tuple(_block_from_dict(b) for b in d["blocks"])
         return cls(**body)
+
+
+def _check_flags(spec: Any, names: tuple[str, ...]) -> None:
+    from deploy_nas.errors import DenseModelError
+
+    bad = [n for n in names if not isinstance(getattr(spec, n), bool)]
+    if bad:
+        raise DenseModelError(f"spec.json: {', '.join(bad)} must be true or false")
 
 
 def _block_from_dict(b: dict[str, Any]) -> ViTBlockSpec:

@@ -32,7 +32,7 @@ from deploy_nas.distributed import World
 from deploy_nas.errors import DeployNASError
 from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
-from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic
+from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic, write_text_atomic
 from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
 from deploy_nas.search.predictor import LatencyPredictor, repeatability
 
@@ -249,7 +249,9 @@ class Search:
             self.log(f"resumed after generation {evo.generation - 1}")
         if self.world.main:
             make_dirs(out)
-            log_path.touch()
+            # the log restarts from what was restored: a line the interruption cut (and anything after it) goes,
+            # so that the rows appended next start on a line of their own
+            write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in rows or ()))
             record_written(log_path)
         with open(log_path, "a") if self.world.main else contextlib.nullcontext() as f:
             while evo.generation < self.setup.evolution.generations:

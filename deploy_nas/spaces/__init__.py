@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidSubnetConfig, brief
+from ..errors import InvalidSubnetConfig, brief, check_sizes
 from ..registry import Registry
 
 
@@ -86,7 +86,7 @@ def read_structured_file(path: str | Path) -> Any:
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
         if kind == "JSON":
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_unique_keys)
             _check_expanded(obj, _json_children)
             return obj
         loader = yaml.SafeLoader(text)
@@ -95,6 +95,9 @@ def read_structured_file(path: str | Path) -> Any:
             if node is None:
                 return None
             _check_expanded(node, _yaml_children)
+            for mapping in (n for n in _yaml_nodes(node) if isinstance(n, yaml.MappingNode)):
+                _unique_keys([(k.value, None) for k, _ in mapping.value
+                              if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"])
             return loader.construct_document(node)
         finally:
             loader.dispose()
@@ -102,6 +105,28 @@ def read_structured_file(path: str | Path) -> Any:
         raise InvalidSubnetConfig(f"{path} is not valid {kind}: {brief(str(err).splitlines()[0], 160)}") from err
     except RecursionError:
         raise InvalidSubnetConfig(f"{path} nests deeper than any config; at most {MAX_DEPTH} levels") from None
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    """A mapping from key/value pairs; a key given twice is refused (the last one would silently win)."""
+    seen: set = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidSubnetConfig(f"key {brief(key)} is given twice in one mapping; keep one")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _yaml_nodes(root: Any) -> list:
+    """Every node of a YAML document once (aliases share nodes; _check_expanded bounds the walk first)."""
+    seen, out, stack = set(), [], [root]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            out.append(node)
+            stack.extend(_yaml_children(node))
+    return out
 
 
 def _json_children(obj: Any) -> list:
@@ -191,7 +216,14 @@ def load_space(value: Any, family: str | None = None) -> Any:
     obj = read_structured_file(value)
     if not isinstance(obj, dict):
         raise InvalidSubnetConfig(f"{value} does not hold a search space")
-    return FAMILIES.get(_family_name(obj, family, "space")).space_from_dict(obj, name=Path(value).stem)
+    fam = FAMILIES.get(_family_name(obj, family, "space"))
+    try:
+        return fam.space_from_dict(obj, name=Path(value).stem)
+    except InvalidSubnetConfig:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError) as err:
+        raise InvalidSubnetConfig(f"{value} is not a valid {fam.name} space ({type(err).__name__}: "
+                                  f"{brief(str(err), 150)})") from None
 
 
-__all__ = ["PRESETS", "Preset", "SPACES", "load_config", "load_space", "read_structured_file"]
+__all__ = ["PRESETS", "Preset", "SPACES", "check_sizes", "load_config", "load_space", "read_structured_file"]

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_sizes
 
 FAMILY = "autoformer"
 
@@ -150,6 +150,10 @@ class AutoFormerSpace(CheckedSpace):
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        check_sizes(f"space {self.name!r}", InvalidSubnetConfig, {"max_relative_position": 0},
+                    **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "extra")})
+        if self.patch_size > self.img_size:
+            raise InvalidSubnetConfig(f"space {self.name!r}: patch_size {self.patch_size} > img_size {self.img_size}")
         for dim in ("embed_dim", "num_heads", "depth"):
             object.__setattr__(self, dim, tuple(sorted(int(v) for v in getattr(self, dim))))
         object.__setattr__(self, "mlp_ratio", tuple(sorted(float(v) for v in self.mlp_ratio)))

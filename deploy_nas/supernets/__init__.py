@@ -9,7 +9,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from deploy_nas.errors import CheckpointError, brief
+from deploy_nas.errors import CheckpointError, DeployNASError, brief
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
@@ -72,15 +72,20 @@ def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple
         raise CheckpointError(f"{directory} holds a {brief(meta['family'])} supernet, not {family!r}; "
                               "pass the --family it names")
     fam = FAMILIES.get(meta["family"])
+    meta_path = Path(directory) / SUPERNET_FILE
     try:
         model = fam.supernet_from_meta(meta)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{Path(directory) / SUPERNET_FILE} does not describe a {fam.name} supernet "
-                              f"({type(err).__name__}: {str(err)[:200]})") from err
+        space = fam.space_from_dict(meta["space"]) if meta.get("space") else None
+    except DeployNASError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+            RuntimeError) as err:  # sizes no supernet has, values of the wrong type, a space that is no mapping
+        raise CheckpointError(f"{meta_path} does not describe a {fam.name} supernet and its space "
+                              f"({type(err).__name__}: {brief(str(err), 200)}); re-create it with `deploy-nas train`"
+                              ) from None
     sd = extract_state_dict(read_checkpoint(Path(directory) / WEIGHTS_FILE), str(directory))
     check_state_dict(model, sd, fam.name, f"re-create {directory} with `deploy-nas train`")
     model.load_state_dict(sd, strict=True)
-    space = fam.space_from_dict(meta["space"]) if meta.get("space") else None
     return model.eval(), space
 
 

@@ -215,14 +215,24 @@ class SandwichTrainer:
 
     def resume(self, out: str | Path) -> bool:
         """Load the state `save` wrote into `out`; False when there is none."""
+        from deploy_nas.errors import CheckpointError, brief
+        from deploy_nas.supernets.checkpoint import read_checkpoint
+
         path = Path(out) / STATE_FILE
         if not path.is_file():
             return False
-        state = torch.load(path, weights_only=True, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
-        self.epoch, self.step_count = int(state["epoch"]), int(state["step"])
+        state = read_checkpoint(path)  # an empty, cut or foreign file: a CheckpointError, nothing unpickled
+        try:
+            epoch, step = int(state["epoch"]), int(state["step"])
+            ema = state["ema"] if state["ema"] is None else {k: v.to(self.device) for k, v in state["ema"].items()}
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            raise CheckpointError(f"{path} is not the training state of this supernet and space ({type(err).__name__}: "
+                                  f"{brief(str(err), 100)}); train into a new directory instead of --resume") from None
+        if epoch < 0 or step < 0:
+            raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
+        self.ema, self.epoch, self.step_count = ema, epoch, step
         return True
 
 
