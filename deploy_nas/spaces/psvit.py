@@ -230,6 +230,8 @@ class PSViTSpace(CheckedSpace):
             problems.append(f"choices = {brief(self.choices)} leaves no choice with a layer")
         if not self.mlp_ratio > 0 or self.img_size % self.patch_size:
             problems.append(f"mlp_ratio {self.mlp_ratio} must be > 0 and img_size a multiple of patch_size")
+        if not isinstance(self.increasing, bool):  # "no" would read as true
+            problems.append(f"increasing = {brief(self.increasing)} must be true or false")
         return problems or self._size_problems()
 
     def _size_problems(self) -> list[str]:

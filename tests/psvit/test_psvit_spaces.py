@@ -113,7 +113,8 @@ def test_space_round_trip_and_bad_spaces():
                              (dict(tokens=[[32], [16], [8]]), "stage 0 holds every patch"),
                              (dict(widths=[[16, 32], [32], [48]]), "must exceed every width"),
                              (dict(choices=["identity"]), "no choice with a layer"),
-                             (dict(choices=["layer", "skip"]), "choices"), (dict(depth=3), "unknown keys")]:
+                             (dict(choices=["layer", "skip"]), "choices"), (dict(depth=3), "unknown keys"),
+                             (dict(increasing="no"), "true or false")]:
         with pytest.raises(InvalidSubnetConfig, match=message):
             PSViTSpace.from_dict({**base, **changes})
 
