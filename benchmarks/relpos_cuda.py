@@ -11,7 +11,6 @@ Writes relpos_cuda.json and relpos_cuda.md into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -25,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from relpos_vs_deit import PAIRS, models  # noqa: E402
+from run_benchmarks import write_results  # noqa: E402
 
 from deploy_nas.export.backends.torch_backend import TorchEngine  # noqa: E402
 
@@ -84,10 +84,7 @@ def main() -> None:
               "rounds": args.rounds, "runs": args.runs, "batches": batches, "models": names, "rows_ms": rows,
               "median_ms": {b: {n: statistics.median(v) for n, v in r.items()} for b, r in rows.items()},
               "ratio": {b: {n: statistics.median(v) for n, v in r.items()} for b, r in ratios.items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "relpos_cuda.json").write_text(json.dumps(result, indent=1))
-    (args.out / "relpos_cuda.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, "relpos_cuda", result, markdown(result)))
 
 
 if __name__ == "__main__":

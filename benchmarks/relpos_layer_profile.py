@@ -13,7 +13,6 @@ Writes relpos_layer.json and relpos_layer.md into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from relpos_vs_deit import autoformer  # noqa: E402
-from run_benchmarks import machine  # noqa: E402
+from run_benchmarks import machine, write_results  # noqa: E402
 
 from deploy_nas.export.backends import BuildConfig, default_threads, get_backend  # noqa: E402
 from deploy_nas.export.onnx import export_onnx  # noqa: E402
@@ -93,10 +92,7 @@ def main() -> None:
     layers = layer_nodes(xmls, args.block, args.threads, args.runs)
     result = {"machine": machine(), "threads": args.threads, "block": args.block, "runs": args.runs,
               "layers": layers}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "relpos_layer.json").write_text(json.dumps(result, indent=1))
-    (args.out / "relpos_layer.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, "relpos_layer", result, markdown(result)))
 
 
 if __name__ == "__main__":

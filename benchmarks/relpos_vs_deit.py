@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_benchmarks import benchmark_app_p50, machine  # noqa: E402
+from run_benchmarks import benchmark_app_p50, machine, write_results  # noqa: E402
 
 from deploy_nas.dense import build_dense  # noqa: E402
 from deploy_nas.export.backends import BuildConfig, default_threads, get_backend  # noqa: E402
@@ -272,11 +271,7 @@ def main() -> None:
               "ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows).items()},
               "floor_ratios": {"|".join(map(str, k)): v for k, v in round_ratios(rows, "none").items()},
               "benchmark_app": bapp}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "relpos.json").write_text(json.dumps(result, indent=1))
-    (args.out / "relpos.md").write_text(markdown(result))
-    plot(result, args.out / "relpos.png")
-    print((args.out / "relpos.md").read_text())
+    print(write_results(args.out, "relpos", result, markdown(result), plot))
 
 
 if __name__ == "__main__":

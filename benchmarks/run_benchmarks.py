@@ -65,6 +65,17 @@ def machine() -> dict[str, Any]:
             "versions": versions()}
 
 
+def write_results(out: Path, stem: str, result: Any, text: str, plot: Any = None) -> str:
+    """OUT/STEM.json (every measurement), OUT/STEM.md (`text`) and, given `plot(result, path)`, OUT/STEM.png;
+    returns `text`. What every script of this directory ends with."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{stem}.md").write_text(text)
+    if plot is not None:
+        plot(result, out / f"{stem}.png")
+    return text
+
+
 def sgemm_gflops(threads: int, n: int = 4096, runs: int = 10) -> float:
     """Median GFLOP/s of an n x n x n fp32 matrix product in torch (MKL/oneDNN): the practical peak."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -30,7 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_benchmarks import machine  # noqa: E402
+from run_benchmarks import machine, write_results  # noqa: E402
 
 from deploy_nas.dense import build_dense  # noqa: E402
 from deploy_nas.export.backends import BuildConfig, default_threads, get_backend  # noqa: E402
@@ -338,10 +338,7 @@ def save(result: dict[str, Any], args: argparse.Namespace, parts: set[str], run_
         if "latency" in kept:
             result["rounds"] = old["rounds"]
         result["runs"] = [r for r in old.get("runs", []) if set(r["parts"]) - parts] + [run_args]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "s3.json").write_text(json.dumps(result, indent=1))
-    (args.out / "s3.md").write_text(markdown(result))
-    plot(result, args.out / "s3.png")
+    write_results(args.out, "s3", result, markdown(result), plot)
 
 if __name__ == "__main__":
     main()

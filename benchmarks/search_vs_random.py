@@ -16,7 +16,6 @@ Writes search_vs_random.json, .md and .png into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_benchmarks import machine  # noqa: E402
+from run_benchmarks import machine, write_results  # noqa: E402
 
 from deploy_nas.search import pareto_front  # noqa: E402
 from deploy_nas.supernets import default_supernet  # noqa: E402
@@ -150,11 +149,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     res = run(args.seeds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_vs_random.json").write_text(json.dumps(res, indent=1))
-    (args.out / "search_vs_random.md").write_text(markdown(res))
-    plot(res, args.out / "search_vs_random.png")
-    print(markdown(res))
+    print(write_results(args.out, "search_vs_random", res, markdown(res), plot))
 
 
 if __name__ == "__main__":

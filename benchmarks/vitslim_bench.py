@@ -13,7 +13,6 @@ Writes vitslim.json (every measurement), vitslim.md and vitslim.png into --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import replace
@@ -26,7 +25,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_benchmarks import machine  # noqa: E402
+from run_benchmarks import machine, write_results  # noqa: E402
 
 from deploy_nas.export.backends import BuildConfig, default_threads, get_backend  # noqa: E402
 from deploy_nas.export.fps import measure_fps, runs_for_seconds  # noqa: E402
@@ -169,11 +168,7 @@ def main() -> None:
     result = {"machine": machine(), "rounds": args.rounds, "models": list(built_models), "info": info,
               "nodes": {k: v["nodes"] for k, v in engines.items()}, "rows": rows,
               "medians": {k: statistics.median(v) for k, v in groups.items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vitslim.json").write_text(json.dumps(result, indent=1))
-    (args.out / "vitslim.md").write_text(markdown(result))
-    plot(result, args.out / "vitslim.png")
-    print(markdown(result))
+    print(write_results(args.out, "vitslim", result, markdown(result), plot))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,19 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
 
 
+# What a malformed file (a size of 0 or -5, a string where a number goes, a list where a mapping goes) makes the code
+# that builds from it raise; the loaders turn these into their typed error, naming the file.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+             RuntimeError)
+
+
+def check_flags(owner: str, error: type[Exception], **values: Any) -> None:
+    """Raise `error` naming every value that is not a bool (a "no" or 0 in a file must not read as a flag)."""
+    bad = [name for name, value in values.items() if not isinstance(value, bool)]
+    if bad:
+        raise error(f"{owner}: {', '.join(bad)} must be true or false")
+
+
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,
                 **values: Any) -> None:
     """Raise `error` naming every value (a number or a non-empty sequence of them) that is not a finite number

@@ -12,7 +12,7 @@ from torch import nn
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
-from deploy_nas.errors import DenseModelError, DeployNASError, brief
+from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, brief
 from deploy_nas.io import atomic_dir
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
@@ -66,8 +66,7 @@ def load_dense(directory: str | Path) -> nn.Module:
         return build_dense(DenseSpec.from_json(text), state)
     except DeployNASError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
-            RuntimeError) as err:  # sizes no dense model has (0, negative, huge), values of the wrong type
+    except MALFORMED as err:  # sizes no dense model has (0, negative, huge), values of the wrong type
         raise DenseModelError(f"{spec_path} does not describe a model its weights fit ({type(err).__name__}: "
                               f"{brief(str(err), 150)}); re-extract the model") from None
 

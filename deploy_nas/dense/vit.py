@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import Mlp, PatchEmbed, count_parameters, merge_heads, pool_tokens, scaled, split_heads
 from deploy_nas.dense.spec import ARCHS, LEGACY_READERS, DenseSpec
+from deploy_nas.errors import DenseModelError, brief, check_flags, check_sizes
 from deploy_nas.kernels import relpos
 
 ARCH = "vit"
@@ -46,13 +47,12 @@ class ViTBlockSpec:
     token_scale: bool = False  # a learned scale per token on both normalized inputs (soft token masks)
 
     def __post_init__(self) -> None:
-        from deploy_nas.errors import DenseModelError, check_sizes
-
         at_least_0 = {"num_heads": 0, "head_dim": 0, "mlp_hidden": 0, "masked_tokens": 0}  # 0: pruned away
         check_sizes("spec.json block", DenseModelError, at_least_0, integers=True, num_heads=self.num_heads,
                     head_dim=self.head_dim, mlp_hidden=self.mlp_hidden, masked_tokens=self.masked_tokens)
         check_sizes("spec.json block", DenseModelError, {"attn_scale": 0}, attn_scale=self.attn_scale)
-        _check_flags(self, ("qkv_bias", "relative_position", "token_scale"))
+        check_flags("spec.json block", DenseModelError, qkv_bias=self.qkv_bias,
+                    relative_position=self.relative_position, token_scale=self.token_scale)
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,12 @@ class ViTSpec:
     relpos_lowering: str = "compact"
 
     def __post_init__(self) -> None:
-        from deploy_nas.errors import DenseModelError, brief, check_sizes
-
         r = self.max_relative_position
         check_sizes("spec.json body", DenseModelError, {"max_relative_position": 0}, integers=True,
                     patch_size=self.patch_size, embed_dim=self.embed_dim, **({} if r is None else {
                         "max_relative_position": r}))
         check_sizes("spec.json body", DenseModelError, {"norm_eps": 0}, norm_eps=self.norm_eps)
-        _check_flags(self, ("pos_embed", "pre_norm"))
+        check_flags("spec.json body", DenseModelError, pos_embed=self.pos_embed, pre_norm=self.pre_norm)
         for name, allowed in (("pool", ("cls", "mean")), ("activation", ("gelu_erf", "gelu_tanh")),
                               ("relpos_lowering", LOWERINGS)):
             if getattr(self, name) not in allowed:
@@ -105,14 +103,6 @@ class ViTSpec:
         return cls(**body)
 
 
-def _check_flags(spec: Any, names: tuple[str, ...]) -> None:
-    from deploy_nas.errors import DenseModelError
-
-    bad = [n for n in names if not isinstance(getattr(spec, n), bool)]
-    if bad:
-        raise DenseModelError(f"spec.json: {', '.join(bad)} must be true or false")
-
-
 def _block_from_dict(b: dict[str, Any]) -> ViTBlockSpec:
     b = dict(b)
     for key in ("head_widths", "tokens"):
@@ -125,8 +115,6 @@ def _block_from_dict(b: dict[str, Any]) -> ViTBlockSpec:
 
 def _format1(d: dict[str, Any]) -> DenseSpec:
     """spec.json format 1: one flat ViT spec (the only arch there was)."""
-    from deploy_nas.errors import DenseModelError
-
     if d.get("arch") != ARCH:
         raise DenseModelError(f"spec.json format 1 with arch {str(d.get('arch'))[:20]!r}; format 1 only had 'vit'")
     try:

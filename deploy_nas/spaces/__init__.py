@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InvalidSubnetConfig, brief, check_sizes
+from ..errors import MALFORMED, InvalidSubnetConfig, brief
 from ..registry import Registry
 
 
@@ -221,9 +221,9 @@ def load_space(value: Any, family: str | None = None) -> Any:
         return fam.space_from_dict(obj, name=Path(value).stem)
     except InvalidSubnetConfig:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError) as err:
+    except MALFORMED as err:
         raise InvalidSubnetConfig(f"{value} is not a valid {fam.name} space ({type(err).__name__}: "
                                   f"{brief(str(err), 150)})") from None
 
 
-__all__ = ["PRESETS", "Preset", "SPACES", "check_sizes", "load_config", "load_space", "read_structured_file"]
+__all__ = ["PRESETS", "Preset", "SPACES", "load_config", "load_space", "read_structured_file"]

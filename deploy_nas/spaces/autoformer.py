@@ -9,8 +9,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_sizes
+from ..errors import InvalidSubnetConfig, brief, check_sizes
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset
 
 FAMILY = "autoformer"
 

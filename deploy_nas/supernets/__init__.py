@@ -9,7 +9,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from deploy_nas.errors import CheckpointError, DeployNASError, brief
+from deploy_nas.errors import MALFORMED, CheckpointError, DeployNASError, brief
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
@@ -78,8 +78,7 @@ def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple
         space = fam.space_from_dict(meta["space"]) if meta.get("space") else None
     except DeployNASError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
-            RuntimeError) as err:  # sizes no supernet has, values of the wrong type, a space that is no mapping
+    except MALFORMED as err:  # sizes no supernet has, values of the wrong type, a space that is no mapping
         raise CheckpointError(f"{meta_path} does not describe a {fam.name} supernet and its space "
                               f"({type(err).__name__}: {brief(str(err), 200)}); re-create it with `deploy-nas train`"
                               ) from None

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_flags, check_sizes
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
-from deploy_nas.spaces import SPACES, check_sizes
+from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
 from deploy_nas.supernets.elastic import (
@@ -53,12 +53,12 @@ class AutoFormerArch:
     pre_norm: bool = True
 
     def __post_init__(self) -> None:
-        sizes = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
-        check_sizes("AutoFormer supernet arch", CheckpointError, {"max_relative_position": 0}, integers=True, **sizes)
-        flags = [f.name for f in fields(self) if f.type == "bool" and not isinstance(getattr(self, f.name), bool)]
-        if flags or self.patch_size > self.img_size:
-            raise CheckpointError(f"AutoFormer supernet arch: {', '.join(flags) or 'patch_size'} "
-                                  f"{'must be true or false' if flags else f'> img_size {self.img_size}'}")
+        owner = "AutoFormer supernet arch"
+        check_sizes(owner, CheckpointError, {"max_relative_position": 0}, integers=True,
+                    **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"})
+        check_flags(owner, CheckpointError, **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "bool"})
+        if self.patch_size > self.img_size:
+            raise CheckpointError(f"{owner}: patch_size {self.patch_size} > img_size {self.img_size}")
 
     @classmethod
     def from_space(cls, space: AutoFormerSpace, **flags: Any) -> AutoFormerArch:
