@@ -189,7 +189,8 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
 
     source = opt.supernet_source(params)
     plan = RunPlan(targets=plan_targets(backends, precisions), **params).check()
-    model = model_to_deploy(source, config, dense_dir, bn, params["calib_dir"])
+    int8 = any(precision == "int8" for _, precision in plan.targets)
+    model = model_to_deploy(source, config, dense_dir, bn, params["calib_dir"], int8)
     try:
         with Steps(plan.steps) as progress:
             run(model, out, plan, progress, force=force)

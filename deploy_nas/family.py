@@ -168,7 +168,8 @@ class Family(Protocol):
     # Optional attributes: `train_defaults` (a dict of TrainConfig fields: the family's training recipe, under the
     # options a user gives), `exactness_atol` (the bound materialization is tested to, when not 1e-5; say why),
     # `claims(state_dict) -> bool` (recognise an official checkpoint given without --family), `commands()` (click
-    # commands the family adds to `deploy-nas`, e.g. ViT-Slim's `slim search|prune`).
+    # commands the family adds to `deploy-nas`, e.g. ViT-Slim's `slim search|prune`), `batchnorm` (True: its subnets
+    # take a Calibration, `--bn`/`--calib-data`; a family without it refuses those options).
 
 
 def get_family(name: str) -> Family:
@@ -204,7 +205,8 @@ def parse_import_options(cls: type, pairs: Sequence[str] = (), **given: Any) -> 
     """An instance of the frozen dataclass `cls` from "key=value" strings and keyword values (None = not given).
 
     Values are converted to the field's type (bool: true/false/1/0/yes/no/on/off; int; float; str; Optional[X]).
-    An unknown key or a bad value raises InvalidSubnetConfig naming the key and the choices."""
+    An unknown key, a bad value, or a key given twice with different values (two pairs, or a pair and a keyword)
+    raises InvalidSubnetConfig naming the key and the choices."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
@@ -214,7 +216,11 @@ def parse_import_options(cls: type, pairs: Sequence[str] = (), **given: Any) -> 
         if not sep or key not in fields:
             raise InvalidSubnetConfig(f"import option {str(pair)[:60]!r}: expected key=value with key one of "
                                       f"{', '.join(fields) or '(this family has none)'}")
-        values[key] = _convert(text.strip(), hints[key], key)
+        value = _convert(text.strip(), hints[key], key)
+        if key in values and values[key] != value:
+            raise InvalidSubnetConfig(f"import option {key} given twice, as {values[key]!r} and as {value!r} "
+                                      f"(a --{key.replace('_', '-')} flag counts too); give it once")
+        values[key] = value
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise InvalidSubnetConfig(f"import options {unknown} do not apply to this family; it takes "

@@ -69,46 +69,62 @@ class Extracted:
     space: Any
 
 
-def calibration(bn: str | None, calib_dir: Path | None, space: Any) -> Any:
+def calibration(bn: str | None, calib_dir: Path | None, space: Any, family: str, int8: bool = False) -> Any:
     """The Calibration a BatchNorm family gets: `--bn` (default: recalibrate when `--calib-data` is given) and the
-    images of `--calib-data` at the space's input size; None when neither is given (the family's own default)."""
-    from deploy_nas.family import Calibration
+    images of `--calib-data` at the space's input size; None when neither is given (the family's own default).
+    A family without BatchNorm refuses `--bn`, and `--calib-data` unless an int8 build (`int8`) calibrates on it:
+    an option that would change nothing is an error, not silently dropped."""
+    from deploy_nas.family import FAMILIES, Calibration
 
+    if not getattr(FAMILIES.get(family), "batchnorm", False):
+        if bn is not None or (calib_dir is not None and not int8):
+            with_bn = [name for name in FAMILIES if getattr(FAMILIES.get(name), "batchnorm", False)]
+            raise InvalidSubnetConfig(f"{'--bn' if bn is not None else '--calib-data'}: {family} subnets have no "
+                                      f"BatchNorm to calibrate (families with it: {', '.join(with_bn)}; "
+                                      "--calib-data also calibrates the int8 builds of `run`)")
+        return None
     if bn is None and calib_dir is None:
         return None
     images = None
     if calib_dir is not None:
         from deploy_nas.data import load_image_folder
 
+        if space is None:
+            raise InvalidSubnetConfig("--calib-data: the input size comes from a search space; pass --space")
         images = load_image_folder(calib_dir, space.img_size, space.in_chans).images
     return Calibration(bn or "recalibrate", images)
 
 
 def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
-                   calib_dir: Path | None = None) -> Extracted:
-    """Load the supernet, resolve and validate the config, and materialize its dense model."""
+                   calib_dir: Path | None = None, int8: bool = False) -> Extracted:
+    """Load the supernet, resolve and validate the config, and materialize its dense model. `int8`: an int8 build
+    follows, which calibrates on `calib_dir` too."""
     from deploy_nas.materialize import materialize
 
     supernet, space = source.load()
     cfg = supernet.check_config(resolve_config(config, supernet.family, space))
-    calib = calibration(bn, calib_dir, space) if space is not None else None
+    calib = calibration(bn, calib_dir, space, supernet.family, int8)
     return Extracted(materialize(supernet, cfg, calib=calib), cfg, space)
 
 
 def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path | None = None,
-                    bn: str | None = None, calib_dir: Path | None = None) -> nn.Module:
+                    bn: str | None = None, calib_dir: Path | None = None, int8: bool = False) -> nn.Module:
     """The dense model `deploy-nas run` deploys: a materialized directory (`dense_dir`), or `config` extracted from
-    the supernet `source` names."""
+    the supernet `source` names. `int8`: an int8 build follows (it calibrates on `calib_dir`)."""
     from deploy_nas.dense import load_dense
 
     if dense_dir is not None:
-        if config is not None or source.checkpoint is not None or source.supernet_dir is not None:
-            raise InvalidSubnetConfig("--dense takes a dense model directory; do not combine it with "
-                                      "--config/--checkpoint/--supernet")
+        flags = {"--config": config, "--checkpoint": source.checkpoint, "--supernet": source.supernet_dir,
+                 "--space": source.space, "--import-option": source.import_options, "--bn": bn,
+                 **{f"--{'' if v else 'no-'}{k.replace('_', '-')}": v is not None for k, v in source.aliases.items()}}
+        given = [flag for flag, value in flags.items() if value]
+        if given:
+            raise InvalidSubnetConfig(f"--dense takes a dense model directory, already extracted and folded; do not "
+                                      f"combine it with {', '.join(given)}")
         return load_dense(dense_dir)
     if config is None:
         raise InvalidSubnetConfig("missing option --config (or --dense DIR)")
-    return extract_subnet(source, config, bn, calib_dir).model
+    return extract_subnet(source, config, bn, calib_dir, int8).model
 
 
 def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:

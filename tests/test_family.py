@@ -60,10 +60,18 @@ def test_import_options_parse_into_the_typed_dataclass(pairs, given, expected):
     (("gp",), r"expected key=value"),
     (("gp=maybe",), r"gp='maybe': not a valid bool \(expected true or false\)"),
     (("head_dim=1e9",), r"head_dim='1e9': not a valid int"),
+    (("gp=true", "gp=false"), r"import option gp given twice, as True and as False"),
 ])
 def test_bad_import_options_name_key_and_value(pairs, match):
     with pytest.raises(InvalidSubnetConfig, match=match):
         parse_import_options(AutoFormerImportOptions, pairs)
+
+
+def test_an_import_option_and_its_flag_must_agree():
+    with pytest.raises(InvalidSubnetConfig, match=r"change_qkv given twice.*--change-qkv flag counts too"):
+        parse_import_options(AutoFormerImportOptions, ("change_qkv=true",), change_qkv=False)
+    same = parse_import_options(AutoFormerImportOptions, ("change_qkv=false", "change_qkv=0"), change_qkv=False)
+    assert same == AutoFormerImportOptions(change_qkv=False)
 
 
 def test_import_options_are_frozen():

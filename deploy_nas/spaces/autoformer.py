@@ -71,15 +71,17 @@ class AutoFormerConfig(CanonicalConfig):
         if family != FAMILY:
             raise InvalidSubnetConfig(
                 f"config is for family {brief(family)}, not {FAMILY!r}; pass --family or an {FAMILY} config")
-        if "layer_num" in obj:
-            return cls._from_official(obj)
-        missing = [k for k in ("depth", "embed_dim", "mlp_ratio", "num_heads") if k not in obj]
+        official = "layer_num" in obj  # the official `set_sample_config` dict
+        keys = ("layer_num" if official else "depth", "embed_dim", "mlp_ratio", "num_heads")
+        missing = [k for k in keys if k not in obj]
         if missing:
             raise InvalidSubnetConfig(f"config lacks {', '.join(missing)}; an {FAMILY} config needs "
                                       "depth, embed_dim, mlp_ratio and num_heads (or the official layer_num form)")
-        unknown = sorted(set(obj) - {"family", "depth", "embed_dim", "mlp_ratio", "num_heads"})
+        unknown = sorted(set(obj) - {"family", *keys}, key=str)
         if unknown:
-            raise InvalidSubnetConfig(f"config has unknown keys {unknown}; remove them")
+            raise InvalidSubnetConfig(f"config has unknown keys {brief(unknown)}; remove them")
+        if official:
+            return cls._from_official(obj)
         return cls(depth=_depth(obj["depth"], "depth"), embed_dim=_int(obj["embed_dim"], "embed_dim"),
                    mlp_ratio=_list(obj, "mlp_ratio", _ratio), num_heads=_list(obj, "num_heads", _int))
 

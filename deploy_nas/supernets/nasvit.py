@@ -829,6 +829,7 @@ class NASViTFamily:
     train_rule = "sandwich"
     tiny_space = "nasvit-tiny"
     default_space = "nasvit-tiny"
+    batchnorm = True  # subnets recalibrate BatchNorm on --calib-data (--bn) before it is folded
     # The official recipe where TrainConfig has a knob (configs/cfg.yaml + misc/config.py): AdamW at 3e-4 (the base
     # lr for a batch of 512; the tiny space trains at batch 64 with it unscaled), no weight decay, gradient clipping
     # at 1.0, gradient projection (after 100 of 400 epochs officially: from a quarter of the run), label smoothing

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from deploy_nas.dense.layers import PatchEmbed
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_sizes
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.spaces import SPACES
@@ -58,6 +58,22 @@ class SlimArch:
     norm_eps: float = 1e-6
     head_layout: str = "padded"  # "padded" (zero channels up to the widest kept head) or "grouped" (by width)
     pad_to: int = 1  # padded widths rounded up to a multiple of this (8 for TensorRT's fused attention)
+
+    def __post_init__(self) -> None:
+        """Checked where it is read (supernet.json, a checkpoint's shapes), not at the first forward pass."""
+        owner = "ViT-Slim supernet arch"
+        check_sizes(owner, CheckpointError, {}, integers=True,
+                    **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"})
+        check_sizes(owner, CheckpointError, {"norm_eps": 0}, norm_eps=self.norm_eps)
+        choices = {"mask": ("channel", "head", "uniform"), "head_layout": ("padded", "grouped")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise CheckpointError(f"{owner}: {name} = {brief(getattr(self, name))} (one of {', '.join(allowed)})")
+        if self.embed_dim % self.num_heads:
+            raise CheckpointError(f"{owner}: embed_dim {self.embed_dim} is not a multiple of num_heads "
+                                  f"{self.num_heads}")
+        if self.patch_size > self.img_size:
+            raise CheckpointError(f"{owner}: patch_size {self.patch_size} > img_size {self.img_size}")
 
     @property
     def head_dim(self) -> int:

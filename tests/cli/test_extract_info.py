@@ -115,6 +115,10 @@ def test_import_options_reach_the_importer_and_aliases_agree(tmp_path):
     r = run("extract", "--checkpoint", ckpt, "--config", "max", "--import-option", "windows=7", "--out", tmp_path / "c")
     assert r.returncode == 2 and r.stderr.startswith("error: import option 'windows=7'")
     assert not (tmp_path / "c").exists()
+    r = run("extract", "--checkpoint", ckpt, "--config", "max", "--import-option", "gp=true", "--no-gp", "--out",
+            tmp_path / "c")  # an option and its flag disagree: refused, not one of them silently
+    assert r.returncode == 2 and r.stderr.startswith("error: import option gp given twice")
+    assert not (tmp_path / "c").exists()
     r = run("extract", "--config", "max", "--import-option", "gp=false", "--out", tmp_path / "d")
     assert r.returncode == 2 and "pass --checkpoint" in r.stderr
 

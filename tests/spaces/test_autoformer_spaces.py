@@ -72,6 +72,8 @@ def test_validation_names_field_value_and_allowed_set(mutate, match):
     ({"depth": 1, "embed_dim": 64, "mlp_ratio": ["x"], "num_heads": [2]}, "not a number"),
     ({"depth": 1, "embed_dim": 64, "mlp_ratio": [2.0], "num_heads": [2], "wat": 1}, "unknown keys"),
     ({"layer_num": 2, "embed_dim": [64, 48], "mlp_ratio": [2, 2], "num_heads": [2, 2]}, "one embed dim"),
+    ({"layer_num": 1, "embed_dim": [64], "mlp_ratio": [2], "num_heads": [2], "depth": 3}, r"unknown keys \['depth'\]"),
+    ({"layer_num": 1, "embed_dim": [64], "mlp_ratio": [2]}, "lacks num_heads"),
     ({"RETRAIN": {"DEPTH": 2}}, "RETRAIN section must have"),
     ([1, 2], "must be a mapping"),
 ])
