@@ -227,12 +227,15 @@ def supernet_source(params: dict[str, Any]) -> Any:
 INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir", "base")
 
 
-def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, ...] = ()) -> Callable:
+def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, ...] = (),
+           resumes: tuple[str, ...] = ()) -> Callable:
     """The command writes the directory given as `out`. A new output is checked before any work starts (empty,
     or with the `force` flag a directory holding only what deploy-nas wrote; never an input or an ancestor of one;
     `force=None`: the command owns its output, as the demo does); the output is locked against other writers for
     the whole command. `replaces`: the files a command on an existing directory rewrites there; each must be absent
-    or written by deploy-nas (checked first; recorded as deploy-nas's afterwards)."""
+    or written by deploy-nas (checked first; recorded as deploy-nas's afterwards). `resumes`: the files one of which
+    a non-empty OUT must hold when the `force` flag is a resume flag: a resume never stands in for --force on a
+    directory that holds nothing to resume (an empty or absent OUT starts from the beginning)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -245,7 +248,7 @@ def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, .
             if new:  # the flag that may replace OUT: --force, --resume, or (owning its output) the command itself
                 inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
                 check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
-                                 flag=command if force is None else f"--{force.replace('_', '-')}")
+                                 flag=command if force is None else f"--{force.replace('_', '-')}", resumes=resumes)
             for name in replaces:
                 check_replaceable(Path(out) / name, command)
             # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks

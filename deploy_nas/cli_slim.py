@@ -91,6 +91,11 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
     from deploy_nas.supernets.vitslim import prune_config, with_layout
     from deploy_nas.workflows import SupernetSource
 
+    if checkpoint.is_dir() and import_options:
+        raise click.UsageError(f"--import-option reads an official checkpoint file; {checkpoint} is a directory "
+                               "(its supernet.json already holds the arch)")
+    if soft and (head_layout is not None or pad_to is not None):
+        raise click.UsageError("--soft prunes nothing, so no head is ragged: drop --head-layout/--pad-to")
     supernet, _ = SupernetSource("vitslim", checkpoint=None if checkpoint.is_dir() else checkpoint,
                                  supernet_dir=checkpoint if checkpoint.is_dir() else None,
                                  import_options=import_options).load()

@@ -71,6 +71,9 @@ def check_flags(owner: str, error: type[Exception], **values: Any) -> None:
         raise error(f"{owner}: {', '.join(bad)} must be true or false")
 
 
+MAX_SIZE = 2**31 - 1  # no size, count or scale of a model comes near it; larger ones overflow native code
+
+
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,
                 **values: Any) -> None:
     """Raise `error` naming every value (a number or a non-empty sequence of them) that is not a finite number
@@ -82,8 +85,9 @@ def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], int
         items = value if isinstance(value, (list, tuple)) else (value,)
         low = minimum.get(name, 1)
         ok = bool(items) and all(isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v)
-                                 and v >= low for v in items)
+                                 and low <= v <= MAX_SIZE for v in items)
         if not ok:
-            bad.append(f"{name} = {brief(value)} (must be {'integers' if integers else 'finite numbers'} >= {low})")
+            bad.append(f"{name} = {brief(value)} (must be {'integers' if integers else 'finite numbers'} in "
+                       f"{low}..{MAX_SIZE})")
     if bad:
         raise error(f"{owner}: {'; '.join(bad)}")

@@ -244,9 +244,11 @@ def _is_ancestor_or_same(a: Path, b: Path) -> bool:
 
 
 def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
-                     flag: str = "--force") -> Path:
+                     flag: str = "--force", resumes: Sequence[str] = ()) -> Path:
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
-    directory that only holds what deploy-nas wrote. Fails before any slow work starts."""
+    directory that only holds what deploy-nas wrote. Fails before any slow work starts. `resumes`: `force` is a
+    resume flag, and a non-empty `out` must hold one of these files: a resume is no --force for a directory with
+    nothing to resume (an empty or absent one starts from the beginning)."""
     out = Path(out)
     resolved = _resolve(out)
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
@@ -262,6 +264,9 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
     if out.exists() and _nonempty(out):
         if not force:
             raise OutputPathError(f"output directory {out} is not empty; choose another path or pass {flag}")
+        if resumes and not any((out / name).is_file() for name in resumes):
+            raise OutputPathError(f"{flag}: {out} holds nothing to resume (no {' or '.join(resumes)}); pass the "
+                                  "directory of the interrupted run, or choose a new path")
         foreign = foreign_entries(out)
         if foreign:
             raise OutputPathError(f"{flag} would touch files deploy-nas did not write in {out} "

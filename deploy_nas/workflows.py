@@ -114,13 +114,15 @@ def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path 
     from deploy_nas.dense import load_dense
 
     if dense_dir is not None:
-        flags = {"--config": config, "--checkpoint": source.checkpoint, "--supernet": source.supernet_dir,
-                 "--space": source.space, "--import-option": source.import_options, "--bn": bn,
+        flags = {"--family": source.family, "--config": config, "--checkpoint": source.checkpoint,
+                 "--supernet": source.supernet_dir, "--space": source.space,
+                 "--import-option": source.import_options, "--bn": bn, "--calib-data": calib_dir and not int8,
                  **{f"--{'' if v else 'no-'}{k.replace('_', '-')}": v is not None for k, v in source.aliases.items()}}
         given = [flag for flag, value in flags.items() if value]
         if given:
             raise InvalidSubnetConfig(f"--dense takes a dense model directory, already extracted and folded; do not "
-                                      f"combine it with {', '.join(given)}")
+                                      f"combine it with {', '.join(given)}" + (" (it calibrates int8 builds only)"
+                                                                               if given == ["--calib-data"] else ""))
         return load_dense(dense_dir)
     if config is None:
         raise InvalidSubnetConfig("missing option --config (or --dense DIR)")

@@ -46,6 +46,10 @@ class DenseSpec:
     source: dict[str, Any] = field(default_factory=dict, compare=False)
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        check_sizes("spec.json", DenseModelError, {}, integers=True, img_size=self.img_size, in_chans=self.in_chans,
+                    num_classes=self.num_classes)
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.in_chans, self.img_size, self.img_size
@@ -69,11 +73,11 @@ class DenseSpec:
             raise DenseModelError(f"spec.json has format {brief(version)}; this deploy_nas reads formats "
                                   f"{sorted([*LEGACY_READERS, FORMAT_VERSION])}. Upgrade deploy_nas or re-extract")
         module = ARCHS.get(str(d.get("arch")))
-        check_sizes("spec.json", DenseModelError, {}, integers=True,
+        check_sizes("spec.json", DenseModelError, {}, integers=True,  # before the body is built at this size
                     **{k: d[k] for k in ("img_size", "in_chans", "num_classes") if k in d})
         try:
-            return cls(arch=d["arch"], img_size=int(d["img_size"]), in_chans=int(d["in_chans"]),
-                       num_classes=int(d["num_classes"]), body=module.body_type.from_dict(d["body"]),
+            return cls(arch=d["arch"], img_size=d["img_size"], in_chans=d["in_chans"],
+                       num_classes=d["num_classes"], body=module.body_type.from_dict(d["body"]),
                        source=dict(d.get("source") or {}))
         except (TypeError, KeyError, ValueError, AttributeError) as err:
             raise DenseModelError(f"spec.json is not a valid {d.get('arch')} spec ({type(err).__name__}: "

@@ -53,6 +53,13 @@ class ViTBlockSpec:
         check_sizes("spec.json block", DenseModelError, {"attn_scale": 0}, attn_scale=self.attn_scale)
         check_flags("spec.json block", DenseModelError, qkv_bias=self.qkv_bias,
                     relative_position=self.relative_position, token_scale=self.token_scale)
+        if self.head_widths is not None and (len(self.head_widths) != self.num_heads or
+                                             not all(1 <= w <= self.head_dim for w in self.head_widths)):
+            raise DenseModelError(f"spec.json block: head_widths = {brief(self.head_widths)} must give each of the "
+                                  f"{self.num_heads} heads a width in 1..head_dim {self.head_dim}")
+        if self.head_groups is not None and sum(h for h, _ in self.head_groups) != self.num_heads:
+            raise DenseModelError(f"spec.json block: head_groups = {brief(self.head_groups)} must hold the "
+                                  f"{self.num_heads} heads")
 
 
 @dataclass(frozen=True)
@@ -105,12 +112,38 @@ class ViTSpec:
 
 def _block_from_dict(b: dict[str, Any]) -> ViTBlockSpec:
     b = dict(b)
-    for key in ("head_widths", "tokens"):
-        if b.get(key) is not None:
-            b[key] = tuple(int(v) for v in b[key])
-    if b.get("head_groups") is not None:
-        b["head_groups"] = tuple((int(h), int(w)) for h, w in b["head_groups"])
+    groups = b.get("head_groups")
+    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, list) and len(g) == 2
+                                                                     for g in groups)):
+        raise DenseModelError(f"spec.json block: head_groups = {brief(groups)} must be [heads, width] pairs")
+    lists = {k: b[k] for k in ("head_widths", "tokens") if b.get(k) is not None}
+    flat = {"head_groups": [v for g in groups for v in g]} if groups else {}
+    check_sizes("spec.json block", DenseModelError, {"tokens": 0}, integers=True, **lists, **flat)
+    b.update({k: tuple(v) for k, v in lists.items()})
+    if groups is not None:
+        b["head_groups"] = tuple(tuple(g) for g in groups)
     return ViTBlockSpec(**b)
+
+
+def token_counts(spec: DenseSpec) -> list[int]:
+    """The token count entering the first block and leaving each block; raises DenseModelError for a block whose
+    `tokens` are not increasing positions among the previous block's, or a block with relative positions that does
+    not see the whole grid (its index constants are sized by the grid)."""
+    grid = spec.img_size // spec.body.patch_size
+    counts = [grid * grid + 1]
+    for i, s in enumerate(spec.body.blocks):
+        n = counts[-1]
+        if s.tokens is not None:
+            t = list(s.tokens)
+            if not t or t != sorted(set(t)) or t[-1] >= n:
+                raise DenseModelError(f"spec.json block {i}: tokens = {brief(s.tokens)} must be increasing positions "
+                                      f"in 0..{n - 1} (the previous block's tokens)")
+            n = len(t)
+        if s.relative_position and n != grid * grid + 1:
+            raise DenseModelError(f"spec.json block {i}: relative positions need all {grid * grid + 1} tokens, "
+                                  f"not {n}")
+        counts.append(n)
+    return counts
 
 
 def _format1(d: dict[str, Any]) -> DenseSpec:
@@ -118,7 +151,7 @@ def _format1(d: dict[str, Any]) -> DenseSpec:
     if d.get("arch") != ARCH:
         raise DenseModelError(f"spec.json format 1 with arch {str(d.get('arch'))[:20]!r}; format 1 only had 'vit'")
     try:
-        return DenseSpec(ARCH, int(d["img_size"]), int(d["in_chans"]), int(d["num_classes"]), ViTSpec.from_dict(d),
+        return DenseSpec(ARCH, d["img_size"], d["in_chans"], d["num_classes"], ViTSpec.from_dict(d),
                          source=dict(d.get("source") or {}))
     except (TypeError, KeyError, ValueError) as err:
         raise DenseModelError(f"spec.json (format 1) is not a valid vit spec ({type(err).__name__}: "
@@ -279,9 +312,7 @@ class VisionTransformer(nn.Module):
         if b.pos_embed:
             self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, E))
         rows = 2 * b.max_relative_position + 2 if any(s.relative_position for s in b.blocks) else None
-        tokens = [grid * grid + 1]
-        for s in b.blocks:
-            tokens.append(len(s.tokens) if s.tokens is not None else tokens[-1])
+        tokens = token_counts(spec)
         self.blocks = nn.ModuleList(Block(E, s, b, rows, n) for s, n in zip(b.blocks, tokens[1:]))
         self.norm = nn.LayerNorm(E, eps=b.norm_eps) if b.pre_norm else nn.Identity()
         self.head = nn.Linear(E, spec.num_classes)

@@ -23,7 +23,8 @@ def test_batchnorm_options_are_refused_where_there_is_no_batchnorm(tmp_path):
         assert "autoformer subnets have no BatchNorm to calibrate (families with it: nasvit" in line
         assert not (tmp_path / "o").exists()
     assert run("extract", "--config", "min", "--out", tmp_path / "dense").returncode == 0
-    for flags, named in ((("--bn", "stored"), "--bn"), (("--no-gp",), "--no-gp"), (("--config", "max"), "--config")):
+    for flags, named in ((("--bn", "stored"), "--bn"), (("--no-gp",), "--no-gp"), (("--config", "max"), "--config"),
+                         (("--calib-data", imgs), "--calib-data (it calibrates int8 builds only)")):
         line = one_error_line(run("run", "--dense", tmp_path / "dense", *flags, "--out", tmp_path / "o"))
         assert line.endswith(f"do not combine it with {named}")
         assert not (tmp_path / "o").exists()
@@ -47,4 +48,58 @@ def test_a_hand_edited_vitslim_arch_is_refused_at_load(tmp_path):
         (sn / "supernet.json").write_text(json.dumps({**meta, "arch": {**meta["arch"], field: value}}))
         line = one_error_line(run("extract", "--supernet", sn, "--config", "max", "--out", tmp_path / "o"))
         assert "ViT-Slim supernet arch" in line and field in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_never_stands_in_for_force(tmp_path):
+    dense = tmp_path / "dense"
+    assert run("extract", "--config", "min", "--out", dense).returncode == 0  # deploy-nas's own, nothing to resume
+    before = sorted(p.name for p in dense.iterdir())
+    train = ("train", "--space", "autoformer-tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "8")
+    search = ("search", "--backend", "torch", "--latency-budget-ms", "5", "--population", "4", "--measure", "8")
+    for args, needs in ((train, "train_state.pt"), (search, "generations.jsonl or measured.json")):
+        line = one_error_line(run(*args, "--out", dense, "--resume"))
+        assert line.endswith(f"holds nothing to resume (no {needs}); pass the directory of the interrupted run, or "
+                             "choose a new path")
+        assert sorted(p.name for p in dense.iterdir()) == before  # the dense model is still there
+
+
+def test_hand_edited_dense_specs_fail_at_load(tmp_path):
+    import json
+    import shutil
+
+    dense = tmp_path / "dense"
+    assert run("extract", "--config", "min", "--out", dense).returncode == 0
+    spec = json.loads((dense / "spec.json").read_text())
+    flat = {**{k: v for k, v in spec.items() if k != "body"}, **spec["body"], "format_version": 1}
+    edits = {"block 0: relative positions need all 37 tokens, not 3": {"body": {"blocks": [{"tokens": [1, 2, 3]}]}},
+             "tokens = (0, 0) must be increasing positions in 0..36": {"body": {"blocks": [{"tokens": [0, 0]}]}},
+             "head_widths = (8,) must give each of the 2 heads": {"body": {"blocks": [{"head_widths": [8]}]}},
+             "img_size = 1000000000000 (must be integers in 1..2147483647)": {"img_size": 10**12}}
+    for i, (message, edit) in enumerate(edits.items()):
+        bad = json.loads(json.dumps(spec))
+        bad.update({k: v for k, v in edit.items() if k != "body"})
+        for block, change in zip(bad["body"]["blocks"], edit.get("body", {}).get("blocks", [])):
+            block.update(change)
+        shutil.copytree(dense, tmp_path / f"m{i}")
+        (tmp_path / f"m{i}" / "spec.json").write_text(json.dumps(bad))
+        assert message in one_error_line(run("info", tmp_path / f"m{i}"))
+    for value in (48.7, " 48 ", -48):  # format 1 gets the checks of format 2
+        (dense / "spec.json").write_text(json.dumps({**flat, "img_size": value}))
+        assert "img_size" in one_error_line(run("info", dense))
+    (dense / "spec.json").write_text(json.dumps(flat))
+    assert run("info", dense).returncode == 0
+
+
+def test_options_without_effect_on_dense_and_slim_commands(tmp_path):
+    dense = tmp_path / "dense"
+    assert run("extract", "--config", "min", "--out", dense).returncode == 0
+    line = one_error_line(run("run", "--dense", dense, "--family", "nasvit", "--out", tmp_path / "o"))
+    assert line.endswith("do not combine it with --family")
+    line = one_error_line(run("slim", "prune", "--checkpoint", dense, "--import-option", "num_heads=3", "--out",
+                              tmp_path / "o"))
+    assert "reads an official checkpoint file" in line
+    line = one_error_line(run("slim", "prune", "--checkpoint", dense, "--soft", "--head-layout", "grouped", "--out",
+                              tmp_path / "o"))
+    assert "drop --head-layout/--pad-to" in line
     assert not (tmp_path / "o").exists()
