@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from deploy_nas.dense import psvit as dense
 from deploy_nas.dense.layers import merge_heads, split_heads
 from deploy_nas.dense.spec import DenseSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_sizes
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.spaces import SPACES
 from deploy_nas.spaces.psvit import (
@@ -64,8 +64,18 @@ class PSViTArch:
     choices: tuple[str, ...] = CHOICES
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "cells", tuple(int(c) for c in self.cells))
+        """Checked where it is read (supernet.json, a checkpoint's shapes), before any layer is sized by it."""
+        owner = "PSViT supernet arch"
+        check_sizes(owner, CheckpointError, {}, integers=True, widths=self.widths, cells=self.cells,
+                    head_dim=self.head_dim, img_size=self.img_size, patch_size=self.patch_size,
+                    in_chans=self.in_chans, num_classes=self.num_classes)
+        check_sizes(owner, CheckpointError, {}, mlp_ratio=self.mlp_ratio)
+        if self.pooling not in ("1d", "2d") or len(self.widths) != len(self.cells) or self.patch_size > self.img_size:
+            raise CheckpointError(f"{owner}: pooling {brief(self.pooling)} (1d or 2d), {len(self.widths)} widths "
+                                  f"for {len(self.cells)} stages of cells, patch_size {self.patch_size} within "
+                                  f"img_size {self.img_size}: one of these does not hold")
+        object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "cells", tuple(self.cells))
         object.__setattr__(self, "choices", tuple(c for c in CHOICES if c in self.choices))
 
     @classmethod

@@ -2,7 +2,10 @@
 and hand-edited inputs that failed late. Each test failed on the code before its fix."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.cli.test_extract_info import run
@@ -30,24 +33,32 @@ def test_batchnorm_options_are_refused_where_there_is_no_batchnorm(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
-def test_a_hand_edited_vitslim_arch_is_refused_at_load(tmp_path):
-    import json
+ARCH_EDITS = {
+    "vitslim": ("ViT-Slim", (("norm_eps", "x"), ("norm_eps", -1.0), ("mask", "rows"), ("head_layout", 3),
+                             ("num_heads", 5), ("pad_to", 0), ("depth", 2.5), ("patch_size", 4096))),
+    "s3": ("S3", (("img_size", "32"), ("patch_size", 4096), ("patch_norm", "no"), ("num_classes", 0))),
+    "psvit": ("PSViT", (("widths", [64.5, 128]), ("cells", []), ("pooling", "3d"), ("mlp_ratio", float("nan")),
+                        ("head_dim", -1))),
+}
 
+
+@pytest.mark.parametrize("family", sorted(ARCH_EDITS))
+def test_a_hand_edited_supernet_arch_is_refused_at_load(tmp_path, family):
     from deploy_nas.family import FAMILIES
     from deploy_nas.spaces import SPACES
     from deploy_nas.supernets import save_supernet
 
-    fam = FAMILIES.get("vitslim")
+    fam = FAMILIES.get(family)
     space = SPACES.get(fam.tiny_space)
     sn = tmp_path / "sn"
     save_supernet(fam.build_supernet(space), sn, space)
     assert run("extract", "--supernet", sn, "--config", "max", "--out", tmp_path / "ok").returncode == 0
     meta = json.loads((sn / "supernet.json").read_text())
-    for field, value in (("norm_eps", "x"), ("norm_eps", -1.0), ("mask", "rows"), ("head_layout", 3),
-                         ("num_heads", 5), ("pad_to", 0), ("depth", 2.5), ("patch_size", 4096)):
+    name, edits = ARCH_EDITS[family]
+    for field, value in edits:
         (sn / "supernet.json").write_text(json.dumps({**meta, "arch": {**meta["arch"], field: value}}))
         line = one_error_line(run("extract", "--supernet", sn, "--config", "max", "--out", tmp_path / "o"))
-        assert "ViT-Slim supernet arch" in line and field in line, line
+        assert f"{name} supernet arch" in line and field in line, line
     assert not (tmp_path / "o").exists()
 
 
@@ -65,7 +76,6 @@ def test_resume_never_stands_in_for_force(tmp_path):
 
 
 def test_hand_edited_dense_specs_fail_at_load(tmp_path):
-    import json
     import shutil
 
     dense = tmp_path / "dense"
