@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import count_parameters
 from deploy_nas.dense.spec import ARCHS, DenseSpec
+from deploy_nas.errors import DenseModelError, check_fields
 from deploy_nas.kernels import nasvit as kernels
 
 ARCH = "nasvit"
@@ -51,6 +52,9 @@ class MBConvSpec:
     pool_padding: int = 0
     kind: str = "mbconv"
 
+    def __post_init__(self) -> None:
+        check_fields("spec.json mbconv block", DenseModelError, self, ("c_in", "c_out", "mid", "kernel", "stride"))
+
     @property
     def shortcut_pool(self) -> bool:
         return self.stride > 1
@@ -68,6 +72,9 @@ class TransformerSpec:
     grid: int
     head_dim: int = 8
     kind: str = "transformer"
+
+    def __post_init__(self) -> None:
+        check_fields("spec.json transformer block", DenseModelError, self, ("dim", "grid", "head_dim"))
 
     @property
     def heads(self) -> int:
@@ -93,6 +100,10 @@ class NASViTSpec:
     norm_eps: float = 1e-5
     activation: str = "silu"  # official swish, x * sigmoid(x)
     resize: str = "bicubic"  # eager calls at another input size resize first (the official static model does)
+
+    def __post_init__(self) -> None:
+        check_fields("spec.json body", DenseModelError, self,
+                     ("stem_width", "stem_stride", "head_width", "feature_width"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "blocks": [asdict(b) for b in self.blocks]}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import Mlp, PatchEmbed, count_parameters, merge_heads, split_heads
 from deploy_nas.dense.spec import ARCHS, DenseSpec
-from deploy_nas.errors import DenseModelError, brief
+from deploy_nas.errors import DenseModelError, brief, check_fields
 
 ARCH = "psvit"
 
@@ -35,6 +35,9 @@ class PSViTLayerSpec:
     mlp_hidden: int
     attn_from: int | None = None  # the producer (its index in this stage) whose post-softmax map this layer reuses
 
+    def __post_init__(self) -> None:
+        check_fields("spec.json layer", DenseModelError, self)
+
 
 @dataclass(frozen=True)
 class PSViTStageSpec:
@@ -42,6 +45,9 @@ class PSViTStageSpec:
     tokens: int  # patch tokens (a 1D model has one CLS token besides them)
     stride: int  # of the pooling into this stage (1 for stage 0, which is not pooled into)
     layers: tuple[PSViTLayerSpec, ...]
+
+    def __post_init__(self) -> None:
+        check_fields("spec.json stage", DenseModelError, self, ("width", "tokens", "stride"))
 
     @property
     def producers(self) -> int:
@@ -61,6 +67,7 @@ class PSViTSpec:
     activation: str = "gelu_erf"
 
     def __post_init__(self) -> None:
+        check_fields("spec.json body", DenseModelError, self, ("patch_size", "head_dim"))
         problems = self.problems()
         if problems:
             raise DenseModelError(f"not a valid psvit spec: {'; '.join(problems)}; re-extract the model")

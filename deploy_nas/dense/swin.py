@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import Mlp, count_parameters
 from deploy_nas.dense.spec import ARCHS, DenseSpec
-from deploy_nas.errors import DenseModelError
+from deploy_nas.errors import DenseModelError, check_fields
 from deploy_nas.kernels import window as win
 
 ARCH = "swin"
@@ -39,6 +39,9 @@ class SwinBlockSpec:
     mlp_hidden: int
     qkv_bias: bool = True
 
+    def __post_init__(self) -> None:
+        check_fields("spec.json block", DenseModelError, self, ("num_heads", "head_dim", "window_size", "mlp_hidden"))
+
     @property
     def qkv_dim(self) -> int:
         return self.num_heads * self.head_dim
@@ -51,6 +54,9 @@ class SwinStageSpec:
     blocks: tuple[SwinBlockSpec, ...]
     out_dim: int | None = None  # patch merging to the next stage (None on the last stage)
 
+    def __post_init__(self) -> None:
+        check_fields("spec.json stage", DenseModelError, self, ("dim", "resolution"))
+
 
 @dataclass(frozen=True)
 class SwinSpec:
@@ -61,6 +67,9 @@ class SwinSpec:
     patch_norm: bool = True
     norm_eps: float = 1e-5
     activation: str = "gelu_erf"
+
+    def __post_init__(self) -> None:
+        check_fields("spec.json body", DenseModelError, self, ("patch_size",))
 
     @property
     def depth(self) -> int:

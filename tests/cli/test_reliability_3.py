@@ -113,3 +113,33 @@ def test_options_without_effect_on_dense_and_slim_commands(tmp_path):
                               tmp_path / "o"))
     assert "drop --head-layout/--pad-to" in line
     assert not (tmp_path / "o").exists()
+
+
+SPEC_EDITS = {  # path in spec.json -> a value that used to reach a layer (a traceback at the first forward pass)
+    "nasvit": ((("stem_stride",), -1), (("blocks", 0, "stride"), 2.5), (("blocks", 1, "pool_padding"), "x"),
+               (("norm_eps",), -1)),
+    "s3": ((("stages", 0, "blocks", 0, "attn_scale"), "x"), (("stages", 1, "blocks", 0, "attn_scale"), None)),
+    "psvit": ((("attn_scale",), None), (("norm_eps",), "x")),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SPEC_EDITS))
+def test_hand_edited_specs_of_every_arch_fail_at_load(tmp_path, family):
+    from deploy_nas.family import FAMILIES
+    from deploy_nas.spaces import SPACES
+    from deploy_nas.supernets import save_supernet
+
+    fam = FAMILIES.get(family)
+    space = SPACES.get(fam.tiny_space)
+    save_supernet(fam.build_supernet(space), tmp_path / "sn", space)
+    dense = tmp_path / "dense"
+    assert run("extract", "--supernet", tmp_path / "sn", "--config", "min", "--out", dense).returncode == 0
+    spec = json.loads((dense / "spec.json").read_text())
+    for path, value in SPEC_EDITS[family]:
+        bad = json.loads(json.dumps(spec))
+        node = bad["body"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        (dense / "spec.json").write_text(json.dumps(bad))
+        assert f"{path[-1]} = " in one_error_line(run("info", dense))
