@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from deploy_nas import cli_options as opt
-from deploy_nas.train import TrainConfig  # (the core imports torch anyway: `import deploy_nas` does)
+from deploy_nas.train import STATE_FILE, TrainConfig  # (the core imports torch anyway: `import deploy_nas` does)
 from deploy_nas.workflows import SearchRequest
 
 
@@ -207,7 +207,7 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
 @click.option("--grad-projection-from", "grad_projection_from", type=click.IntRange(min=0), default=None,
               help="NASViT's gradient projection from this epoch on (--grad-projection --projection-from-epoch N).")
 @opt.dataclass_options(TrainConfig)
-@opt.writes(force="resume", resumes=("train_state.pt",))
+@opt.writes(force="resume", resumes=(STATE_FILE,))
 def train(family: str | None, space: str | None, out: Path, resume: bool, grad_projection_from: int | None,
           **config: Any) -> None:
     """Supernet training with the family's rule on the embedded task (cluttered digits); under `torchrun
@@ -236,7 +236,7 @@ def train(family: str | None, space: str | None, out: Path, resume: bool, grad_p
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT from its log.")
 @opt.dataclass_options(SearchRequest)
-@opt.writes(force="resume", resumes=("generations.jsonl", "measured.json"))
+@opt.writes(force="resume")  # what a resume needs, Search checks (its log files)
 def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None, out: Path, resume: bool,
                **request: Any) -> None:
     """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget.

@@ -94,16 +94,17 @@ def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], int
         raise error(f"{owner}: {'; '.join(bad)}")
 
 
-def check_fields(owner: str, error: type[Exception], obj: Any, positive: tuple[str, ...] = ()) -> None:
+def check_fields(owner: str, error: type[Exception], obj: Any, zero_ok: tuple[str, ...] = ()) -> None:
     """`check_sizes` and `check_flags` over the fields of the dataclass `obj` by their declared type: every int an
-    integer, every float a finite number, each at least 1 when named in `positive` (else 0), every bool a bool. For
-    the specs of dense models, whose numbers come from a file (spec.json) and size layers and kernels."""
+    integer >= 1 (>= 0 when named in `zero_ok`), every float a finite number >= 0, every bool a bool; other fields
+    (optional or sequence ones) are the caller's. For archs and dense specs, whose numbers come from a file
+    (supernet.json, spec.json) and size layers and kernels."""
     by_type: dict[str, dict[str, Any]] = {"int": {}, "float": {}, "bool": {}}
     for f in dataclasses.fields(obj):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         if kind in by_type:
             by_type[kind][f.name] = getattr(obj, f.name)
-    low = {name: int(name in positive) for kind in ("int", "float") for name in by_type[kind]}
+    low = {**{name: int(name not in zero_ok) for name in by_type["int"]}, **dict.fromkeys(by_type["float"], 0)}
     if by_type["int"]:
         check_sizes(owner, error, low, integers=True, **by_type["int"])
     if by_type["float"]:

@@ -116,13 +116,13 @@ def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path 
     if dense_dir is not None:
         flags = {"--family": source.family, "--config": config, "--checkpoint": source.checkpoint,
                  "--supernet": source.supernet_dir, "--space": source.space,
-                 "--import-option": source.import_options, "--bn": bn, "--calib-data": calib_dir and not int8,
-                 **{f"--{'' if v else 'no-'}{k.replace('_', '-')}": v is not None for k, v in source.aliases.items()}}
+                 "--import-option": source.import_options, "--bn": bn,
+                 "--calib-data (it calibrates int8 builds only)": calib_dir and not int8}
         given = [flag for flag, value in flags.items() if value]
+        given += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in source.aliases.items() if v is not None]
         if given:
             raise InvalidSubnetConfig(f"--dense takes a dense model directory, already extracted and folded; do not "
-                                      f"combine it with {', '.join(given)}" + (" (it calibrates int8 builds only)"
-                                                                               if given == ["--calib-data"] else ""))
+                                      f"combine it with {', '.join(given)}")
         return load_dense(dense_dir)
     if config is None:
         raise InvalidSubnetConfig("missing option --config (or --dense DIR)")

@@ -53,7 +53,7 @@ class MBConvSpec:
     kind: str = "mbconv"
 
     def __post_init__(self) -> None:
-        check_fields("spec.json mbconv block", DenseModelError, self, ("c_in", "c_out", "mid", "kernel", "stride"))
+        check_fields("spec.json mbconv block", DenseModelError, self, zero_ok=("se", "pool_padding"))
 
     @property
     def shortcut_pool(self) -> bool:
@@ -74,7 +74,7 @@ class TransformerSpec:
     kind: str = "transformer"
 
     def __post_init__(self) -> None:
-        check_fields("spec.json transformer block", DenseModelError, self, ("dim", "grid", "head_dim"))
+        check_fields("spec.json transformer block", DenseModelError, self)
 
     @property
     def heads(self) -> int:
@@ -102,8 +102,7 @@ class NASViTSpec:
     resize: str = "bicubic"  # eager calls at another input size resize first (the official static model does)
 
     def __post_init__(self) -> None:
-        check_fields("spec.json body", DenseModelError, self,
-                     ("stem_width", "stem_stride", "head_width", "feature_width"))
+        check_fields("spec.json body", DenseModelError, self)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "blocks": [asdict(b) for b in self.blocks]}

@@ -36,7 +36,7 @@ class PSViTLayerSpec:
     attn_from: int | None = None  # the producer (its index in this stage) whose post-softmax map this layer reuses
 
     def __post_init__(self) -> None:
-        check_fields("spec.json layer", DenseModelError, self)
+        check_fields("spec.json layer", DenseModelError, self, zero_ok=("num_heads", "mlp_hidden"))
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class PSViTStageSpec:
     layers: tuple[PSViTLayerSpec, ...]
 
     def __post_init__(self) -> None:
-        check_fields("spec.json stage", DenseModelError, self, ("width", "tokens", "stride"))
+        check_fields("spec.json stage", DenseModelError, self)
 
     @property
     def producers(self) -> int:
@@ -67,7 +67,7 @@ class PSViTSpec:
     activation: str = "gelu_erf"
 
     def __post_init__(self) -> None:
-        check_fields("spec.json body", DenseModelError, self, ("patch_size", "head_dim"))
+        check_fields("spec.json body", DenseModelError, self)
         problems = self.problems()
         if problems:
             raise DenseModelError(f"not a valid psvit spec: {'; '.join(problems)}; re-extract the model")

@@ -73,8 +73,6 @@ class DenseSpec:
             raise DenseModelError(f"spec.json has format {brief(version)}; this deploy_nas reads formats "
                                   f"{sorted([*LEGACY_READERS, FORMAT_VERSION])}. Upgrade deploy_nas or re-extract")
         module = ARCHS.get(str(d.get("arch")))
-        check_sizes("spec.json", DenseModelError, {}, integers=True,  # before the body is built at this size
-                    **{k: d[k] for k in ("img_size", "in_chans", "num_classes") if k in d})
         try:
             return cls(arch=d["arch"], img_size=d["img_size"], in_chans=d["in_chans"],
                        num_classes=d["num_classes"], body=module.body_type.from_dict(d["body"]),

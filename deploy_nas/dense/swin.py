@@ -40,7 +40,7 @@ class SwinBlockSpec:
     qkv_bias: bool = True
 
     def __post_init__(self) -> None:
-        check_fields("spec.json block", DenseModelError, self, ("num_heads", "head_dim", "window_size", "mlp_hidden"))
+        check_fields("spec.json block", DenseModelError, self, zero_ok=("shift_size",))
 
     @property
     def qkv_dim(self) -> int:
@@ -55,7 +55,7 @@ class SwinStageSpec:
     out_dim: int | None = None  # patch merging to the next stage (None on the last stage)
 
     def __post_init__(self) -> None:
-        check_fields("spec.json stage", DenseModelError, self, ("dim", "resolution"))
+        check_fields("spec.json stage", DenseModelError, self)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class SwinSpec:
     activation: str = "gelu_erf"
 
     def __post_init__(self) -> None:
-        check_fields("spec.json body", DenseModelError, self, ("patch_size",))
+        check_fields("spec.json body", DenseModelError, self)
 
     @property
     def depth(self) -> int:

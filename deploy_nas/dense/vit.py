@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import Mlp, PatchEmbed, count_parameters, merge_heads, pool_tokens, scaled, split_heads
 from deploy_nas.dense.spec import ARCHS, LEGACY_READERS, DenseSpec
-from deploy_nas.errors import DenseModelError, brief, check_flags, check_sizes
+from deploy_nas.errors import DenseModelError, brief, check_fields, check_sizes
 from deploy_nas.kernels import relpos
 
 ARCH = "vit"
@@ -47,12 +47,8 @@ class ViTBlockSpec:
     token_scale: bool = False  # a learned scale per token on both normalized inputs (soft token masks)
 
     def __post_init__(self) -> None:
-        at_least_0 = {"num_heads": 0, "head_dim": 0, "mlp_hidden": 0, "masked_tokens": 0}  # 0: pruned away
-        check_sizes("spec.json block", DenseModelError, at_least_0, integers=True, num_heads=self.num_heads,
-                    head_dim=self.head_dim, mlp_hidden=self.mlp_hidden, masked_tokens=self.masked_tokens)
-        check_sizes("spec.json block", DenseModelError, {"attn_scale": 0}, attn_scale=self.attn_scale)
-        check_flags("spec.json block", DenseModelError, qkv_bias=self.qkv_bias,
-                    relative_position=self.relative_position, token_scale=self.token_scale)
+        check_fields("spec.json block", DenseModelError, self,  # 0 heads, width or hidden units: pruned away
+                     zero_ok=("num_heads", "head_dim", "mlp_hidden", "masked_tokens"))
         if self.head_widths is not None and (len(self.head_widths) != self.num_heads or
                                              not all(1 <= w <= self.head_dim for w in self.head_widths)):
             raise DenseModelError(f"spec.json block: head_widths = {brief(self.head_widths)} must give each of the "
@@ -83,12 +79,10 @@ class ViTSpec:
     relpos_lowering: str = "compact"
 
     def __post_init__(self) -> None:
-        r = self.max_relative_position
-        check_sizes("spec.json body", DenseModelError, {"max_relative_position": 0}, integers=True,
-                    patch_size=self.patch_size, embed_dim=self.embed_dim, **({} if r is None else {
-                        "max_relative_position": r}))
-        check_sizes("spec.json body", DenseModelError, {"norm_eps": 0}, norm_eps=self.norm_eps)
-        check_flags("spec.json body", DenseModelError, pos_embed=self.pos_embed, pre_norm=self.pre_norm)
+        check_fields("spec.json body", DenseModelError, self)
+        if self.max_relative_position is not None:
+            check_sizes("spec.json body", DenseModelError, {"max_relative_position": 0}, integers=True,
+                        max_relative_position=self.max_relative_position)
         for name, allowed in (("pool", ("cls", "mean")), ("activation", ("gelu_erf", "gelu_tanh")),
                               ("relpos_lowering", LOWERINGS)):
             if getattr(self, name) not in allowed:

@@ -215,7 +215,7 @@ class Search:
     @staticmethod
     def _check_out(out: Path, resume: bool, known: dict[str, float] | None) -> dict[str, float] | None:
         """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search)."""
-        check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE) if resume else ())
+        check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE))
         if resume and (out / MEASURED_FILE).is_file():
             try:
                 saved = json.loads((out / MEASURED_FILE).read_text())

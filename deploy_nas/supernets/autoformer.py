@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_flags, check_sizes
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
@@ -54,9 +54,7 @@ class AutoFormerArch:
 
     def __post_init__(self) -> None:
         owner = "AutoFormer supernet arch"
-        check_sizes(owner, CheckpointError, {"max_relative_position": 0}, integers=True,
-                    **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"})
-        check_flags(owner, CheckpointError, **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "bool"})
+        check_fields(owner, CheckpointError, self, zero_ok=("max_relative_position",))
         if self.patch_size > self.img_size:
             raise CheckpointError(f"{owner}: patch_size {self.patch_size} > img_size {self.img_size}")
 

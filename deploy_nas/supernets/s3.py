@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from deploy_nas.dense import swin
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.swin import SwinBlockSpec, SwinSpec, SwinStageSpec, SwinTransformer
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_flags, check_sizes
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.kernels import window as win
 from deploy_nas.spaces import SPACES
@@ -70,9 +70,7 @@ class S3Arch:
     def __post_init__(self) -> None:
         """Checked where it is read (supernet.json, a checkpoint's shapes); the stages check themselves."""
         owner = "S3 supernet arch"
-        check_sizes(owner, CheckpointError, {}, integers=True, img_size=self.img_size, patch_size=self.patch_size,
-                    in_chans=self.in_chans, num_classes=self.num_classes)
-        check_flags(owner, CheckpointError, patch_norm=self.patch_norm, qkv_bias=self.qkv_bias)
+        check_fields(owner, CheckpointError, self)
         if not self.stages or self.patch_size > self.img_size:
             raise CheckpointError(f"{owner}: {len(self.stages)} stages, patch_size {self.patch_size} within img_size "
                                   f"{self.img_size}: one of these does not hold")

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from deploy_nas.dense.layers import PatchEmbed
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_sizes
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.spaces import SPACES
@@ -62,9 +62,7 @@ class SlimArch:
     def __post_init__(self) -> None:
         """Checked where it is read (supernet.json, a checkpoint's shapes), not at the first forward pass."""
         owner = "ViT-Slim supernet arch"
-        check_sizes(owner, CheckpointError, {}, integers=True,
-                    **{f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"})
-        check_sizes(owner, CheckpointError, {"norm_eps": 0}, norm_eps=self.norm_eps)
+        check_fields(owner, CheckpointError, self)
         choices = {"mask": ("channel", "head", "uniform"), "head_layout": ("padded", "grouped")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
