@@ -135,9 +135,10 @@ def is_default(param: str) -> bool:
     return source in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
-def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
+def dataclass_options(cls: type, exclude: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> Callable:
     """One option per field of the dataclass `cls`: `--batch-size` for batch_size (or the field's metadata "flag"),
-    bools as --x/--no-x, (a, b) tuples as "LOW,HIGH", no default = required, help from the metadata."""
+    bools as --x/--no-x, (a, b) tuples as "LOW,HIGH", no default = required, help from the metadata; `defaults`
+    replaces fields' defaults (a family's recipe, so that --help shows what runs)."""
     hints, decorators = typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):
         if f.name in exclude:
@@ -146,10 +147,11 @@ def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
         kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         extra: dict[str, Any] = {"help": f.metadata.get("help")}
-        if f.default is dataclasses.MISSING:
+        default = (defaults or {}).get(f.name, f.default)
+        if default is dataclasses.MISSING:
             extra["required"] = True
         else:
-            extra.update(default=f.default, show_default=f.default is not None)
+            extra.update(default=default, show_default=default is not None)
         if kind is bool:
             decls = (f"{flag}/--no-{flag[2:]}",)
         elif typing.get_origin(kind) is tuple:
@@ -157,6 +159,8 @@ def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> Callable:
             extra["metavar"] = "LOW,HIGH"
         else:
             decls, extra["type"] = (flag,), click.Path(path_type=Path) if kind is Path else kind
+        if f.name == "threads":  # every --threads is capped at the usable cores, with a warning
+            extra["callback"] = _cap_threads
         decorators.append(click.option(*decls, f.name, **extra))
     return options(*decorators)
 
@@ -179,7 +183,8 @@ threads = click.option("--threads", type=click.IntRange(min=1), default=None, ca
 out_argument = click.argument("out", type=click.Path(path_type=Path))
 force = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-                    help="A folder of images for the parity batch (default: the embedded test split).")
+                    help="A folder of images for the parity batch (default: 64 plain embedded digits, the "
+                         "digits_splits test split).")
 
 
 def batch_sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
@@ -193,7 +198,8 @@ batches = click.option("--batch", "batches", default="1,8", show_default=True, c
                        help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
 runs = click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
 calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
-                     help="A folder of images to calibrate on (int8; BatchNorm families).")
+                     help="A folder of images to calibrate on: int8 quantization (export openvino, run) and the "
+                          "BatchNorm statistics of BatchNorm families (extract, run).")
 bn = click.option("--bn", type=click.Choice(["recalibrate", "stored"]), default=None,
                   help="BatchNorm families: recalibrate the subnet's statistics on --calib-data before folding them "
                        "(the default when --calib-data is given), or fold the stored ones.")

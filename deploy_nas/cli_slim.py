@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from deploy_nas import cli_options as opt
+from deploy_nas.supernets.vitslim import ViTSlimFamily
 from deploy_nas.train import TrainConfig
 
 SLIM_ONLY = ("w_attn", "w_mlp", "w_patch", "freeze_weights")
@@ -39,7 +40,7 @@ def slim() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Directory for the searched model (supernet.json + weights, and ckpt.pth in the official layout).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@opt.dataclass_options(TrainConfig, exclude=SANDWICH_ONLY)
+@opt.dataclass_options(TrainConfig, exclude=SANDWICH_ONLY, defaults=ViTSlimFamily.train_defaults)
 @opt.writes(force="resume")
 def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
            **config: Any) -> None:

@@ -105,7 +105,7 @@ def open_engine(out: str | Path, backend: str, precision: str = "fp32", threads:
 
 def parity_batch(spec: Any, data_dir: str | Path | None = None, n_images: int = PARITY_IMAGES,
                  n_random: int = PARITY_RANDOM) -> np.ndarray:
-    """Real images (from `data_dir`, else the embedded test split) followed by seeded random inputs."""
+    """Real images (from `data_dir`, else the plain embedded digits' test split) followed by seeded random inputs."""
     from deploy_nas.data import embedded_images, load_image_folder
     from deploy_nas.export.parity import parity_inputs
 
@@ -218,9 +218,12 @@ def model_info(model: Any) -> dict[str, Any]:
     flops = count_flops(model)
     spec = model.spec
     src = spec.source
-    return {"family": src.get("family", spec.arch), "arch": spec.arch, "config_id": src.get("config_id"),
+    info = {"family": src.get("family", spec.arch), "arch": spec.arch, "config_id": src.get("config_id"),
             "config": src.get("config"), "img_size": spec.img_size, "params": flops.params,
             "gmacs": round(flops.gmacs, 6)}
+    if "layers" in src:  # a family's short form of the config (PSViT's layer string)
+        info["layers"] = src["layers"]
+    return info
 
 
 @dataclass

@@ -277,7 +277,7 @@ class PSViT(nn.Module):
         src = self.spec.source
         title = (f"{src.get('family', ARCH)} {src.get('config_id', '')}  {self.spec.img_size}px/{b.patch_size}  "
                  f"pooling {b.pooling}  {b.depth} layers ({sum(s.producers for s in b.stages)} attention maps)  "
-                 f"head dim {b.head_dim}")
+                 f"head dim {b.head_dim}" + (f"  layers {src['layers']}" if "layers" in src else ""))
         table = Table(title, ("stage", "layer", "tokens", "width", "heads", "attention", "MLP", "params", "MMAC"))
         for s, (stage, module) in enumerate(zip(b.stages, self.stages)):
             n = stage.tokens + b.cls_token

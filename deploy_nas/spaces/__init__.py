@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,30 @@ class CheckedSpace:
         except InvalidSubnetConfig:
             return False
         return True
+
+
+def space_from_fields(cls: type, d: Any, name: str | None, default_name: str) -> Any:
+    """A space dataclass `cls` from our JSON form: a mapping of its fields, with an optional "family" that must be
+    its own; unknown keys are refused with the ones it takes. It is named `name` (a file's stem) unless it names
+    itself."""
+    family = cls.family  # type: ignore[attr-defined]
+    if not isinstance(d, dict):
+        raise InvalidSubnetConfig(f"the search space must be a mapping, got {type(d).__name__}")
+    d = dict(d)
+    own = d.pop("family", family)
+    if own != family:
+        raise InvalidSubnetConfig(f"the space is for family {brief(own)}, not {family!r}")
+    known = {f.name for f in fields(cls)} - {"extra"}
+    unknown = sorted(str(k) for k in set(d) - known)
+    if unknown:
+        raise InvalidSubnetConfig(f"{family} space has unknown keys {brief(unknown)}; it takes {sorted(known)}")
+    d.setdefault("name", name or default_name)
+    try:
+        return cls(**d)
+    except InvalidSubnetConfig:
+        raise
+    except (TypeError, ValueError) as err:
+        raise InvalidSubnetConfig(f"not a valid {family} search space: {brief(str(err), 200)}") from None
 
 
 SPACES: Registry[Any] = Registry("search space", InvalidSubnetConfig, loader=_load_families)
@@ -226,4 +250,4 @@ def load_space(value: Any, family: str | None = None) -> Any:
                                   f"{brief(str(err), 150)})") from None
 
 
-__all__ = ["PRESETS", "Preset", "SPACES", "load_config", "load_space", "read_structured_file"]
+__all__ = ["PRESETS", "Preset", "SPACES", "load_config", "load_space", "read_structured_file", "space_from_fields"]

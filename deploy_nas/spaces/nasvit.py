@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES, CanonicalConfig, CheckedSpace
+from . import SPACES, CanonicalConfig, CheckedSpace, space_from_fields
 
 FAMILY = "nasvit"
 WIDTH_STAGES = ("first_conv", "mb1", "mb2", "mb3", "mb4", "mb5", "mb6", "mb7", "last_conv")
@@ -261,23 +261,9 @@ class NASViTSpace(CheckedSpace):
     def from_dict(cls, d: Any, name: str | None = None) -> NASViTSpace:
         """Our JSON form, or the official `supernet_config` section (first_conv, mb1..mb7, last_conv with c, d, k, t,
         s, se; resolutions)."""
-        if not isinstance(d, dict):
-            raise InvalidSubnetConfig("a NASViT space must be a mapping")
-        if "mb1" in d:
+        if isinstance(d, dict) and "mb1" in d:
             return cls.from_official(d, name=name or "official")
-        d = dict(d)
-        if d.pop("family", FAMILY) != FAMILY:
-            raise InvalidSubnetConfig(f"space is not a {FAMILY} space")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - known)
-        if unknown:
-            raise InvalidSubnetConfig(f"{FAMILY} space has unknown keys {brief(unknown)}; it takes {sorted(known)}")
-        if name is not None and "name" not in d:
-            d["name"] = name
-        try:
-            return cls(**d)
-        except TypeError as err:
-            raise InvalidSubnetConfig(f"not a {FAMILY} search space: {err}") from None
+        return space_from_fields(cls, d, name, "nasvit")
 
     @classmethod
     def from_official(cls, cfg: dict[str, Any], name: str = "official", **sizes: Any) -> NASViTSpace:

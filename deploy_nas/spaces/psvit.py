@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES, CanonicalConfig, CheckedSpace
+from . import SPACES, CanonicalConfig, CheckedSpace, space_from_fields
 
 FAMILY = "psvit"
 LAYER, SHARED, IDENTITY = "layer", "shared", "identity"
@@ -361,19 +361,7 @@ class PSViTSpace(CheckedSpace):
 
     @classmethod
     def from_dict(cls, d: Any, name: str | None = None) -> PSViTSpace:
-        if not isinstance(d, dict):
-            raise InvalidSubnetConfig(f"a {FAMILY} space must be a mapping, got {type(d).__name__}")
-        d = dict(d)
-        if d.pop("family", FAMILY) != FAMILY:
-            raise InvalidSubnetConfig(f"space is not a {FAMILY} space")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in set(d) - known)
-        if unknown:
-            raise InvalidSubnetConfig(f"{FAMILY} space has unknown keys {brief(unknown)}; it takes {sorted(known)}")
-        try:
-            return cls(**{"name": name or "psvit", **d})
-        except TypeError as err:
-            raise InvalidSubnetConfig(f"not a {FAMILY} search space: {err}") from None
+        return space_from_fields(cls, d, name, "psvit")
 
 
 # Tiny spaces (timm-style test models: real code, small enough for the tests and the CPU demo): 32 px, 4 px patches

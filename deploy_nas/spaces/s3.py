@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, space_from_fields
 
 FAMILY = "s3"
 OFFICIAL_HEAD_DIM = 32
@@ -411,22 +411,9 @@ class S3Space(CheckedSpace):
     @classmethod
     def from_dict(cls, d: Any, name: str | None = None) -> S3Space:
         """Our JSON form; an official S3 YAML gives the one-point space of that network (at 224 px, 1000 classes)."""
-        if not isinstance(d, dict):
-            raise InvalidSubnetConfig(f"a search space must be a mapping, got {type(d).__name__}")
-        if any(k in d for k in OFFICIAL_KEYS):
+        if isinstance(d, dict) and any(k in d for k in OFFICIAL_KEYS):
             return point_space(S3Config.from_official(d), name or "official")
-        d = dict(d)
-        if d.pop("family", FAMILY) != FAMILY:
-            raise InvalidSubnetConfig(f"space is not an {FAMILY} space")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidSubnetConfig(f"{FAMILY} space has unknown keys {brief(unknown)}; it takes {sorted(known)}")
-        d.setdefault("name", name or "space")
-        try:
-            return cls(**d)
-        except TypeError as err:
-            raise InvalidSubnetConfig(f"not an {FAMILY} search space: {err}") from err
+        return space_from_fields(cls, d, name, "space")
 
 
 def _stage_dict(s: Any, i: int) -> dict[str, Any]:

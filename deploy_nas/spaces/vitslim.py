@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, Preset
+from . import PRESETS, SPACES, CanonicalConfig, Preset, space_from_fields
 
 FAMILY = "vitslim"
 BUDGETS = ("budget_attn", "budget_mlp", "budget_patch")
@@ -128,15 +128,7 @@ class SlimSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str | None = None) -> SlimSpace:
-        d = {k: v for k, v in d.items() if k != "family"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidSubnetConfig(f"{FAMILY} space has unknown keys {brief(unknown)}; it takes {sorted(known)}")
-        try:
-            return cls(**{"name": name or "vitslim", **d})
-        except TypeError as err:
-            raise InvalidSubnetConfig(f"not a {FAMILY} search space: {err}") from None
+        return space_from_fields(cls, d, name, "vitslim")
 
 
 # DeiT (Touvron et al.) sizes, the bases ViT-Slim searches in; and a tiny DeiT-like base for tests and the CPU demo.

@@ -522,7 +522,8 @@ class ViTSlimFamily:
     train_rule = "slim"
     tiny_space = "vitslim-tiny"
     default_space = "vitslim-tiny"
-    train_defaults = {"lr": 5e-4, "weight_decay": 1e-3, "warmup_epochs": 0.0, "label_smoothing": 0.1}
+    # search.py's recipe: a constant learning rate (`--sched none`; min_lr follows a --lr given alone)
+    train_defaults = {"lr": 5e-4, "min_lr": 5e-4, "weight_decay": 1e-3, "warmup_epochs": 0.0, "label_smoothing": 0.1}
 
     def config_from_dict(self, obj: Any) -> SlimConfig:
         return SlimConfig.from_dict(obj)

@@ -105,8 +105,12 @@ def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
 
 def train_config(family: Any, given: dict[str, Any]) -> TrainConfig:
     """The family's training recipe (`Family.train_defaults`, e.g. NASViT's weak augmentation and gradient
-    projection) under the settings the user gave, validated."""
-    return TrainConfig(**{**getattr(family, "train_defaults", {}), **given}).validate()
+    projection) under the settings the user gave, validated. A recipe with a constant rate (min_lr = lr) stays
+    constant at a --lr given without --min-lr."""
+    defaults = dict(getattr(family, "train_defaults", {}))
+    if "lr" in given and "min_lr" not in given and defaults.get("min_lr", -1.0) == defaults.get("lr"):
+        defaults["min_lr"] = given["lr"]
+    return TrainConfig(**{**defaults, **given}).validate()
 
 
 def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resume: bool = False,

@@ -339,6 +339,9 @@ def test_18_threads_beyond_the_cores_are_capped_and_said(tmp_path):
     r = run("bench", out, "--backend", "torch", "--batch", "1", "--threads", "1000")
     assert r.returncode == 0 and f"--threads 1000 is more than the {default_threads()} cores" in r.stderr
     assert [row["threads"] for row in json.loads((out / "bench.json").read_text())] == [default_threads()]
+    # every command's --threads, the search's too (its option comes from SearchRequest)
+    r = run("search", "--threads", "1000", "--latency-budget-ms", "0", "--out", tmp_path / "s")
+    assert r.returncode == 2 and f"--threads 1000 is more than the {default_threads()} cores" in r.stderr
 
 
 # 19 ------------------------------------------------------------------------------------------------------------

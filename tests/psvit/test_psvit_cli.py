@@ -4,6 +4,7 @@ output written."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -37,14 +38,19 @@ def test_train_search_run_and_info(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     best = load_config(tmp_path / "search" / "best.json", "psvit")
     assert SPACES.get("psvit-tiny-2d").validate(best) is best
-    r = run("run", "--supernet", trained, "--config", tmp_path / "search" / "best.json", "--backend", "onnxruntime",
-            "--batch", "1", "--runs", "50", "--threads", "1", "--out", tmp_path / "deploy")
+    # the command the search prints deploys its winner as it stands (the supernet it searched included)
+    printed = shlex.split(r.stdout.rsplit("deploy it with `", 1)[1].split("`")[0])
+    assert printed[:2] == ["deploy-nas", "run"] and printed[-2:] == ["--out", "DEPLOY_DIR"]
+    r = run(*printed[1:-1], tmp_path / "deploy", "--backend", "onnxruntime", "--batch", "1", "--runs", "50",
+            "--threads", "1")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "deploy" / "report.json").read_text())
     assert report["passed"] and report["model"]["family"] == "psvit" and report["model"]["config_id"] == best.id
+    assert report["model"]["layers"] == best.layer_string()  # the short form docs/psvit.md shows
+    assert f"- layers: {best.layer_string()}" in (tmp_path / "deploy" / "report.md").read_text()
     r = run("info", tmp_path / "deploy" / "dense")
     assert r.returncode == 0, r.stderr
-    assert "pooling 2d" in r.stdout and "GMAC" in r.stdout
+    assert "pooling 2d" in r.stdout and "GMAC" in r.stdout and f"layers {best.layer_string()}" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and line.split("|")[2].strip().isdigit()]
     assert len(rows) == best.num_layers
 

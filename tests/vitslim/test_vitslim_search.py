@@ -108,3 +108,19 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     # the key bias has a zero gradient (softmax ignores a per-row constant): AdamW scales its rounding noise
     key_bias = {k: (lambda t: torch.cat([t[:E], t[2 * E:]])) for k in single if k.endswith("attn.qkv.bias")}
     assert_data_parallel_match(r0, single, skip=key_bias)
+
+
+def test_the_official_constant_rate_is_the_default_and_follows_a_given_lr():
+    """search.py runs `--sched none`: the rate stays at --lr unless --min-lr asks for a decay; the help shows it."""
+    from click.testing import CliRunner
+
+    from deploy_nas.cli import main
+    from deploy_nas.train import lr_at
+
+    assert (train_config(FAMILY, {}).lr, train_config(FAMILY, {}).min_lr) == (5e-4, 5e-4)
+    given = train_config(FAMILY, {"lr": 1e-3})
+    assert given.min_lr == 1e-3 and lr_at(900, 1000, 0, given.lr, given.min_lr) == 1e-3
+    assert train_config(FAMILY, {"lr": 1e-3, "min_lr": 1e-5}).min_lr == 1e-5
+    assert train_config(FAMILIES.get("autoformer"), {"lr": 1e-3}).min_lr == TrainConfig().min_lr  # a decaying recipe
+    shown = CliRunner().invoke(main, ["slim", "search", "--help"], terminal_width=200).output
+    assert "peak learning rate (AdamW)  [default: 0.0005]" in shown and "[default: 0.001]" in shown
