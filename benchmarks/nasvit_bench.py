@@ -247,8 +247,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
 def conflict_run(projection: bool, steps: int, batch: int, seed: int) -> dict[str, Any]:
     family, space = FAMILIES.get("nasvit"), SPACES.get("nasvit-tiny")
     supernet = family.build_supernet(space, seed)
-    config = train_config(family, {"batch_size": batch, "epochs": 1, "grad_projection": projection,
-                                   "projection_from_epoch": 0, "seed": seed})
+    config = train_config(family, {"batch_size": batch, "epochs": 1, "grad_projection": projection, "seed": seed})
     trainer = TRAIN_RULES.get(family.train_rule)(supernet, space, config)
     data = embedded_splits(space.img_size, space.in_chans)["train"]
     names = [n for n, _ in supernet.named_parameters()]

@@ -142,7 +142,7 @@ def parity_cmd(out: Path, backend: str, precision: str, data_dir: Path | None, t
 @click.option("--precision", default="fp32", show_default=True)
 @opt.batches
 @opt.runs
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0, max=100_000), default=10, show_default=True)
 @opt.threads
 @opt.writes(new=False, replaces=("bench.json",))
 def bench_cmd(out: Path, backend: str, precision: str, batches: tuple[int, ...], runs: int, warmup: int,

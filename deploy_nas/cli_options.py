@@ -39,9 +39,17 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     except DeployNASError as err:
         from deploy_nas.distributed import main_process
 
-        if main_process():  # under torchrun every rank fails alike; one says so
+        try:
+            speaks = main_process()  # under torchrun every rank fails alike; one says so
+        except DeployNASError:  # the launch environment itself is what is wrong
+            speaks = True
+        if speaks:
             click.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
+    except UnicodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)
+        click.echo(f"error: a name that is not valid UTF-8 ({err.reason}); rename it or choose another path",
+                   err=True)
+        sys.exit(2)
     except OSError as err:  # the file system refused a path: a name too long, a symlink loop, no permission
         where = f": {brief(str(err.filename), 80)}" if err.filename else ""
         click.echo(f"error: {err.strerror or one_line(str(err))}{where}", err=True)
@@ -196,7 +204,7 @@ def batch_sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple
 
 batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=batch_sizes,
                        help="Batch sizes: 1 is measured in latency mode, larger ones in throughput mode.")
-runs = click.option("--runs", type=click.IntRange(min=50), default=50, show_default=True)
+runs = click.option("--runs", type=click.IntRange(min=50, max=1_000_000), default=50, show_default=True)
 calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
                      help="A folder of images to calibrate on: int8 quantization (export openvino, run) and the "
                           "BatchNorm statistics of BatchNorm families (extract, run).")

@@ -13,10 +13,10 @@ import click
 
 from deploy_nas import cli_options as opt
 from deploy_nas.supernets.vitslim import ViTSlimFamily
-from deploy_nas.train import TrainConfig
+from deploy_nas.train import STATE_FILE, TrainConfig
+from deploy_nas.train.slim import MaskSearch
 
 SLIM_ONLY = ("w_attn", "w_mlp", "w_patch", "freeze_weights")
-SANDWICH_ONLY = ("num_random", "distill", "distill_weight", "grad_projection", "projection_from_epoch")
 
 
 @click.group("slim")
@@ -40,8 +40,8 @@ def slim() -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Directory for the searched model (supernet.json + weights, and ckpt.pth in the official layout).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
-@opt.dataclass_options(TrainConfig, exclude=SANDWICH_ONLY, defaults=ViTSlimFamily.train_defaults)
-@opt.writes(force="resume")
+@opt.dataclass_options(TrainConfig, exclude=MaskSearch.ignores, defaults=ViTSlimFamily.train_defaults)
+@opt.writes(force="resume", resumes=(STATE_FILE,))
 def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
            **config: Any) -> None:
     """Train the weights and the soft masks of a DeiT with ViT-Slim's L1 sparsity terms (data-parallel under

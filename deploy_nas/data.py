@@ -5,6 +5,7 @@ giving float32 NCHW arrays normalized with ImageNet mean/std.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -192,42 +193,124 @@ def embedded_images(n: int, img_size: int, in_chans: int = 3, split: str = "test
     return images[:n]
 
 
-def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit: int | None = None) -> Split:
-    """Images under `root` (class sub-folders, or flat), resized (shorter side to img_size * 256/224, bicubic),
-    centre-cropped to img_size and normalized: the standard evaluation transform."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(root)
+def _image_files(root: Path) -> list[Path]:
+    """The image files under `root`, sorted; a typed error when `root` is no folder or holds none."""
     if not root.is_dir():
         raise DataError(f"data directory {root} " + ("is a file; point at a folder of images (or of class folders)"
                                                      if root.exists() else "does not exist"))
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point at a folder of images")
+    return files
+
+
+def _class_of(path: Path, root: Path) -> str:
+    """An image's class: the name of the folder it is in, "" for one directly under `root` (so a flat train/ and a
+    flat val/ have the same one class, whatever their folders are called)."""
+    return "" if path.parent == root else path.parent.name
+
+
+def _names(classes: list[str], limit: int = 80) -> str:
+    """Class names for a one-line message (quoted, so a newline in a folder name stays on the line), shortened."""
+    text = ", ".join(repr(c) if c else "(images directly in the folder)" for c in classes)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def image_folder_classes(root: str | Path) -> list[str]:
+    """The class names of the image folder `root`, in label order (sorted)."""
+    root = Path(root)
+    return sorted({_class_of(p, root) for p in _image_files(root)})
+
+
+def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: int, in_chans: int,
+                        num_classes: int) -> dict[str, Split]:
+    """The image folders DIR/<name> for each of `names`, labelled by one class list: the class folders of the first
+    (the reference split), so a class has the same label in every split. A class folder the reference lacks is a
+    typed error (a reference class missing from another split is fine), and so is a reference with more classes
+    than the model's head (`num_classes`), before any image is decoded."""
+    data_dir = Path(data_dir)
+    reference = data_dir / names[0]
+    classes = image_folder_classes(reference)
+    if len(classes) > num_classes:
+        raise DataError(f"{reference} has {len(classes)} classes ({_names(classes)}) but the model's head has "
+                        f"{num_classes}; use data with at most {num_classes} classes")
+    return {name: load_image_folder(data_dir / name, img_size, in_chans, classes=classes, reference=reference)
+            for name in names}
+
+
+# What a broken or hostile image file makes PIL raise, opening or decoding it, besides UnidentifiedImageError and
+# DecompressionBombError (more than twice PIL's MAX_IMAGE_PIXELS: a few KB of PNG that would decode to gigabytes).
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit: int | None = None,
+                      classes: list[str] | tuple[str, ...] | None = None, reference: str | Path | None = None) -> Split:
+    """Images under `root` (class sub-folders, or flat), resized (shorter side to img_size * 256/224, bicubic),
+    centre-cropped to img_size and normalized: the standard evaluation transform. Labels index `classes` (the
+    ordered class names, as `image_folder_classes` gives them, of the split named `reference` in messages) when
+    given, else the sorted class folders of `root`; a class folder not in `classes` is a typed error."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    files = _image_files(root)
     files = files[:limit] if limit else files
-    classes = sorted({p.parent.name for p in files})
+    found = sorted({_class_of(p, root) for p in files})
+    if classes is None:
+        classes = found
+    else:
+        classes = list(classes)
+        extra = [c for c in found if c not in classes]
+        if extra:
+            where = reference if reference is not None else "the class list given"
+            raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {_names(extra)} that {where} "
+                            f"does not have (its {len(classes)} classes: {_names(classes)}); each split's class "
+                            f"folders must be among those of {where}, so that a label means one class in every split")
+    index = {c: i for i, c in enumerate(classes)}
     arrays, labels = [], []
     for p in files:
         try:
             with Image.open(p) as im:
                 arrays.append(_eval_transform(im.convert("RGB" if in_chans == 3 else "L"), img_size))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{p} is not a readable image ({err}); remove it from {root}") from err
-        labels.append(classes.index(p.parent.name))
+        except Image.DecompressionBombError as err:
+            raise DataError(f"{p} is too large to decode ({err}); remove it from {root}") from err
+        except (UnidentifiedImageError, *_BAD_IMAGE) as err:
+            why = " ".join(str(err).split())[:200] or type(err).__name__  # one line, however the error reads
+            raise DataError(f"{p} is not a readable image ({why}); remove it from {root}") from err
+        labels.append(index[_class_of(p, root)])
     rgb = np.stack(arrays).astype(np.float32) / 255.0
     return Split(_normalize(rgb if rgb.ndim == 4 else rgb[..., None]), np.array(labels, dtype=np.int64))
 
 
 def _eval_transform(im, img_size: int) -> np.ndarray:
+    """Resize the shorter side to img_size * 256/224 (bicubic), then take the centre img_size square.
+
+    The crop box is mapped back into the source image's coordinates and only the source pixels the bicubic filter
+    reads for it are resampled: the work and memory are bounded by the crop (at most the source image), never by the
+    resized whole image. (Resizing the whole image first made a 1x100000 px PNG of 274 bytes a 256 x 25.6M px
+    intermediate at img_size 224: about 20 GB.) The two passes run as PIL runs them for a whole image, horizontal then
+    vertical (one `resize(box=)` call may take them in the other order, which moves pixels by several levels), so
+    the pixels are those of resizing the whole image and cropping, up to float rounding (a level at most)."""
     from PIL import Image
 
     short = int(round(img_size * 256 / 224))
     w, h = im.size
+    if not (w and h):
+        raise ValueError(f"the image is {w}x{h} px")
     scale = short / min(w, h)
-    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - img_size) // 2, (h - img_size) // 2
-    return np.asarray(im.crop((left, top, left + img_size, top + img_size)))
+    big_w, big_h = max(short, round(w * scale)), max(short, round(h * scale))  # the whole image, resized
+    left, top = (big_w - img_size) // 2, (big_h - img_size) // 2  # the crop, in the resized image
+    sx, sy = w / big_w, h / big_h  # source pixels per resized pixel
+    x0, x1 = left * sx, min(w, (left + img_size) * sx)  # the crop, in the source image
+    y0, y1 = top * sy, min(h, (top + img_size) * sy)
+    # The source pixels the filter reads (bicubic: 2 px, times the downscale factor, each side), plus one for rounding;
+    # cropped so the box coordinates PIL takes as float32 stay small (exact enough) whatever the image's size.
+    rx, ry = 2 * max(sx, 1.0) + 1, 2 * max(sy, 1.0) + 1
+    c0, c1 = max(0, math.floor(x0 - rx)), min(w, math.ceil(x1 + rx))
+    r0, r1 = max(0, math.floor(y0 - ry)), min(h, math.ceil(y1 + ry))
+    region = im.crop((c0, r0, c1, r1))
+    rows = region.resize((img_size, r1 - r0), Image.BICUBIC, box=(x0 - c0, 0, x1 - c0, r1 - r0))  # horizontal
+    out = rows.resize((img_size, img_size), Image.BICUBIC, box=(0, y0 - r0, img_size, y1 - r0))  # vertical
+    return np.asarray(out)
 
 
 def calibration_images(img_size: int, in_chans: int = 3, n: int = 64, data_dir: str | Path | None = None) -> np.ndarray:

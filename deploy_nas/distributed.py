@@ -16,9 +16,32 @@ from typing import Any
 import torch
 
 
+def launch() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment: (0, 1) for a plain process, whatever RANK says then."""
+    from deploy_nas.errors import DeployNASError
+
+    def number(name: str) -> int:
+        text = os.environ.get(name, "0")
+        try:
+            return int(text)
+        except ValueError:
+            raise DeployNASError(f"the environment variable {name}={text[:40]!r} is not a number; torchrun sets "
+                                 f"it: run under torchrun or unset {name}") from None
+
+    world = number("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
+    if world <= 1:
+        return 0, 1
+    rank = number("RANK")
+    if "RANK" not in os.environ or not 0 <= rank < world or "MASTER_ADDR" not in os.environ:
+        raise DeployNASError(f"WORLD_SIZE={world} asks for a multi-process run, but RANK={os.environ.get('RANK')} "
+                             f"and MASTER_ADDR={os.environ.get('MASTER_ADDR')} do not describe one; start it "
+                             "with torchrun, or unset WORLD_SIZE")
+    return rank, world
+
+
 def main_process() -> bool:
     """Rank 0 of a torchrun launch, or a plain process: the one that prints what every rank would."""
-    return os.environ.get("RANK", "0") == "0"
+    return launch()[0] == 0
 
 
 @contextlib.contextmanager
@@ -28,7 +51,7 @@ def process_group_from_env(cuda: bool = False) -> Iterator[None]:
 
     if cuda and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if launch()[1] <= 1 or dist.is_initialized():
         yield
         return
     dist.init_process_group("nccl" if cuda else "gloo")

@@ -43,6 +43,10 @@ class DataError(DeployNASError):
     """An input data directory or data set cannot be used."""
 
 
+class TrainingDiverged(DeployNASError):
+    """A training run's losses or weights stopped being finite numbers."""
+
+
 class ParityError(DeployNASError):
     """A parity gate failed; carries the full result so callers can write the report first."""
 

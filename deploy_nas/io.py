@@ -269,7 +269,7 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
                                   "directory of the interrupted run, or choose a new path")
         foreign = foreign_entries(out)
         if foreign:
-            raise OutputPathError(f"{flag} would touch files deploy-nas did not write in {out} "
+            raise OutputPathError(f"refusing to replace {out}: it holds files deploy-nas did not write "
                                   f"({', '.join(brief(f, 40) for f in foreign)}); move them or choose another path")
     return out
 

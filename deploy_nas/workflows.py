@@ -147,24 +147,26 @@ def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:
 def train_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
     """train/val/test splits: the embedded task (cluttered digits), or the image folders DIR/train, DIR/val and
     DIR/test (DIR/val stands in for a missing DIR/test)."""
-    from deploy_nas.data import embedded_splits, load_image_folder
+    from deploy_nas.data import embedded_splits, image_folder_splits
 
     if data_dir is None:
         return embedded_splits(space.img_size, space.in_chans)
-    splits = {k: load_image_folder(Path(data_dir) / k, space.img_size, space.in_chans) for k in ("train", "val")}
-    test = Path(data_dir) / "test"
-    splits["test"] = load_image_folder(test, space.img_size, space.in_chans) if test.is_dir() else splits["val"]
+    # One class list for every split, DIR/train's (so a class has one label), at most the model's num_classes.
+    names = ("train", "val", "test") if (Path(data_dir) / "test").is_dir() else ("train", "val")
+    splits = image_folder_splits(data_dir, names, space.img_size, space.in_chans, space.num_classes)
+    splits.setdefault("test", splits["val"])
     return splits
 
 
 def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
     """val/test splits: the embedded task (cluttered digits; val with `SEARCH_VAL_RENDERS` renderings of its
     digits), or DIR/val and DIR/test image folders."""
-    from deploy_nas.data import load_image_folder, search_splits
+    from deploy_nas.data import image_folder_splits, search_splits
 
     if data_dir is None:
         return search_splits(space.img_size, space.in_chans)
-    return {k: load_image_folder(Path(data_dir) / k, space.img_size, space.in_chans) for k in ("val", "test")}
+    # One class list for both splits, DIR/val's (so a class has one label), at most the model's num_classes.
+    return image_folder_splits(data_dir, ("val", "test"), space.img_size, space.in_chans, space.num_classes)
 
 
 @dataclass(frozen=True)

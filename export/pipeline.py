@@ -92,7 +92,24 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
     source = onnx_path(out)
     if not source.is_file():
         raise ExportError(f"{source} not found; run `deploy-nas export onnx {out}` first")
+    check_onnx(source, out)
     return get_backend(backend).build(source, config)
+
+
+def check_onnx(source: Path, out: str | Path) -> None:
+    """A deployment's model.onnx must be the graph its sidecar records (sha256): one copied in from another
+    deployment, or edited, would be built, timed and compared against this directory's dense model."""
+    from deploy_nas.export.onnx import sidecar_path
+    from deploy_nas.io import sha256_file
+
+    side, again = sidecar_path(source), f"export it again with `deploy-nas export onnx {out}`"
+    try:
+        recorded = json.loads(side.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ExportError(f"{source} has no readable record of its export ({side.name}); {again}") from None
+    if recorded != sha256_file(source):
+        raise ExportError(f"{source} is not the graph {side.name} records (replaced or modified since its export); "
+                          f"{again}")
 
 
 def open_engine(out: str | Path, backend: str, precision: str = "fp32", threads: int | None = None) -> Engine:
@@ -188,10 +205,14 @@ def update_json(path: Path, entries: dict[str, Any]) -> Path:
 
 def update_bench(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Replace rows with the same (backend, precision, batch, mode), keep the others."""
-    key = lambda r: (r.get("backend"), r.get("precision"), r.get("batch"), r.get("mode"))  # noqa: E731
+    def key(row: Any) -> tuple | None:  # None: not a row bench wrote (hand-edited or damaged), dropped
+        k = tuple(row.get(n) for n in ("backend", "precision", "batch", "mode")) if isinstance(row, dict) else None
+        return k if k is not None and all(isinstance(v, (str, int, type(None))) for v in k) else None
+
     new = {key(r) for r in rows}
-    old = [r for r in _read_json(path, []) if isinstance(r, dict) and key(r) not in new]
-    return write_json_atomic(path, old + rows)
+    old = _read_json(path, [])
+    kept = [r for r in (old if isinstance(old, list) else []) if key(r) is not None and key(r) not in new]
+    return write_json_atomic(path, kept + rows)
 
 
 # ------------------------------------------------------------------------------------------------------- run

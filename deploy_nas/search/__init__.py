@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import statistics
 from collections.abc import Callable
@@ -29,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from deploy_nas.distributed import World
-from deploy_nas.errors import DeployNASError
+from deploy_nas.errors import MALFORMED, DeployNASError, brief
 from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
 from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic, write_text_atomic
-from deploy_nas.search.evolution import Evolution, EvolutionConfig, random_search
+from deploy_nas.search.evolution import Evolution, EvolutionConfig, finite_number, log_row_problem, random_search
 from deploy_nas.search.predictor import LatencyPredictor, repeatability
 
 LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
@@ -41,6 +42,10 @@ LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
 
 class InfeasibleBudget(DeployNASError):
     """No subnet of the space can meet the latency budget."""
+
+
+class DamagedSearchOutput(DeployNASError):
+    """A search's output directory cannot be resumed: its log or its measured latencies are damaged."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,17 @@ class Search:
         quality = self.predictor.validate([cfgs[i] for i in held], [ms[i] for i in held])
         self.predictor.fit(cfgs, ms)
         self.predictor.coef = self.world.broadcast(self.predictor.coef)  # one feasibility rule on every rank
+        # finite latencies > 0 can still be too far apart for a fit (1e-300 against 1e300): refused before any write;
+        # the max subnet is among `cfgs` and bounds every prediction
+        if not (np.isfinite(self.predictor.coef).all() and not math.isinf(quality["mape_percent"])
+                and all(math.isfinite(self.predictor(c)) for c in cfgs)):
+            raise DeployNASError("the latencies measured for the predictor give no finite fit (of "
+                                 f"{min(ms):g}..{max(ms):g} ms); if they come from a resumed {MEASURED_FILE}, "
+                                 "remove it to measure again")
+        quality["kendall_tau"] = _defined(quality["kendall_tau"])  # ties (equal latencies): no ranking to score
         repeat = repeatability([self._passes[c.id] for c in cfgs if c.id in self._passes])
+        if repeat:
+            repeat["kendall_tau"] = _defined(repeat["kendall_tau"])
         return {**self.predictor.to_dict(), "held_out": quality, "measured": len(cfgs),
                 "fastest_ms": fastest, "slowest_ms": max(ms), "repeatability": repeat}
 
@@ -191,15 +206,18 @@ class Search:
     def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None) -> dict[str, Any]:
         """`known`: latencies (ms) already measured, by config id; reused instead of measured again."""
         out = Path(out)
-        predictor = self.fit_predictor(self.world.run_on_main(lambda: self._check_out(out, resume, known)))
-        self.log(f"predictor: Kendall tau {predictor['held_out']['kendall_tau']:.3f}, "
+        # everything a resume reads is read and checked here, before any work and any write
+        known, rows = self.world.run_on_main(lambda: self._check_out(out, resume, known))
+        predictor = self.fit_predictor(known)
+        self.log(f"predictor: Kendall tau {_tau(predictor['held_out']['kendall_tau'])}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
                  "held-out subnets")
         if repeat := predictor["repeatability"]:
             self.log(f"timing repeatability: the even passes against the odd ones over {repeat['n']} subnets, "
-                     f"Kendall tau {repeat['kendall_tau']:.3f}, median difference {repeat['median_diff_percent']:.1f}%")
+                     f"Kendall tau {_tau(repeat['kendall_tau'])}, "
+                     f"median difference {repeat['median_diff_percent']:.1f}%")
         self._write(out, MEASURED_FILE, self._measured)
-        evo = self._evolve(out, resume)
+        evo = self._evolve(out, rows)
         rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed,
                              fitness_many=self.val_top1_many)
         result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
@@ -212,25 +230,28 @@ class Search:
             plot_pareto(result, out / "pareto.png")
         return result
 
-    @staticmethod
-    def _check_out(out: Path, resume: bool, known: dict[str, float] | None) -> dict[str, float] | None:
-        """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search)."""
+    def _check_out(self, out: Path, resume: bool, known: dict[str, float] | None
+                   ) -> tuple[dict[str, float] | None, list[dict[str, Any]] | None]:
+        """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search) and the
+        logged generations of a resumed search, both checked: a damaged file is refused before it is used."""
+        from deploy_nas.spaces import load_config
+
         check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE))
-        if resume and (out / MEASURED_FILE).is_file():
-            try:
-                saved = json.loads((out / MEASURED_FILE).read_text())
-                saved = {str(k): float(v) for k, v in saved.items()}
-            except (ValueError, TypeError, AttributeError, OSError) as err:
-                raise DeployNASError(f"{out / MEASURED_FILE} is damaged ({type(err).__name__}); remove it to "
-                                     "measure again, or start a new search") from None
-            known = {**saved, **(known or {})}
-        return known
+        if not resume:
+            return known, None
+        if (out / MEASURED_FILE).is_file():
+            known = {**_read_measured(out / MEASURED_FILE), **(known or {})}
+        rows = None
+        if (out / LOG_FILE).is_file():
+            rows = _read_log(out / LOG_FILE, lambda d: self.space.validate(load_config(d, self.supernet.family)))
+        return known, rows
 
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:
             write_json_atomic(out / name, obj)
 
-    def _evolve(self, out: Path, resume: bool) -> Evolution:
+    def _evolve(self, out: Path, rows: list[dict[str, Any]] | None) -> Evolution:
+        """Evolve from the generations of a resumed search (`rows`, checked by `_read_log`), logging each new one."""
         from deploy_nas.spaces import load_config
 
         if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):
@@ -239,18 +260,16 @@ class Search:
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         log_path = out / LOG_FILE
-        rows = self.world.run_on_main(lambda: _read_log(log_path) if resume and log_path.is_file() else None)
         if rows:
-            try:
-                evo.restore(rows, lambda d: load_config(d, self.supernet.family))
-            except (KeyError, TypeError) as err:
-                raise DeployNASError(f"{log_path} does not hold this search's generations ({err}); start a new "
-                                     "search") from None
+            evo.restore(rows, lambda d: load_config(d, self.supernet.family))
             self.log(f"resumed after generation {evo.generation - 1}")
+            if evo.generation > (asked := self.setup.evolution.generations):
+                self.log(f"the log holds {evo.generation} generations, more than the {asked} asked for: none runs, "
+                         "and the results use all of them")
         if self.world.main:
             make_dirs(out)
-            # the log restarts from what was restored: a line the interruption cut (and anything after it) goes,
-            # so that the rows appended next start on a line of their own
+            # the log restarts from what was restored: a last line the interruption cut goes, so that the rows
+            # appended next start on a line of their own
             write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in rows or ()))
             record_written(log_path)
         with open(log_path, "a") if self.world.main else contextlib.nullcontext() as f:
@@ -265,15 +284,82 @@ class Search:
         return evo
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    """The generations of an interrupted search; a line cut by the interruption ends the log."""
-    rows = []
-    for line in path.read_text().splitlines():
+class _KeyTwice(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _KeyTwice(next(k for k in keys if keys.count(k) > 1))
+    return dict(pairs)
+
+
+def _read_measured(path: Path) -> dict[str, float]:
+    """A resumed search's measured latencies (ms) by config id, each a finite number > 0."""
+    fix = "remove it to measure again, or start a new search"
+    try:
+        saved = json.loads(path.read_bytes().decode(), object_pairs_hook=_unique_keys)
+    except _KeyTwice as err:
+        raise DamagedSearchOutput(f"{path} is damaged: entry {brief(err.args[0])} is given twice; {fix}") from None
+    except (ValueError, RecursionError, OSError) as err:  # not UTF-8 / not JSON / nested too deep / unreadable
+        raise DamagedSearchOutput(f"{path} is damaged ({type(err).__name__}); {fix}") from None
+    if not isinstance(saved, dict):
+        raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not latencies by config "
+                                  f"id; {fix}")
+    known = {}
+    for key, value in saved.items():
+        ms = finite_number(value)
+        if not isinstance(key, str) or ms is None or ms <= 0:
+            raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not a latency (a "
+                                      f"finite number of ms > 0); {fix}")
+        known[key] = ms
+    return known
+
+
+def _read_log(path: Path, load: Callable[[dict], Any]) -> list[dict[str, Any]]:
+    """The generations of an interrupted search, each checked (`log_row_problem`, and each population config loaded
+    with `load`). A last line that an interruption cut (no newline after it: each row is written whole with its
+    newline) is dropped; any other line that is not a whole generation is damage, refused naming the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DamagedSearchOutput(f"cannot read {path}: {err.strerror}") from None
+    lines = data.split(b"\n")  # the last item: the bytes after the last newline (b"" when the file ends with one)
+    rows: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path} line {number} is damaged"
+        fix = "mend or remove it and the lines after it to resume from the generations before, or start a new search"
         try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return [r for r in rows if isinstance(r, dict)]
+            row = json.loads(raw.decode(), object_pairs_hook=_unique_keys)
+        except _KeyTwice as err:
+            raise DamagedSearchOutput(f"{where}: {brief(err.args[0])} is given twice; {fix}") from None
+        except (ValueError, RecursionError) as err:
+            if number == len(lines):  # cut by an interruption: the generations before it stand
+                break
+            raise DamagedSearchOutput(f"{where}: not JSON ({type(err).__name__}); {fix}") from None
+        problem = log_row_problem(row, len(rows))
+        for i, cfg in enumerate(row["population"] if problem is None else ()):
+            try:
+                load(cfg)
+            except (DeployNASError, *MALFORMED) as err:
+                problem = f"population entry {i} is no config of this search ({brief(str(err), 200)})"
+                break
+        if problem is not None:
+            raise DamagedSearchOutput(f"{where}: {problem}; {fix}")
+        rows.append(row)
+    return rows
+
+
+def _defined(value: float) -> float | None:
+    """A statistic that ties leave undefined (NaN) as None: JSON has no NaN."""
+    return None if math.isnan(value) else value
+
+
+def _tau(value: float | None) -> str:
+    return "undefined (tied latencies)" if value is None else f"{value:.3f}"
 
 
 def pareto_front(points: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -320,8 +406,9 @@ def search_table(result: dict[str, Any]) -> Any:
 
     p = result["predictor"]["held_out"]
     r = result["predictor"].get("repeatability")
-    repeat = f"; timings repeat with Kendall tau {r['kendall_tau']:.3f} between passes" if r else ""
-    table = Table(f"search under {result['budget_ms']:.3f} ms (latency predictor: Kendall tau {p['kendall_tau']:.3f}, "
+    repeat = f"; timings repeat with Kendall tau {_tau(r['kendall_tau'])} between passes" if r else ""
+    table = Table(f"search under {result['budget_ms']:.3f} ms (latency predictor: "
+                  f"Kendall tau {_tau(p['kendall_tau'])}, "
                   f"{p['mape_percent']:.1f}% mean abs error on {p['n']} held-out subnets{repeat})",
                   ("method", "config", "evaluated", "val top-1", "test top-1", "latency ms", "of budget",
                    "meets budget"))
@@ -333,5 +420,5 @@ def search_table(result: dict[str, Any]) -> Any:
     return table
 
 
-__all__ = ["EvolutionConfig", "InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup", "pareto_front",
-           "search_table", "subnet_top1"]
+__all__ = ["DamagedSearchOutput", "EvolutionConfig", "InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup",
+           "pareto_front", "search_table", "subnet_top1"]

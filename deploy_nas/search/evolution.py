@@ -9,12 +9,13 @@ Fitness values are cached by config id, so a config is never evaluated twice. A 
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from deploy_nas.errors import DeployNASError
+from deploy_nas.errors import DeployNASError, brief
 
 Fitness = Callable[[Any], float]
 FitnessMany = Callable[[list], list]  # configs -> their fitness values, in order
@@ -125,13 +126,69 @@ class Evolution:
         return mutated + crossed
 
     def restore(self, rows: list[dict[str, Any]], load: Callable[[dict], Any]) -> None:
-        """Replay logged generations: re-score their populations (cached fitness is cheap to recompute)."""
+        """Replay logged generations: re-score their populations (cached fitness is cheap to recompute). The rows
+        must continue this evolution's generations (0, 1, 2, ... on a new one), each as `step` wrote it."""
         for row in rows:
+            problem = log_row_problem(row, self.generation)
+            if problem is not None:
+                raise DeployNASError(f"logged generation {self.generation} cannot be restored: {problem}")
             self.population = [load(d) for d in row["population"]]
             self.generation = row["generation"]
             self.evaluate(self.population)
             self.population = self._children([cfg for cfg, _ in self.top(self.config.parents)], self.rng())
             self.generation += 1
+
+
+def log_row_problem(row: Any, generation: int) -> str | None:
+    """What makes `row` unusable as logged generation `generation` (the row `Evolution.step` returns), or None.
+    Every value a restore reads or keeps is checked: a number is a number (never a bool), a config is a mapping
+    (never a string, which a config loader would take for a preset name or a file path)."""
+    if not isinstance(row, dict):
+        return f"it is a JSON {_json_kind(row)}, not a generation (an object)"
+    g = row.get("generation")
+    if not _is_int(g):
+        return f"its generation is {brief(g)}, not a whole number"
+    if g != generation:
+        return f"it is generation {brief(g)} where generation {generation} comes next (the generations are " \
+               "numbered 0, 1, 2, ... line by line)"
+    population = row.get("population")
+    if not isinstance(population, list) or not population:
+        return f"its population is {brief(population)}, not a non-empty list of configs"
+    for i, cfg in enumerate(population):
+        if not isinstance(cfg, dict):
+            return f"population entry {i} is {brief(cfg)}, not a config (a mapping)"
+    if not _is_int(row.get("evaluated")) or row["evaluated"] < 1:
+        return f"its evaluated count is {brief(row.get('evaluated'))}, not a whole number >= 1"
+    best = row.get("best")
+    if not isinstance(best, list) or not best:
+        return f"its best is {brief(best)}, not a non-empty list of configs with their fitness"
+    for i, entry in enumerate(best):
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            return f"best entry {i} is {brief(entry)}, not a config (a mapping) with its fitness"
+        if finite_number(entry.get("fitness")) is None:
+            return f"best entry {i} has fitness {brief(entry.get('fitness'))}, not a finite number"
+    return None
+
+
+def finite_number(value: Any) -> float | None:
+    """`value` as a float if it is a finite JSON number (an int or a float, never a bool), else None."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"), (list, "array"),
+             (dict, "object"))
+    return next((name for t, name in kinds if isinstance(value, t)), "null" if value is None else type(value).__name__)
 
 
 def random_search(space: Any, fitness: Fitness, feasible: Feasible, evaluations: int, seed: int = 0,

@@ -41,7 +41,8 @@ scores again.
   demo's three steps ended at E-T 0.0873 with 1e-4 and at 0.0967 with 5e-4, from 0.0929; a warm restart at a
   high rate undoes more of the training than one epoch recovers).
 
-Outputs (atomic writes into a checked directory): evolution.json (per step: the space, its E, T and E-T error, each
+Outputs (built in a temporary directory that replaces OUT when the run ends: a killed or failed run leaves the old
+output, if any, as it was): evolution.json (per step: the space, its E, T and E-T error, each
 dimension's points, slope, effect and action), final.json (the last space, a file `search --space` accepts),
 et_error.png (E-T, E and T per step) and supernet/ (the fine-tuned, possibly grown supernet).
 """
@@ -102,6 +103,14 @@ class EvolveSpaceRequest:
             raise DeployNASError(f"evolve-space settings out of range: {', '.join(bad)} (steps 0..100; samples and "
                                  "per-value >= 2; top tier in (0, 1]; min effect >= 0; lr and budget > 0; "
                                  "fine-tune max steps and val images >= 1)")
+        # settings given (away from their defaults) that this run would never use are refused, not dropped
+        finetuning = ("finetune_lr", "finetune_max_steps", "batch_size")
+        unused, why = (("per_value", "min_effect", "finetune_epochs", *finetuning, "grow"), "--steps 0 only scores "
+                       "the start space") if self.steps == 0 else (finetuning, "--finetune-epochs 0 fine-tunes nothing")
+        unused = tuple(n for n in unused if getattr(self, n) != getattr(EvolveSpaceRequest, n))
+        if unused and (self.steps == 0 or self.finetune_epochs == 0):
+            raise DeployNASError(f"{', '.join('--' + n.replace('_', '-') for n in unused)} would change nothing: "
+                                 f"{why}; leave {'it' if len(unused) == 1 else 'them'} out")
         return self
 
 
@@ -343,7 +352,7 @@ def evolve_space(supernet: Any, space: Any, out: str | Path, request: EvolveSpac
     the supernet on the new space and score it. `trained`: the space the supernet was trained on (choices stay in
     its range unless `request.grow`). Writes OUT/evolution.json, OUT/final.json, OUT/et_error.png and
     OUT/supernet; returns the evolution record."""
-    from deploy_nas.io import check_output_dir
+    from deploy_nas.io import atomic_dir, check_output_dir
 
     request.check()
     out = Path(out)
@@ -353,12 +362,15 @@ def evolve_space(supernet: Any, space: Any, out: str | Path, request: EvolveSpac
         _usable_space(supernet, trained)
     evolution = SpaceEvolution(supernet, space, request, _data(space, request.data_dir), log, trained)
     rows = [evolution.score(0)]
-    for step in range(1, request.steps + 1):
-        rows[-1]["dimensions"] = evolution.evolve(step)
-        rows[-1]["finetune"] = evolution.finetune(step)
-        rows.append(evolution.score(step))
-        _write(out, request, rows, evolution, final=False)
-    return _write(out, request, rows, evolution, final=True)
+    # OUT appears whole when the run ends (a kill, or a --force replace, leaves the old output as it was); until
+    # then the record of the steps done is in the temporary directory beside it
+    with atomic_dir(out, force) as tmp:
+        for step in range(1, request.steps + 1):
+            rows[-1]["dimensions"] = evolution.evolve(step)
+            rows[-1]["finetune"] = evolution.finetune(step)
+            rows.append(evolution.score(step))
+            _write(tmp, request, rows, evolution, final=False)
+        return _write(tmp, request, rows, evolution, final=True)
 
 
 def _usable_space(supernet: Any, space: Any) -> Any:

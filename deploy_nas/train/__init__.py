@@ -75,7 +75,8 @@ class TrainConfig:
                   ("weight_decay", 0 <= self.weight_decay < math.inf),
                   ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("clip_grad", self.clip_grad is None or 0 < self.clip_grad < math.inf),
-                  ("distill_weight", 0 <= self.distill_weight <= 1), ("warmup_epochs", self.warmup_epochs >= 0),
+                  ("distill_weight", 0 <= self.distill_weight <= 1),
+                  ("warmup_epochs", 0 <= self.warmup_epochs <= 1_000_000),
                   ("shift", self.shift >= 0), ("ema_decay", self.ema_decay is None or 0 <= self.ema_decay < 1),
                   ("max_steps", self.max_steps is None or self.max_steps >= 1),
                   ("projection_from_epoch", self.projection_from_epoch >= 0),
@@ -110,7 +111,18 @@ def train_config(family: Any, given: dict[str, Any]) -> TrainConfig:
     defaults = dict(getattr(family, "train_defaults", {}))
     if "lr" in given and "min_lr" not in given and defaults.get("min_lr", -1.0) == defaults.get("lr"):
         defaults["min_lr"] = given["lr"]
-    return TrainConfig(**{**defaults, **given}).validate()
+    config = TrainConfig(**{**defaults, **given}).validate()
+    # a setting given that this run would not use is refused, not dropped
+    unused = [k for k in given if k in TRAIN_RULES.get(family.train_rule).ignores]
+    unused += [k for k, needs in (("distill_weight", "distill"), ("projection_from_epoch", "grad_projection"))
+               if k in given and k not in unused and not getattr(config, needs)]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise DeployNASError(f"{flags} would change nothing in this training ({family.name}, rule "
+                             f"{family.train_rule!r}{'; distillation off' if not config.distill else ''}"
+                             f"{'; no gradient projection' if not config.grad_projection else ''}); leave "
+                             f"{'it' if len(unused) == 1 else 'them'} out")
+    return config
 
 
 def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resume: bool = False,

@@ -12,6 +12,7 @@ and they equal what one process computes on the global batch.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -25,7 +26,7 @@ from torch import nn
 
 from deploy_nas.devices import resolve_device
 from deploy_nas.distributed import World
-from deploy_nas.errors import DeployNASError
+from deploy_nas.errors import DeployNASError, TrainingDiverged
 from deploy_nas.evaluate import top1
 from deploy_nas.train import STATE_FILE, TRAIN_RULES, TrainConfig, lr_at, project
 
@@ -41,6 +42,8 @@ def _grads(model: nn.Module) -> list[torch.Tensor]:
 
 
 class SandwichTrainer:
+    ignores: tuple[str, ...] = ("w_attn", "w_mlp", "w_patch", "freeze_weights")  # TrainConfig fields unused here
+
     def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: World | None = None):
         self.device = resolve_device(config.device)
         self.model, self.space, self.config = supernet.to(self.device), space, config.validate()
@@ -128,6 +131,9 @@ class SandwichTrainer:
         steps_per_epoch = len(x_all) // c.batch_size
         if steps_per_epoch == 0:
             raise DeployNASError(f"{len(x_all)} training images < one batch of {c.batch_size}")
+        if c.shift >= min(x_all.shape[-2:]):
+            raise DeployNASError(f"--shift {c.shift} would move the {x_all.shape[-2]}x{x_all.shape[-1]} training "
+                                 f"images out of their frame; give less than {min(x_all.shape[-2:])}")
         total = c.epochs * steps_per_epoch
         history = []
         while self.epoch < c.epochs:
@@ -136,6 +142,8 @@ class SandwichTrainer:
                 if c.max_steps is not None and self.step_count >= c.max_steps:
                     break
                 losses.append(self.train_step(x_all[idx], y_all[idx], total, steps_per_epoch))
+                self._check_finite(losses[-1])
+            self._check_finite()
             self.epoch += 1
             row = {"epoch": self.epoch, "steps": self.step_count,
                    "loss_max": float(np.mean([r["loss_max"] for r in losses])) if losses else None,
@@ -150,6 +158,17 @@ class SandwichTrainer:
             if c.max_steps is not None and self.step_count >= c.max_steps:
                 break
         return history
+
+    def _check_finite(self, step: dict | None = None) -> None:
+        """A diverged run stops before it saves: the losses of a step, or (at the end of an epoch, before the save)
+        the weights, must be finite. OUT keeps the last epoch that was."""
+        bad = ([k for k, v in step.items() if k.startswith("loss") and not math.isfinite(v)] if step is not None else
+               [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())][:3])
+        if bad:
+            where = f"step {self.step_count}" if step is not None else f"the end of epoch {self.epoch + 1}"
+            raise TrainingDiverged(f"training diverged at {where}: {', '.join(bad)} not finite (NaN or Inf); "
+                                   f"nothing of this epoch was saved. Lower --lr (now {self.config.lr:g}) or keep "
+                                   "--clip-grad, and train again")
 
     @torch.no_grad()
     def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
@@ -232,6 +251,10 @@ class SandwichTrainer:
                                   f"{brief(str(err), 100)}); train into a new directory instead of --resume") from None
         if epoch < 0 or step < 0:
             raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
+        bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{path} holds non-finite weights ({brief(bad)}): the run it saved had diverged; "
+                                  "train into a new directory instead of --resume")
         self.ema, self.epoch, self.step_count = ema, epoch, step
         return True
 

@@ -46,6 +46,8 @@ def mask_weight(name: str, config: TrainConfig) -> float | None:
 class MaskSearch(SandwichTrainer):
     """The rule "slim": one forward of the soft-masked model per step (no subnet sampling)."""
 
+    ignores = ("num_random", "distill", "distill_weight", "grad_projection", "projection_from_epoch")
+
     def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: Any = None):
         if not hasattr(supernet, "soft_masks") or not hasattr(supernet, "sparsity"):
             raise DeployNASError(f"the mask search trains a masked model (soft_masks, sparsity); "

@@ -30,6 +30,8 @@ EVAL_PATHS = 3  # seeded random paths scored by `evaluate`, besides the max and 
 class SposTrainer(SandwichTrainer):
     """The rule "spos": one uniformly sampled path per step."""
 
+    ignores = (*SandwichTrainer.ignores, "distill_weight")
+
     def __init__(self, supernet: nn.Module, space: Any, config: TrainConfig, world: Any = None):
         unused = [flag for flag, on in (("--grad-projection", config.grad_projection), ("--distill", config.distill),
                                         ("--num-random", config.num_random)) if on]

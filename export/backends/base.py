@@ -205,9 +205,14 @@ class Backend(abc.ABC):
             precision = meta["precision"]
         except (ValueError, KeyError, TypeError) as err:
             raise ExportError(f"{d / BUILD_JSON} is damaged ({type(err).__name__}); {rebuild}") from err
+        files = meta.get("files") or {}
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not isinstance(
+                precision, str):
+            raise ExportError(f"{d / BUILD_JSON} is damaged (its precision or file list is not what a build "
+                              f"writes); {rebuild}")
         if precision != config.precision:
             raise ExportError(f"{d} holds a {precision} build, not {config.precision}; {rebuild}")
-        verify_files(d, meta.get("files") or {}, rebuild)
+        verify_files(d, files, rebuild)
         return d, meta
 
     def artifact_dir(self, config: BuildConfig) -> Path | None:

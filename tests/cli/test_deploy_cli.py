@@ -158,6 +158,11 @@ def test_missing_and_corrupt_artifacts_exit_2(tmp_path):
     r = run("parity", out, "--backend", "onnxruntime")
     assert r.returncode == 2 and "model.onnx not found" in r.stderr and "deploy-nas export onnx" in r.stderr
     (out / "model.onnx").write_bytes(b"\x08\x07garbage that is not protobuf")
+    r = run("export", "openvino", out)  # a model.onnx without the record of its export (model.onnx.json)
+    assert r.returncode == 2 and "model.onnx has no readable record of its export" in r.stderr
+    assert not (out / "openvino").exists()
+    digest = sha256_file(out / "model.onnx")
+    (out / "model.onnx.json").write_text(json.dumps({"sha256": digest}))  # recorded, and still no ONNX model
     r = run("export", "openvino", out)
     assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr
     assert not (out / "openvino").exists()

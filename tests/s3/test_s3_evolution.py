@@ -190,10 +190,43 @@ def test_evolve_space_bad_input_exits_2_and_writes_nothing(tmp_path, trained):
     assert r.returncode == 2 and "top_tier=1.5" in r.stderr and not (tmp_path / "tier").exists()
 
 
+def test_a_run_that_dies_midway_leaves_the_old_output_whole(tmp_path, trained, monkeypatch):
+    """A --force replace is atomic: a run stopped after its first step (an error here; a kill alike) leaves the old
+    output byte for byte, not the new evolution.json beside the old final.json and supernet/."""
+    from deploy_nas.search import space_evolution
+
+    supernet, _ = load_supernet_dir(trained)
+    request = EvolveSpaceRequest(steps=0, samples=5, val_images=64)
+    out = tmp_path / "ev"
+    space_evolution.evolve_space(supernet, _poor(), out, request)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert {"evolution.json", "final.json"} <= {str(p) for p in before}
+    score = space_evolution.SpaceEvolution.score
+
+    def dies_at_step_2(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return score(self, step)
+
+    monkeypatch.setattr(space_evolution.SpaceEvolution, "score", dies_at_step_2)
+    longer = EvolveSpaceRequest(steps=2, samples=5, per_value=3, min_effect=0.0, finetune_max_steps=1,
+                                val_images=64, batch_size=64)
+    with pytest.raises(KeyboardInterrupt):
+        space_evolution.evolve_space(load_supernet_dir(trained)[0], _poor(), out, longer, force=True)
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporary left beside it
+
+
 def test_requests_out_of_range_are_refused_by_name():
     EvolveSpaceRequest().check()
     with pytest.raises(DeployNASError, match=r"samples=1, top_tier=0.0, budget_gmac=nan, val_images=0"):
         EvolveSpaceRequest(samples=1, top_tier=0.0, budget_gmac=float("nan"), val_images=0).check()
+    # settings a run would not use are refused, not dropped
+    EvolveSpaceRequest(steps=0, samples=5).check()
+    with pytest.raises(DeployNASError, match=r"--per-value, --grow would change nothing: --steps 0 only scores"):
+        EvolveSpaceRequest(steps=0, per_value=7, grow=True).check()
+    with pytest.raises(DeployNASError, match=r"--finetune-lr would change nothing: --finetune-epochs 0"):
+        EvolveSpaceRequest(finetune_epochs=0, finetune_lr=5.0).check()
 
 
 def test_scoring_split_takes_the_first_images():

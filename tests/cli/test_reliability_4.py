@@ -1,0 +1,122 @@
+"""A fourth hostile try of the CLI (2026-12-07, third session): a resume that replaced a model, a diverged training
+saved as NaN weights, hand-edited deployment files and launch variables that were tracebacks, and options that
+changed nothing. Each test failed on the code before its fix."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import torch
+
+from tests.cli.test_extract_info import run
+from tests.cli.test_reliability import one_error_line
+from tests.cli_runner import EXE
+
+TINY = ("--space", "autoformer-tiny", "--epochs", "1", "--batch-size", "8")
+
+
+def _digests(d):
+    return {p.relative_to(d): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_slim_search_resume_never_replaces_a_directory_with_nothing_to_resume(tmp_path):
+    dense = tmp_path / "dense"
+    assert run("extract", "--config", "min", "--out", dense).returncode == 0
+    before = _digests(dense)
+    line = one_error_line(run("slim", "search", "--epochs", "1", "--max-steps", "1", "--batch-size", "8", "--resume",
+                              "--out", dense))
+    assert "holds nothing to resume (no train_state.pt)" in line and _digests(dense) == before
+
+
+def test_a_diverged_training_stops_before_it_saves(tmp_path):
+    line = one_error_line(run("train", *TINY, "--max-steps", "3", "--lr", "1e30", "--warmup-epochs", "0",
+                              "--out", tmp_path / "t"))
+    assert "training diverged at" in line and "Lower --lr" in line and not (tmp_path / "t").exists()
+
+
+def test_a_training_state_with_nan_weights_is_refused_on_resume(tmp_path):
+    out = tmp_path / "t"
+    assert run("train", *TINY, "--max-steps", "2", "--out", out).returncode == 0
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    state["model"]["cls_token"].fill_(float("nan"))
+    torch.save(state, out / "train_state.pt")
+    before = _digests(out)
+    line = one_error_line(run("train", *TINY[:2], "--epochs", "2", "--batch-size", "8", "--max-steps", "4",
+                              "--resume", "--out", out))
+    assert "holds non-finite weights (['cls_token']" in line and _digests(out) == before
+
+
+def test_training_numbers_that_cannot_work_are_refused_before_any_step(tmp_path):
+    for flags, named in ((("--warmup-epochs", "inf"), "warmup_epochs=inf"),
+                         (("--warmup-epochs", "1e308"), "warmup_epochs=1e+308"),
+                         (("--shift", "1000000000"), "--shift 1000000000 would move the 32x32 training images")):
+        line = one_error_line(run("train", *TINY, "--max-steps", "1", *flags, "--out", tmp_path / "t"))
+        assert named in line and not (tmp_path / "t").exists()
+
+
+def test_training_options_that_would_change_nothing_are_refused(tmp_path):
+    for flags, named in ((("--w-attn", "5"), "--w-attn would change nothing in this training (autoformer"),
+                         (("--freeze-weights",), "--freeze-weights would"),
+                         (("--projection-from-epoch", "5"), "--projection-from-epoch would change nothing"),
+                         (("--distill-weight", "0.9", "--no-distill"), "--distill-weight would change nothing")):
+        line = one_error_line(run("train", *TINY, "--max-steps", "1", *flags, "--out", tmp_path / "t"))
+        assert named in line and not (tmp_path / "t").exists(), line
+    line = one_error_line(run("train", "--family", "psvit", "--space", "psvit-tiny-2d", "--epochs", "1",
+                              "--max-steps", "1", "--distill-weight", "0.9", "--out", tmp_path / "t"))
+    assert "--distill-weight would change nothing in this training (psvit, rule 'spos'; distillation off" in line
+
+
+def test_hand_edited_deployment_files_are_named_not_tracebacks(tmp_path):
+    dep, other = tmp_path / "dep", tmp_path / "other"
+    assert run("extract", "--config", "min", "--out", dep / "dense").returncode == 0
+    assert run("export", "onnx", dep).returncode == 0
+    # a graph copied in from another deployment (another subnet) is not this directory's model.onnx
+    assert run("extract", "--config", "max", "--out", other / "dense").returncode == 0
+    assert run("export", "onnx", other).returncode == 0
+    mine = (dep / "model.onnx").read_bytes()
+    (dep / "model.onnx").write_bytes((other / "model.onnx").read_bytes())
+    for args in (("parity", dep, "--backend", "onnxruntime"), ("bench", dep, "--backend", "onnxruntime"),
+                 ("export", "openvino", dep)):
+        line = one_error_line(run(*args))
+        assert "model.onnx is not the graph model.onnx.json records" in line, line
+    (dep / "model.onnx").write_bytes(mine)
+    # a bench.json row edited by hand is dropped, not a TypeError after the timing
+    assert run("bench", dep, "--backend", "onnxruntime", "--batch", "1").returncode == 0
+    rows = json.loads((dep / "bench.json").read_text())
+    rows[0]["batch"] = [1]
+    (dep / "bench.json").write_text(json.dumps(rows))
+    r = run("bench", dep, "--backend", "onnxruntime", "--batch", "1")
+    assert r.returncode == 0, r.stderr
+    assert [row["batch"] for row in json.loads((dep / "bench.json").read_text())] == [1]
+    # a build.json whose file list is not a mapping
+    assert run("export", "openvino", dep).returncode == 0
+    build = dep / "openvino" / "fp32" / "build.json"
+    meta = json.loads(build.read_text())
+    build.write_text(json.dumps({**meta, "files": ["model.xml", "model.bin"]}))
+    for args in (("parity", dep, "--backend", "openvino"), ("bench", dep, "--backend", "openvino")):
+        assert "build.json is damaged (its precision or file list" in one_error_line(run(*args))
+    # files of the user's in the engine directory: refused without naming a --force the command does not have
+    build.write_text(json.dumps(meta))
+    (dep / "openvino" / "fp32" / "mine.txt").write_text("notes")
+    line = one_error_line(run("export", "openvino", dep))
+    assert "refusing to replace" in line and "mine.txt" in line and "--force" not in line
+
+
+def test_launch_variables_and_paths_that_are_not_text_are_one_line(tmp_path):
+    for env, named in (({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number"),
+                       ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 asks for a multi-process run")):
+        line = one_error_line(run("extract", "--config", "min", "--out", tmp_path / "e", env=env))
+        assert named in line and not (tmp_path / "e").exists()
+    r = run("extract", "--config", "min", "--out", tmp_path / "e", env={"RANK": "1"})  # no launch: a plain process
+    assert r.returncode == 0 and (tmp_path / "e" / "spec.json").is_file()
+    bad = str(tmp_path).encode() + b"/bad\xffname"
+    r = subprocess.run([EXE, "extract", "--config", "min", "--out", bad], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: a name that is not valid UTF-8"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_bench_runs_and_warmup_are_bounded(tmp_path):
+    for flag in ("--runs", "--warmup"):
+        line = one_error_line(run("bench", tmp_path, "--backend", "torch", flag, str(10**20)))
+        assert flag in line and "range" in line
