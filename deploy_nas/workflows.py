@@ -69,6 +69,9 @@ class Extracted:
     space: Any
 
 
+BN_CALIB_BATCHES = 64  # NASViT's post_bn_calibration_batch_num: the batches BatchNorm recalibration reads at most
+
+
 def calibration(bn: str | None, calib_dir: Path | None, space: Any, family: str, int8: bool = False) -> Any:
     """The Calibration a BatchNorm family gets: `--bn` (default: recalibrate when `--calib-data` is given) and the
     images of `--calib-data` at the space's input size; None when neither is given (the family's own default).
@@ -91,7 +94,10 @@ def calibration(bn: str | None, calib_dir: Path | None, space: Any, family: str,
 
         if space is None:
             raise InvalidSubnetConfig("--calib-data: the input size comes from a search space; pass --space")
-        images = load_image_folder(calib_dir, space.img_size, space.in_chans).images
+        # at most the official amount (64 batches of 64): a larger folder is read only that far, so its size cannot
+        # make the memory unbounded
+        limit = BN_CALIB_BATCHES * Calibration.batch_size
+        images = load_image_folder(calib_dir, space.img_size, space.in_chans, limit=limit).images
     return Calibration(bn or "recalibrate", images)
 
 

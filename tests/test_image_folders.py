@@ -207,3 +207,16 @@ def test_more_classes_than_the_models_head_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match=r"12 class.*10"):
         search_data(_space(num_classes=10), tmp_path / "d")
     assert len(train_data(_space(num_classes=12), tmp_path / "d")["train"]) == 12
+
+
+def test_batchnorm_recalibration_reads_a_folder_only_to_the_official_amount(tmp_path, monkeypatch):
+    """--calib-data for BatchNorm statistics takes at most 64 batches of 64 images (the official evaluation's), so a
+    huge folder cannot make the memory unbounded; here the cap is lowered to one batch."""
+    from deploy_nas import workflows
+    from deploy_nas.spaces import SPACES
+
+    for i in range(70):
+        _png(tmp_path / "calib" / f"{i:03d}.png")
+    monkeypatch.setattr(workflows, "BN_CALIB_BATCHES", 1)
+    calib = workflows.calibration(None, tmp_path / "calib", SPACES.get("nasvit-tiny"), "nasvit")
+    assert calib.mode == "recalibrate" and calib.images.shape[0] == 64
