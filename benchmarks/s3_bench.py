@@ -180,10 +180,11 @@ def evolution_part(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                                                                        save_state=False), data=data, log=print)
         supernet, _ = load_supernet_dir(work / "sn")
     train_seconds = time.perf_counter() - started
+    # the evolution's settings only when it evolves (--steps 0 scores the start space: the request refuses them)
+    evolving = dict(per_value=args.per_value, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                    min_effect=args.min_effect) if args.steps else {}
     request = EvolveSpaceRequest(steps=args.steps, budget_gmac=args.budget_gmac, samples=args.samples,
-                                 per_value=args.per_value, finetune_epochs=args.finetune_epochs,
-                                 finetune_lr=args.finetune_lr,
-                                 min_effect=args.min_effect, data_dir=data_dir, seed=0)
+                                 data_dir=data_dir, seed=0, **evolving)
     started = time.perf_counter()
     record = evolve_space(supernet, poor_space(space), work / "space", request, log=print, force=True,
                           trained=space)

@@ -46,7 +46,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         if speaks:
             click.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
-    except UnicodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)
+    except UnicodeEncodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)
         click.echo(f"error: a name that is not valid UTF-8 ({err.reason}); rename it or choose another path",
                    err=True)
         sys.exit(2)

@@ -16,8 +16,6 @@ from deploy_nas.supernets.vitslim import ViTSlimFamily
 from deploy_nas.train import STATE_FILE, TrainConfig
 from deploy_nas.train.slim import MaskSearch
 
-SLIM_ONLY = ("w_attn", "w_mlp", "w_patch", "freeze_weights")
-
 
 @click.group("slim")
 def slim() -> None:
@@ -45,7 +43,9 @@ def slim() -> None:
 def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
            **config: Any) -> None:
     """Train the weights and the soft masks of a DeiT with ViT-Slim's L1 sparsity terms (data-parallel under
-    torchrun). Then `deploy-nas slim prune --checkpoint OUT --budget-attn ...`."""
+    torchrun). Then `deploy-nas slim prune --checkpoint OUT --budget-attn ...`.
+
+    The learning rate is constant, as the official search.py runs it: --min-lr follows --lr unless given."""
     from deploy_nas.distributed import main_process, process_group_from_env
     from deploy_nas.train import train_config, train_supernet
     from deploy_nas.train.slim import search_target

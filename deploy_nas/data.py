@@ -224,18 +224,29 @@ def image_folder_classes(root: str | Path) -> list[str]:
 
 def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: int, in_chans: int,
                         num_classes: int) -> dict[str, Split]:
-    """The image folders DIR/<name> for each of `names`, labelled by one class list: the class folders of the first
-    (the reference split), so a class has the same label in every split. A class folder the reference lacks is a
-    typed error (a reference class missing from another split is fine), and so is a reference with more classes
-    than the model's head (`num_classes`), before any image is decoded."""
+    """The image folders DIR/<name> for each of `names`, labelled by one class list: the class folders of DIR/train
+    when there is one (what a supernet trained on DIR learned its labels from), else of the first of `names`, so a
+    class has the same label in every split and every command. Before any image is decoded: a class folder that
+    list lacks is a typed error (a class missing from a split is fine), and so is a list with more classes than the
+    model's head (`num_classes`)."""
     data_dir = Path(data_dir)
-    reference = data_dir / names[0]
+    reference = data_dir / ("train" if (data_dir / "train").is_dir() else names[0])
     classes = image_folder_classes(reference)
     if len(classes) > num_classes:
         raise DataError(f"{reference} has {len(classes)} classes ({_names(classes)}) but the model's head has "
                         f"{num_classes}; use data with at most {num_classes} classes")
+    for name in names:  # every split's folders first: a stray class is named before hours of decoding
+        _check_classes(data_dir / name, image_folder_classes(data_dir / name), classes, reference)
     return {name: load_image_folder(data_dir / name, img_size, in_chans, classes=classes, reference=reference)
             for name in names}
+
+
+def _check_classes(root: Path, found: list[str], classes: list[str], where: str | Path) -> None:
+    extra = [c for c in found if c not in classes]
+    if extra:
+        raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {_names(extra)} that {where} "
+                        f"does not have (its {len(classes)} classes: {_names(classes)}); each split's class "
+                        f"folders must be among those of {where}, so that a label means one class in every split")
 
 
 # What a broken or hostile image file makes PIL raise, opening or decoding it, besides UnidentifiedImageError and
@@ -245,26 +256,20 @@ _BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError)
 
 def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit: int | None = None,
                       classes: list[str] | tuple[str, ...] | None = None, reference: str | Path | None = None) -> Split:
-    """Images under `root` (class sub-folders, or flat), resized (shorter side to img_size * 256/224, bicubic),
-    centre-cropped to img_size and normalized: the standard evaluation transform. Labels index `classes` (the
+    """Images under `root` (class sub-folders, or flat; `limit`: at most that many, evenly spread over the sorted
+    files), resized (shorter side to img_size * 256/224, bicubic), centre-cropped to img_size and normalized: the
+    standard evaluation transform. Labels index `classes` (the
     ordered class names, as `image_folder_classes` gives them, of the split named `reference` in messages) when
     given, else the sorted class folders of `root`; a class folder not in `classes` is a typed error."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
     files = _image_files(root)
-    files = files[:limit] if limit else files
+    if limit and len(files) > limit:  # evenly spread over the sorted files: every class folder, not the first few
+        files = [files[i * len(files) // limit] for i in range(limit)]
     found = sorted({_class_of(p, root) for p in files})
-    if classes is None:
-        classes = found
-    else:
-        classes = list(classes)
-        extra = [c for c in found if c not in classes]
-        if extra:
-            where = reference if reference is not None else "the class list given"
-            raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {_names(extra)} that {where} "
-                            f"does not have (its {len(classes)} classes: {_names(classes)}); each split's class "
-                            f"folders must be among those of {where}, so that a label means one class in every split")
+    classes = found if classes is None else list(classes)
+    _check_classes(root, found, classes, reference if reference is not None else "the class list given")
     index = {c: i for i, c in enumerate(classes)}
     arrays, labels = [], []
     for p in files:

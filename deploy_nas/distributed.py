@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
+from deploy_nas.errors import DeployNASError
+
 
 def launch() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment: (0, 1) for a plain process, whatever RANK says then."""
-    from deploy_nas.errors import DeployNASError
+    """(rank, world size) from torchrun's environment, checked: (0, 1) for a plain process, whatever RANK says
+    then; a typed error for variables that describe no launch. Only the commands that join a process group ask
+    (`process_group_from_env`)."""
 
     def number(name: str) -> int:
         text = os.environ.get(name, "0")
@@ -31,17 +34,23 @@ def launch() -> tuple[int, int]:
     world = number("WORLD_SIZE") if "WORLD_SIZE" in os.environ else 1
     if world <= 1:
         return 0, 1
-    rank = number("RANK")
-    if "RANK" not in os.environ or not 0 <= rank < world or "MASTER_ADDR" not in os.environ:
-        raise DeployNASError(f"WORLD_SIZE={world} asks for a multi-process run, but RANK={os.environ.get('RANK')} "
-                             f"and MASTER_ADDR={os.environ.get('MASTER_ADDR')} do not describe one; start it "
-                             "with torchrun, or unset WORLD_SIZE")
+    rank, port = number("RANK"), number("MASTER_PORT")
+    missing = [n for n in ("RANK", "MASTER_ADDR", "MASTER_PORT") if n not in os.environ]
+    if missing or not 0 <= rank < world or not 0 < port < 65536:
+        raise DeployNASError(f"WORLD_SIZE={world} asks for a multi-process run, but "
+                             f"{', '.join(f'{n}={os.environ.get(n)}' for n in ('RANK', 'MASTER_ADDR', 'MASTER_PORT'))} "
+                             "do not describe one; start it with torchrun, or unset WORLD_SIZE")
     return rank, world
 
 
 def main_process() -> bool:
-    """Rank 0 of a torchrun launch, or a plain process: the one that prints what every rank would."""
-    return launch()[0] == 0
+    """Rank 0 of a torchrun launch, or a plain process: the one that prints what every rank would. Lenient: a
+    command that joins no process group runs as a plain process whatever the launch variables say, and one that
+    does is checked by `process_group_from_env`."""
+    try:
+        return launch()[0] == 0
+    except DeployNASError:  # no valid launch: a plain process
+        return True
 
 
 @contextlib.contextmanager

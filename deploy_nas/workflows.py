@@ -94,8 +94,8 @@ def calibration(bn: str | None, calib_dir: Path | None, space: Any, family: str,
 
         if space is None:
             raise InvalidSubnetConfig("--calib-data: the input size comes from a search space; pass --space")
-        # at most the official amount (64 batches of 64): a larger folder is read only that far, so its size cannot
-        # make the memory unbounded
+        # at most the official amount (64 batches of 64), evenly spread over a larger folder (so over its classes):
+        # its size cannot make the memory unbounded
         limit = BN_CALIB_BATCHES * Calibration.batch_size
         images = load_image_folder(calib_dir, space.img_size, space.in_chans, limit=limit).images
     return Calibration(bn or "recalibrate", images)
@@ -212,12 +212,13 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
                known: dict[str, float] | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Evolution and random search under a latency budget measured on `request.backend`; see deploy_nas.search."""
     from deploy_nas.export.latency import BackendLatency
-    from deploy_nas.search import EvolutionConfig, Search, SearchConstraints, SearchSetup
+    from deploy_nas.search import EvolutionConfig, Search, SearchConstraints, SearchSetup, check_resume
 
     request.check()
     if space is None:
         raise DeployNASError("this supernet has no search space; pass --space")
     latency = BackendLatency(request.backend, request.precision, request.threads)
+    check_resume(Path(out), resume, space, supernet.family)  # a damaged resume is named before the data is read
     data = search_data(space, request.data_dir)
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
     constraints = SearchConstraints(request.budget_ms, request.params_range, request.flops_range)

@@ -92,11 +92,11 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
     source = onnx_path(out)
     if not source.is_file():
         raise ExportError(f"{source} not found; run `deploy-nas export onnx {out}` first")
-    check_onnx(source, out)
+    check_onnx_record(source, out)
     return get_backend(backend).build(source, config)
 
 
-def check_onnx(source: Path, out: str | Path) -> None:
+def check_onnx_record(source: Path, out: str | Path) -> None:
     """A deployment's model.onnx must be the graph its sidecar records (sha256): one copied in from another
     deployment, or edited, would be built, timed and compared against this directory's dense model."""
     from deploy_nas.export.onnx import sidecar_path

@@ -168,6 +168,24 @@ def test_search_data_numbers_test_by_the_val_splits_classes(tmp_path):
     assert splits["test"].labels.tolist() == [1, 2]
 
 
+def test_search_labels_as_training_did_when_there_is_a_train_split(tmp_path):
+    """A supernet trained on DIR learned DIR/train's labels: search scores DIR/val and DIR/test with the same ones,
+    also when val lacks a class (it gave b and c the labels 0 and 1 before: every subnet scored on wrong labels)."""
+    _split(tmp_path / "d" / "train", "abc")
+    _split(tmp_path / "d" / "val", "bc")
+    _split(tmp_path / "d" / "test", "ac")
+    trained, searched = train_data(_space(), tmp_path / "d"), search_data(_space(), tmp_path / "d")
+    assert trained["val"].labels.tolist() == searched["val"].labels.tolist() == [1, 2]
+    assert trained["test"].labels.tolist() == searched["test"].labels.tolist() == [0, 2]
+
+
+def test_a_limit_takes_images_spread_over_the_folder(tmp_path):
+    """--calib-data and the parity batch read at most N images: spread over the sorted files (every class folder),
+    not the first N (the first few classes of an ImageNet-style folder)."""
+    _split(tmp_path / "d", "abcd", per_class=4)
+    assert load_image_folder(tmp_path / "d", 16, limit=4).labels.tolist() == [0, 1, 2, 3]
+
+
 def test_a_class_folder_the_reference_split_lacks_is_a_data_error(tmp_path):
     _split(tmp_path / "d" / "train", "ab")
     _split(tmp_path / "d" / "val", "abz")

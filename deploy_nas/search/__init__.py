@@ -234,17 +234,8 @@ class Search:
                    ) -> tuple[dict[str, float] | None, list[dict[str, Any]] | None]:
         """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search) and the
         logged generations of a resumed search, both checked: a damaged file is refused before it is used."""
-        from deploy_nas.spaces import load_config
-
-        check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE))
-        if not resume:
-            return known, None
-        if (out / MEASURED_FILE).is_file():
-            known = {**_read_measured(out / MEASURED_FILE), **(known or {})}
-        rows = None
-        if (out / LOG_FILE).is_file():
-            rows = _read_log(out / LOG_FILE, lambda d: self.space.validate(load_config(d, self.supernet.family)))
-        return known, rows
+        saved, rows = check_resume(out, resume, self.space, self.supernet.family)
+        return ({**saved, **(known or {})} if saved is not None else known), rows
 
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:
@@ -282,6 +273,22 @@ class Search:
                 self.log(f"generation {row['generation']}: best val top-1 {best['fitness']:.4f}, "
                          f"{row['evaluated']} evaluated")
         return evo
+
+
+def check_resume(out: Path, resume: bool, space: Any, family: str
+                 ) -> tuple[dict[str, float] | None, list[dict[str, Any]] | None]:
+    """OUT checked as a search output (new, or with --resume one holding a search's files), and a resumed search's
+    measured latencies and logged generations, each checked (None where there are none). Cheap: callers run it
+    before reading any data."""
+    from deploy_nas.spaces import load_config
+
+    check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE))
+    if not resume:
+        return None, None
+    saved = _read_measured(out / MEASURED_FILE) if (out / MEASURED_FILE).is_file() else None
+    rows = _read_log(out / LOG_FILE, lambda d: space.validate(load_config(d, family))) \
+        if (out / LOG_FILE).is_file() else None
+    return saved, rows
 
 
 class _KeyTwice(Exception):
@@ -421,4 +428,4 @@ def search_table(result: dict[str, Any]) -> Any:
 
 
 __all__ = ["DamagedSearchOutput", "EvolutionConfig", "InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup",
-           "pareto_front", "search_table", "subnet_top1"]
+           "check_resume", "pareto_front", "search_table", "subnet_top1"]

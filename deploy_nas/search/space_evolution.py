@@ -42,9 +42,10 @@ scores again.
   high rate undoes more of the training than one epoch recovers).
 
 Outputs (built in a temporary directory that replaces OUT when the run ends: a killed or failed run leaves the old
-output, if any, as it was): evolution.json (per step: the space, its E, T and E-T error, each
-dimension's points, slope, effect and action), final.json (the last space, a file `search --space` accepts),
-et_error.png (E-T, E and T per step) and supernet/ (the fine-tuned, possibly grown supernet).
+output, if any, as it was, and no partial one; its per-step results are in the printed log): evolution.json (per
+step: the space, its E, T and E-T error, each dimension's points, slope, effect and action), final.json (the last
+space, a file `search --space` accepts), et_error.png (E-T, E and T per step) and supernet/ (the fine-tuned,
+possibly grown supernet).
 """
 from __future__ import annotations
 
@@ -362,8 +363,8 @@ def evolve_space(supernet: Any, space: Any, out: str | Path, request: EvolveSpac
         _usable_space(supernet, trained)
     evolution = SpaceEvolution(supernet, space, request, _data(space, request.data_dir), log, trained)
     rows = [evolution.score(0)]
-    # OUT appears whole when the run ends (a kill, or a --force replace, leaves the old output as it was); until
-    # then the record of the steps done is in the temporary directory beside it
+    # OUT appears whole when the run ends: a failed or killed run (a --force replace included) leaves the old output
+    # as it was, and no partial one; the per-step results of such a run are in its log (each step is printed)
     with atomic_dir(out, force) as tmp:
         for step in range(1, request.steps + 1):
             rows[-1]["dimensions"] = evolution.evolve(step)

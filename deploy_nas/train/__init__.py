@@ -112,15 +112,17 @@ def train_config(family: Any, given: dict[str, Any]) -> TrainConfig:
     if "lr" in given and "min_lr" not in given and defaults.get("min_lr", -1.0) == defaults.get("lr"):
         defaults["min_lr"] = given["lr"]
     config = TrainConfig(**{**defaults, **given}).validate()
-    # a setting given that this run would not use is refused, not dropped
-    unused = [k for k in given if k in TRAIN_RULES.get(family.train_rule).ignores]
-    unused += [k for k, needs in (("distill_weight", "distill"), ("projection_from_epoch", "grad_projection"))
-               if k in given and k not in unused and not getattr(config, needs)]
+    # a setting given that this run would not use is refused, not dropped, with the reason
+    rule = family.train_rule
+    unused = {k: f"{family.name} trains with rule {rule!r}, which does not use it"
+              for k in given if k in TRAIN_RULES.get(rule).ignores}
+    for k, needs, why in (("distill_weight", "distill", "distillation is off"),
+                          ("projection_from_epoch", "grad_projection", "gradient projection is off")):
+        if k in given and k not in unused and not getattr(config, needs):
+            unused[k] = why
     if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise DeployNASError(f"{flags} would change nothing in this training ({family.name}, rule "
-                             f"{family.train_rule!r}{'; distillation off' if not config.distill else ''}"
-                             f"{'; no gradient projection' if not config.grad_projection else ''}); leave "
+        reasons = "; ".join(f"--{k.replace('_', '-')} ({why})" for k, why in unused.items())
+        raise DeployNASError(f"settings that would change nothing in this training: {reasons}; leave "
                              f"{'it' if len(unused) == 1 else 'them'} out")
     return config
 

@@ -161,9 +161,14 @@ class SandwichTrainer:
 
     def _check_finite(self, step: dict | None = None) -> None:
         """A diverged run stops before it saves: the losses of a step, or (at the end of an epoch, before the save)
-        the weights, must be finite. OUT keeps the last epoch that was."""
+        the weights, must be finite. OUT keeps the last epoch that was. Under torchrun every rank decides alike (the
+        losses are each rank's slice's: a flag is all-reduced), so all stop with the same message."""
         bad = ([k for k, v in step.items() if k.startswith("loss") and not math.isfinite(v)] if step is not None else
                [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())][:3])
+        if step is not None and self.world.size > 1:
+            flag = torch.tensor([float(bool(bad))], device=self.device)
+            self.world.mean_([flag])
+            bad = bad or (["a loss on another rank"] if float(flag) > 0 else [])
         if bad:
             where = f"step {self.step_count}" if step is not None else f"the end of epoch {self.epoch + 1}"
             raise TrainingDiverged(f"training diverged at {where}: {', '.join(bad)} not finite (NaN or Inf); "
@@ -251,7 +256,8 @@ class SandwichTrainer:
                                   f"{brief(str(err), 100)}); train into a new directory instead of --resume") from None
         if epoch < 0 or step < 0:
             raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
-        bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        tensors = {**state["model"], **{f"ema.{k}": v for k, v in (state["ema"] or {}).items()}}
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise CheckpointError(f"{path} holds non-finite weights ({brief(bad)}): the run it saved had diverged; "
                                   "train into a new directory instead of --resume")

@@ -56,15 +56,17 @@ def test_training_numbers_that_cannot_work_are_refused_before_any_step(tmp_path)
 
 
 def test_training_options_that_would_change_nothing_are_refused(tmp_path):
-    for flags, named in ((("--w-attn", "5"), "--w-attn would change nothing in this training (autoformer"),
-                         (("--freeze-weights",), "--freeze-weights would"),
-                         (("--projection-from-epoch", "5"), "--projection-from-epoch would change nothing"),
-                         (("--distill-weight", "0.9", "--no-distill"), "--distill-weight would change nothing")):
+    for flags, named in ((("--w-attn", "5"), "--w-attn (autoformer trains with rule 'sandwich', which does not use"),
+                         (("--freeze-weights",), "--freeze-weights (autoformer trains with rule 'sandwich'"),
+                         (("--projection-from-epoch", "5"), "--projection-from-epoch (gradient projection is off)"),
+                         (("--distill-weight", "0.9", "--no-distill"), "--distill-weight (distillation is off)")):
         line = one_error_line(run("train", *TINY, "--max-steps", "1", *flags, "--out", tmp_path / "t"))
-        assert named in line and not (tmp_path / "t").exists(), line
+        assert "settings that would change nothing in this training: " + named in line, line
+        assert not (tmp_path / "t").exists()
     line = one_error_line(run("train", "--family", "psvit", "--space", "psvit-tiny-2d", "--epochs", "1",
-                              "--max-steps", "1", "--distill-weight", "0.9", "--out", tmp_path / "t"))
-    assert "--distill-weight would change nothing in this training (psvit, rule 'spos'; distillation off" in line
+                              "--max-steps", "1", "--distill-weight", "0.9", "--w-attn", "3", "--out", tmp_path / "t"))
+    assert ("--distill-weight (psvit trains with rule 'spos', which does not use it); --w-attn (psvit trains with "
+            "rule 'spos', which does not use it); leave them out") in line
 
 
 def test_hand_edited_deployment_files_are_named_not_tracebacks(tmp_path):
@@ -104,16 +106,33 @@ def test_hand_edited_deployment_files_are_named_not_tracebacks(tmp_path):
 
 
 def test_launch_variables_and_paths_that_are_not_text_are_one_line(tmp_path):
+    # a command that joins a process group checks the launch (a traceback before); one that does not ignores it
     for env, named in (({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number"),
-                       ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 asks for a multi-process run")):
-        line = one_error_line(run("extract", "--config", "min", "--out", tmp_path / "e", env=env))
-        assert named in line and not (tmp_path / "e").exists()
-    r = run("extract", "--config", "min", "--out", tmp_path / "e", env={"RANK": "1"})  # no launch: a plain process
-    assert r.returncode == 0 and (tmp_path / "e" / "spec.json").is_file()
+                       ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 asks for a multi-process run, but RANK=None")):
+        line = one_error_line(run("train", *TINY, "--max-steps", "1", "--out", tmp_path / "t", env=env))
+        assert named in line and not (tmp_path / "t").exists()
+    for env in ({"RANK": "1"}, {"WORLD_SIZE": "abc"}):  # RANK=1 alone printed nothing and took no lock before
+        r = run("extract", "--config", "min", "--out", tmp_path / "e", "--force", env=env)
+        assert r.returncode == 0 and "extracted" in r.stdout and (tmp_path / "e" / "spec.json").is_file()
     bad = str(tmp_path).encode() + b"/bad\xffname"
     r = subprocess.run([EXE, "extract", "--config", "min", "--out", bad], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: a name that is not valid UTF-8"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_a_damaged_resume_is_named_before_the_data_is_read(tmp_path):
+    """search --resume checks its log and measured.json before it decodes --data (hours on a large folder)."""
+    from deploy_nas.io import record_written
+
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "measured.json").write_text('{"abc": NaN}')
+    record_written(out / "measured.json", create=True)  # a search's own file, damaged
+    (tmp_path / "data" / "val" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "a" / "broken.png").write_bytes(b"not a png")
+    line = one_error_line(run("search", "--latency-budget-ms", "1", "--data", tmp_path / "data", "--resume",
+                              "--out", out))
+    assert "measured.json is damaged: entry 'abc' is nan" in line, line
 
 
 def test_bench_runs_and_warmup_are_bounded(tmp_path):
