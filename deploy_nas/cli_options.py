@@ -39,11 +39,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     except DeployNASError as err:
         from deploy_nas.distributed import main_process
 
-        try:
-            speaks = main_process()  # under torchrun every rank fails alike; one says so
-        except DeployNASError:  # the launch environment itself is what is wrong
-            speaks = True
-        if speaks:
+        if main_process():  # under torchrun every rank fails alike; one says so
             click.echo(f"error: {one_line(str(err))}", err=True)
         sys.exit(err.exit_code)
     except UnicodeEncodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)

@@ -216,10 +216,9 @@ def _names(classes: list[str], limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
-def image_folder_classes(root: str | Path) -> list[str]:
-    """The class names of the image folder `root`, in label order (sorted)."""
-    root = Path(root)
-    return sorted({_class_of(p, root) for p in _image_files(root)})
+def _classes_of(files: list[Path], root: Path) -> list[str]:
+    """The class names of the images `files` under `root`, in label order (sorted)."""
+    return sorted({_class_of(p, root) for p in files})
 
 
 def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: int, in_chans: int,
@@ -230,15 +229,16 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
     list lacks is a typed error (a class missing from a split is fine), and so is a list with more classes than the
     model's head (`num_classes`)."""
     data_dir = Path(data_dir)
-    reference = data_dir / ("train" if (data_dir / "train").is_dir() else names[0])
-    classes = image_folder_classes(reference)
+    files = {name: _image_files(data_dir / name) for name in names}  # each folder walked once
+    ref = "train" if (data_dir / "train").is_dir() else names[0]
+    reference = data_dir / ref
+    classes = _classes_of(files[ref] if ref in files else _image_files(reference), reference)
     if len(classes) > num_classes:
         raise DataError(f"{reference} has {len(classes)} classes ({_names(classes)}) but the model's head has "
                         f"{num_classes}; use data with at most {num_classes} classes")
     for name in names:  # every split's folders first: a stray class is named before hours of decoding
-        _check_classes(data_dir / name, image_folder_classes(data_dir / name), classes, reference)
-    return {name: load_image_folder(data_dir / name, img_size, in_chans, classes=classes, reference=reference)
-            for name in names}
+        _check_classes(data_dir / name, _classes_of(files[name], data_dir / name), classes, reference)
+    return {name: _load_images(data_dir / name, files[name], img_size, in_chans, classes) for name in names}
 
 
 def _check_classes(root: Path, found: list[str], classes: list[str], where: str | Path) -> None:
@@ -258,18 +258,23 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit:
                       classes: list[str] | tuple[str, ...] | None = None, reference: str | Path | None = None) -> Split:
     """Images under `root` (class sub-folders, or flat; `limit`: at most that many, evenly spread over the sorted
     files), resized (shorter side to img_size * 256/224, bicubic), centre-cropped to img_size and normalized: the
-    standard evaluation transform. Labels index `classes` (the
-    ordered class names, as `image_folder_classes` gives them, of the split named `reference` in messages) when
-    given, else the sorted class folders of `root`; a class folder not in `classes` is a typed error."""
-    from PIL import Image, UnidentifiedImageError
-
+    standard evaluation transform. Labels index `classes` (the ordered class names of the split named `reference`
+    in messages) when given, else the sorted class folders of `root`; a class folder not in `classes` is a typed
+    error."""
     root = Path(root)
     files = _image_files(root)
     if limit and len(files) > limit:  # evenly spread over the sorted files: every class folder, not the first few
         files = [files[i * len(files) // limit] for i in range(limit)]
-    found = sorted({_class_of(p, root) for p in files})
+    found = _classes_of(files, root)
     classes = found if classes is None else list(classes)
     _check_classes(root, found, classes, reference if reference is not None else "the class list given")
+    return _load_images(root, files, img_size, in_chans, classes)
+
+
+def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, classes: list[str]) -> Split:
+    """`files` under `root` through the evaluation transform, labelled by their index in `classes`."""
+    from PIL import Image, UnidentifiedImageError
+
     index = {c: i for i, c in enumerate(classes)}
     arrays, labels = [], []
     for p in files:

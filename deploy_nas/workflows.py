@@ -171,7 +171,7 @@ def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
 
     if data_dir is None:
         return search_splits(space.img_size, space.in_chans)
-    # One class list for both splits, DIR/val's (so a class has one label), at most the model's num_classes.
+    # One class list for both splits (DIR/train's when there is one: the labels training used), at most num_classes.
     return image_folder_splits(data_dir, ("val", "test"), space.img_size, space.in_chans, space.num_classes)
 
 
@@ -218,13 +218,13 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
     if space is None:
         raise DeployNASError("this supernet has no search space; pass --space")
     latency = BackendLatency(request.backend, request.precision, request.threads)
-    check_resume(Path(out), resume, space, supernet.family)  # a damaged resume is named before the data is read
+    checked = check_resume(Path(out), resume, space, supernet.family)  # named before the data is read
     data = search_data(space, request.data_dir)
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
     constraints = SearchConstraints(request.budget_ms, request.params_range, request.flops_range)
     search = Search(supernet, space, data, latency, constraints, SearchSetup(measure=request.measure, evolution=evo),
                     log=log)
-    return search.run(out, resume=resume, known=known)
+    return search.run(out, resume=resume, known=known, checked=checked)
 
 
 # ------------------------------------------------------------------------------------------------------ demo

@@ -203,11 +203,16 @@ class Search:
                 "points": points, "front": pareto_front(points)}
 
     # ------------------------------------------------------------------------------------------------- run
-    def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None) -> dict[str, Any]:
-        """`known`: latencies (ms) already measured, by config id; reused instead of measured again."""
+    def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None,
+            checked: tuple[dict[str, float] | None, list[dict[str, Any]] | None] | None = None) -> dict[str, Any]:
+        """`known`: latencies (ms) already measured, by config id; reused instead of measured again. `checked`:
+        what `check_resume` returned for OUT, when the caller ran it already (before reading its data)."""
         out = Path(out)
-        # everything a resume reads is read and checked here, before any work and any write
-        known, rows = self.world.run_on_main(lambda: self._check_out(out, resume, known))
+        # everything a resume reads is read and checked here (or was, `checked`), before any work and any write
+        if checked is None:
+            checked = self.world.run_on_main(lambda: check_resume(out, resume, self.space, self.supernet.family))
+        saved, rows = checked
+        known = {**saved, **(known or {})} if saved is not None else known
         predictor = self.fit_predictor(known)
         self.log(f"predictor: Kendall tau {_tau(predictor['held_out']['kendall_tau'])}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
@@ -229,13 +234,6 @@ class Search:
         if self.world.main:
             plot_pareto(result, out / "pareto.png")
         return result
-
-    def _check_out(self, out: Path, resume: bool, known: dict[str, float] | None
-                   ) -> tuple[dict[str, float] | None, list[dict[str, Any]] | None]:
-        """Refuse an unusable OUT; the latencies already measured (`known`, plus those of a resumed search) and the
-        logged generations of a resumed search, both checked: a damaged file is refused before it is used."""
-        saved, rows = check_resume(out, resume, self.space, self.supernet.family)
-        return ({**saved, **(known or {})} if saved is not None else known), rows
 
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:

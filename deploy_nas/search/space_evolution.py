@@ -105,11 +105,14 @@ class EvolveSpaceRequest:
                                  "per-value >= 2; top tier in (0, 1]; min effect >= 0; lr and budget > 0; "
                                  "fine-tune max steps and val images >= 1)")
         # settings given (away from their defaults) that this run would never use are refused, not dropped
-        finetuning = ("finetune_lr", "finetune_max_steps", "batch_size")
-        unused, why = (("per_value", "min_effect", "finetune_epochs", *finetuning, "grow"), "--steps 0 only scores "
-                       "the start space") if self.steps == 0 else (finetuning, "--finetune-epochs 0 fine-tunes nothing")
-        unused = tuple(n for n in unused if getattr(self, n) != getattr(EvolveSpaceRequest, n))
-        if unused and (self.steps == 0 or self.finetune_epochs == 0):
+        finetuning, idle, why = ("finetune_lr", "finetune_max_steps", "batch_size"), (), ""
+        if self.steps == 0:
+            idle, why = ("per_value", "min_effect", "finetune_epochs", *finetuning, "grow"), "--steps 0 only scores " \
+                "the start space"
+        elif self.finetune_epochs == 0:
+            idle, why = finetuning, "--finetune-epochs 0 fine-tunes nothing"
+        unused = [n for n in idle if getattr(self, n) != getattr(EvolveSpaceRequest, n)]
+        if unused:
             raise DeployNASError(f"{', '.join('--' + n.replace('_', '-') for n in unused)} would change nothing: "
                                  f"{why}; leave {'it' if len(unused) == 1 else 'them'} out")
         return self
