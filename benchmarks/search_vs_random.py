@@ -55,7 +55,7 @@ def run(seeds: list[int], log=print) -> dict[str, Any]:
                       "points": result[m]["points"]}
         log(f"seed {seed}: evolution {row['evolution']['val_top1']:.4f}/{row['evolution']['test_top1']:.4f} "
             f"random {row['random']['val_top1']:.4f}/{row['random']['test_top1']:.4f} (val/test), "
-            f"tau {row['predictor']['kendall_tau']:.3f}, {row['seconds']:.0f} s")
+            f"tau {_tau(row['predictor']['kendall_tau'])}, {row['seconds']:.0f} s")
         runs.append(row)
     summary = {}
     for m in METHODS:
@@ -65,13 +65,19 @@ def run(seeds: list[int], log=print) -> dict[str, Any]:
         diffs = [r["evolution"][key] - r["random"][key] for r in runs]
         summary[f"evolution-random.{key}"] = {**_spread(diffs), "evolution_ahead": sum(d > 0 for d in diffs),
                                               "ties": sum(d == 0 for d in diffs)}
-    for key in ("kendall_tau", "mape_percent"):
-        summary[f"predictor.{key}"] = _spread([r["predictor"][key] for r in runs])
+    for key in ("kendall_tau", "mape_percent"):  # a tau is null (undefined) where tied latencies leave no ranking
+        if values := [r["predictor"][key] for r in runs if r["predictor"][key] is not None]:
+            summary[f"predictor.{key}"] = _spread(values)
     for key in ("kendall_tau", "median_diff_percent"):
-        if values := [r["repeatability"][key] for r in runs if r.get("repeatability")]:
+        if values := [r["repeatability"][key] for r in runs if r.get("repeatability") and
+                      r["repeatability"][key] is not None]:
             summary[f"repeatability.{key}"] = _spread(values)
     return {"machine": machine(), "space": space.to_dict(), "threads": DEMO_THREADS, "budget_ms": plan["budget_ms"],
             "latency_range_ms": list(plan["range_ms"]), "runs": runs, "summary": summary}
+
+
+def _tau(value: float | None) -> str:
+    return "undefined (tied latencies)" if value is None else f"{value:.3f}"
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -103,14 +109,13 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"\nEvolution minus random, {key.replace('_', ' ')}: median {100 * d['median']:+.2f} points "
                      f"({100 * d['min']:+.2f} .. {100 * d['max']:+.2f}); evolution ahead in {d['evolution_ahead']} of "
                      f"{len(res['runs'])} seeds, {d['ties']} ties.")
-    t, e = s["predictor.kendall_tau"], s["predictor.mape_percent"]
-    lines.append(f"\nLatency predictor on its held-out subnets: Kendall tau {spread(t, lambda v: f'{v:.3f}')}, "
-                 f"mean abs error {spread(e, lambda v: f'{v:.1f}%')}.")
-    if "repeatability.kendall_tau" in s:
-        t, d = s["repeatability.kendall_tau"], s["repeatability.median_diff_percent"]
+    tau = lambda key: spread(s[key], lambda v: f"{v:.3f}") if key in s else "undefined (tied latencies)"  # noqa: E731
+    lines.append(f"\nLatency predictor on its held-out subnets: Kendall tau {tau('predictor.kendall_tau')}, "
+                 f"mean abs error {spread(s['predictor.mape_percent'], lambda v: f'{v:.1f}%')}.")
+    if "repeatability.median_diff_percent" in s:
         lines.append(f"\nTiming repeatability (the predictor's subnets, the medians of the even passes against those "
-                     f"of the odd ones): Kendall tau {spread(t, lambda v: f'{v:.3f}')}, median difference "
-                     f"{spread(d, lambda v: f'{v:.1f}%')}.")
+                     f"of the odd ones): Kendall tau {tau('repeatability.kendall_tau')}, median difference "
+                     f"{spread(s['repeatability.median_diff_percent'], lambda v: f'{v:.1f}%')}.")
     return "\n".join(lines) + "\n"
 
 

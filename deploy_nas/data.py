@@ -205,9 +205,11 @@ def _image_files(root: Path) -> list[Path]:
 
 
 def _class_of(path: Path, root: Path) -> str:
-    """An image's class: the name of the folder it is in, "" for one directly under `root` (so a flat train/ and a
-    flat val/ have the same one class, whatever their folders are called)."""
-    return "" if path.parent == root else path.parent.name
+    """An image's class: the folder directly under `root` that holds it, at any depth (torchvision's ImageFolder:
+    `root/a/x/1.png` is class "a", so `root/a/x/` and `root/b/x/` stay two classes), "" for one directly under
+    `root` (so a flat train/ and a flat val/ have the same one class, whatever their folders are called)."""
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _names(classes: list[str], limit: int = 80) -> str:

@@ -37,6 +37,20 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 _HELD: set[str] = set()  # outputs this process holds the lock of (the CLI locks early, atomic_dir again)
 
 
+def load_safetensors(path: str | Path) -> dict:
+    """The tensors of a safetensors file. The library takes only UTF-8 paths; one that is not (a name in another
+    encoding) is read as bytes instead, so its tensors load like any other file's."""
+    from safetensors.torch import load, load_file
+
+    path = str(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        with open(path, "rb") as f:
+            return load(f.read())
+    return load_file(path)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

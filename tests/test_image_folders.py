@@ -238,3 +238,13 @@ def test_batchnorm_recalibration_reads_a_folder_only_to_the_official_amount(tmp_
     monkeypatch.setattr(workflows, "BN_CALIB_BATCHES", 1)
     calib = workflows.calibration(None, tmp_path / "calib", SPACES.get("nasvit-tiny"), "nasvit")
     assert calib.mode == "recalibrate" and calib.images.shape[0] == 64
+
+
+def test_nested_class_folders_are_their_top_folder(tmp_path):
+    """As torchvision's ImageFolder reads them: root/a/x/1.png is class a, so root/a/x and root/b/x stay two classes
+    (they merged into one class 'x' before)."""
+    _png(tmp_path / "v" / "a" / "x" / "1.png")
+    _png(tmp_path / "v" / "a" / "2.png")
+    _png(tmp_path / "v" / "b" / "x" / "1.png")
+    split = load_image_folder(tmp_path / "v", 16)
+    assert split.labels.tolist() == [0, 0, 1]

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
 from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, brief
-from deploy_nas.io import atomic_dir
+from deploy_nas.io import atomic_dir, load_safetensors
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
 
@@ -59,7 +59,7 @@ def load_dense(directory: str | Path) -> nn.Module:
     except (OSError, UnicodeDecodeError) as err:
         raise DenseModelError(f"cannot read {spec_path} ({err}); re-extract the model") from err
     try:
-        state = load_file(str(weights_path))
+        state = load_safetensors(weights_path)
     except (SafetensorError, OSError, ValueError) as err:
         raise DenseModelError(f"{weights_path} is corrupt or not safetensors ({err}); re-extract the model") from err
     try:

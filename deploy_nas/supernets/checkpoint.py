@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from deploy_nas.errors import CheckpointError, brief
+from deploy_nas.io import load_safetensors
 
 
 class _InertNamespace:
@@ -61,7 +61,7 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"{path} is {size / 2**30:.1f} GiB, larger than any supernet checkpoint; refusing")
     if kind == "safetensors" or path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return load_safetensors(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file ({brief(str(err), 120)})") from None
     if kind == "unknown":

@@ -139,3 +139,14 @@ def test_bench_runs_and_warmup_are_bounded(tmp_path):
     for flag in ("--runs", "--warmup"):
         line = one_error_line(run("bench", tmp_path, "--backend", "torch", flag, str(10**20)))
         assert flag in line and "range" in line
+
+
+def test_a_model_under_a_name_that_is_not_utf8_loads(tmp_path):
+    """Writing under such a name is refused (above), but a model or checkpoint copied there must still read: the
+    safetensors library takes only UTF-8 paths, and info called the weights corrupt before."""
+    ok = tmp_path / "ok"
+    assert run("extract", "--config", "min", "--out", ok).returncode == 0
+    moved = str(tmp_path).encode() + b"/m\xff"
+    ok.rename(moved.decode("utf-8", "surrogateescape"))
+    r = subprocess.run([EXE, "info", moved], capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"params 0.154M" in r.stdout, r.stderr

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -96,6 +99,46 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path, projectio
         moved += not torch.equal(single[k], start[k])
     assert_data_parallel_match(r0, single)
     assert moved > len(single) // 2  # the steps really changed the weights
+
+
+def _diverge(rank: int, world_size: int, store: str, out: str) -> None:
+    """Two ranks, one Inf pixel in an image of rank 1's slice of the second step: only rank 1's loss is NaN there."""
+    import torch.distributed as dist
+
+    from deploy_nas.errors import TrainingDiverged
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    supernet, space = default_supernet(seed=0)
+    trainer = SandwichTrainer(supernet, space, TrainConfig(epochs=1, batch_size=GLOBAL_BATCH, max_steps=STEPS),
+                              World())
+    data = small_train_split()
+    order = np.random.default_rng(trainer.config.seed).permutation(len(data.images))  # trainer.batches' shuffle
+    data.images[order[GLOBAL_BATCH + GLOBAL_BATCH // 2]] = np.inf  # step 2, the first image of rank 1's half
+    try:
+        trainer.fit(data)
+        message = "no error"
+    except TrainingDiverged as err:
+        message = str(err)
+    Path(out, f"rank{rank}.txt").write_text(message)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_loss_diverging_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """The divergence check all-reduces a flag: rank 0, whose own losses are finite, stops at the same step with a
+    message naming the other rank, instead of running on into collectives that rank 1 has left."""
+    ranks = mp.start_processes(_diverge, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False,
+                               start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:  # a rank left waiting in a collective: the hang this check prevents
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail("the ranks did not stop together (still running after 300 s)")
+    r0, r1 = ((tmp_path / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert r0.startswith("training diverged at step 2: a loss on another rank not finite"), r0
+    assert r1.startswith("training diverged at step 2: loss_max, loss_sub not finite"), r1
 
 
 @pytest.mark.gpu
