@@ -102,6 +102,11 @@ def _build(out: Path, backend: str, precision: str, threads: int | None = None, 
 @opt.writes(new=False)
 def export_openvino_cmd(out: Path, precision: str, calib_dir: Path | None, threads: int | None) -> None:
     """OUT/openvino/<precision>/model.xml from OUT/model.onnx."""
+    if calib_dir is not None and precision != "int8":
+        from deploy_nas.errors import DeployNASError
+
+        raise DeployNASError(f"--calib-data calibrates int8 builds only; {precision} builds do not read it: "
+                             "leave it out, or pass --precision int8")
     _build(out, "openvino", precision, threads, calib_dir)
 
 
@@ -255,10 +260,15 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
     with process_group_from_env():
         try:
             result = run_search(supernet, own, out, SearchRequest(**request), resume, log=click.echo)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            from deploy_nas.search import LOG_FILE
+
             if main_process():
-                click.echo(f"interrupted: the per-generation log is in {out}; continue with --resume", err=True)
-            sys.exit(130)
+                how = "terminated (SIGTERM)" if isinstance(err, opt.Terminated) else "interrupted"
+                click.echo(f"{how}: the per-generation log is in {out}; continue with --resume" if
+                           (out / LOG_FILE).is_file() else f"{how} before the first generation ended; nothing to "
+                           "resume, run the search again", err=True)
+            sys.exit(143 if isinstance(err, opt.Terminated) else 130)
         if not main_process():
             return
     _show(search_table(result))

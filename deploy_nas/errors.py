@@ -77,6 +77,7 @@ def check_flags(owner: str, error: type[Exception], **values: Any) -> None:
 
 
 MAX_SIZE = 2**31 - 1  # no size, count or scale of a model comes near it; larger ones overflow native code
+MAX_IMG_SIZE = 4096  # px: 4x the largest ViT input in use (SAM's 1024); the activations of larger ones fill memory
 
 
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,

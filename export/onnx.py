@@ -48,6 +48,7 @@ class OnnxExportResult:
     sha256: str
     inputs: dict[str, list[int | str]]
     outputs: dict[str, list[int | str]]
+    exported_from: dict[str, str] | None = None  # {file: sha256} of the model files it was exported from
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -74,8 +75,10 @@ def fixed_batch(shape: tuple[int, int, int], batch: int = PARITY_BATCH, seed: in
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET, dynamo: bool = False,
-                simplify: bool = True) -> OnnxExportResult:
-    """Export `model` to `path` with input "input" (dynamic batch) and output "logits"; see the module doc."""
+                simplify: bool = True, exported_from: dict[str, str] | None = None) -> OnnxExportResult:
+    """Export `model` to `path` with input "input" (dynamic batch) and output "logits"; see the module doc.
+    `exported_from` ({file: sha256} of the files `model` was loaded from) goes into the sidecar, so that a later
+    step can tell the graph from a model changed since."""
     check_opset(opset, dynamo)
     if dynamo:
         opset = max(opset, DYNAMO_MIN_OPSET)  # it builds at 18 and cannot down-convert these graphs
@@ -93,20 +96,21 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET, dyna
     after = max_abs(ort_outputs(data, x), reference)
     write_bytes_atomic(path, data)
     try:
-        return _finish(final, proto, Path(path), dynamo, note, before, after, change)
+        return _finish(final, proto, Path(path), dynamo, note, before, after, change, exported_from)
     except BaseException:
         Path(path).unlink(missing_ok=True)  # no model.onnx without its sidecar
         raise
 
 
 def _finish(final: Any, proto: Any, path: Path, dynamo: bool, note: str, before: float, after: float,
-            change: float | None) -> OnnxExportResult:
+            change: float | None, exported_from: dict[str, str] | None) -> OnnxExportResult:
     """The result for a written file, and its sidecar."""
     result = OnnxExportResult(
         path=path, sidecar=sidecar_path(path), opset=opset_of(final), exporter=exporter_name(dynamo),
         simplified=final is not proto, simplify_note=note, max_abs_before=before, max_abs_after=after,
         max_abs_simplify=change, nodes_before=len(proto.graph.node), nodes_after=len(final.graph.node),
-        sha256=sha256_file(path), inputs=io_shapes(final.graph.input), outputs=io_shapes(final.graph.output))
+        sha256=sha256_file(path), inputs=io_shapes(final.graph.input), outputs=io_shapes(final.graph.output),
+        exported_from=exported_from)
     write_json_atomic(result.sidecar, sidecar(result))
     return result
 

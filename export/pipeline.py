@@ -69,11 +69,34 @@ def check_request(backend: str, precision: str) -> None:
 
 
 def export_to(out: str | Path, opset: int = 17, dynamo: bool = False, simplify: bool = True):
-    """out/model.onnx (+ sidecar) from out's dense model."""
+    """out/model.onnx (+ sidecar, which records the dense model's files it came from) from out's dense model."""
     from deploy_nas.dense import load_dense
     from deploy_nas.export.onnx import export_onnx
 
-    return export_onnx(load_dense(dense_dir(out)), onnx_path(out), opset=opset, dynamo=dynamo, simplify=simplify)
+    d = dense_dir(out)
+    source = dense_digests(d)
+    result = export_onnx(load_dense(d), onnx_path(out), opset=opset, dynamo=dynamo, simplify=simplify,
+                         exported_from=source)
+    refresh_manifest(out)
+    return result
+
+
+def refresh_manifest(out: str | Path) -> None:
+    """A deployment that `run` wrote keeps its manifest.json true: a later export, build, parity or bench in it
+    records the sha256 of every file anew (nothing to do in a directory without one)."""
+    path = Path(out) / MANIFEST_JSON
+    if path.is_file():
+        from deploy_nas.export.report import manifest
+
+        write_json_atomic(path, manifest(out, exclude=(MANIFEST_JSON,)))
+
+
+def dense_digests(d: Path) -> dict[str, str]:
+    """{file: sha256} of a dense model's spec and weights."""
+    from deploy_nas.dense import SPEC_FILE, WEIGHTS_FILE
+    from deploy_nas.io import sha256_file
+
+    return {name: sha256_file(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
 
 
 def build_config(out: str | Path, precision: str, threads: int | None = None, calib_dir: str | Path | None = None,
@@ -93,23 +116,49 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
     if not source.is_file():
         raise ExportError(f"{source} not found; run `deploy-nas export onnx {out}` first")
     check_onnx_record(source, out)
-    return get_backend(backend).build(source, config)
+    engine = get_backend(backend).build(source, config)
+    refresh_manifest(out)
+    return engine
 
 
-def check_onnx_record(source: Path, out: str | Path) -> None:
-    """A deployment's model.onnx must be the graph its sidecar records (sha256): one copied in from another
-    deployment, or edited, would be built, timed and compared against this directory's dense model."""
+def check_onnx_record(source: Path, out: str | Path) -> str:
+    """A deployment's model.onnx must be the graph its sidecar records (sha256), exported from the dense model the
+    directory holds now: one copied in from another deployment, edited, or left from before the dense model was
+    extracted again would be built, timed and compared against a model it does not lower. (A sidecar written before
+    the dense files were recorded is checked for the graph alone.) Returns the graph's sha256."""
     from deploy_nas.export.onnx import sidecar_path
     from deploy_nas.io import sha256_file
 
     side, again = sidecar_path(source), f"export it again with `deploy-nas export onnx {out}`"
     try:
-        recorded = json.loads(side.read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(side.read_text())
+        recorded, exported_from = record["sha256"], record.get("exported_from")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise ExportError(f"{source} has no readable record of its export ({side.name}); {again}") from None
-    if recorded != sha256_file(source):
+    digest = sha256_file(source)
+    if recorded != digest:
         raise ExportError(f"{source} is not the graph {side.name} records (replaced or modified since its export); "
                           f"{again}")
+    if exported_from is not None:
+        d = dense_dir(out)
+        if not isinstance(exported_from, dict) or exported_from != dense_digests(d):
+            raise ExportError(f"{source} was exported from another dense model than {d} holds now (extracted again "
+                              f"since?); {again}, then build its engines again")
+    return digest
+
+
+def check_engine_source(engine: Engine, out: str | Path, backend: str, precision: str) -> Engine:
+    """A saved engine must have been built from the deployment's current model.onnx (which check_onnx_record
+    ties to the dense model): an IR left from an earlier export would be timed and compared as this model's."""
+    built_from = getattr(engine, "meta", {}).get("onnx_sha256")
+    source = onnx_path(out)
+    if built_from is None or not source.is_file():  # built from the module, or no graph left to compare with
+        return engine
+    if built_from != check_onnx_record(source, out):
+        raise ExportError(f"the {backend} {precision} engine in {out} was built from another model.onnx than the "
+                          f"one there now (exported again since); build it again with `deploy-nas export {backend} "
+                          f"{out} --precision {precision}`")
+    return engine
 
 
 def open_engine(out: str | Path, backend: str, precision: str = "fp32", threads: int | None = None) -> Engine:
@@ -117,7 +166,8 @@ def open_engine(out: str | Path, backend: str, precision: str = "fp32", threads:
     check_request(backend, precision)
     if backend in ("torch", "onnxruntime"):
         return build(out, backend, precision, threads)
-    return get_backend(backend).load(out, build_config(out, precision, threads))
+    return check_engine_source(get_backend(backend).load(out, build_config(out, precision, threads)), out, backend,
+                               precision)
 
 
 def parity_batch(spec: Any, data_dir: str | Path | None = None, n_images: int = PARITY_IMAGES,
@@ -200,7 +250,9 @@ def update_json(path: Path, entries: dict[str, Any]) -> Path:
     data = _read_json(path, {})
     data = data if isinstance(data, dict) else {}
     data.update(entries)
-    return write_json_atomic(path, data)
+    write_json_atomic(path, data)
+    refresh_manifest(path.parent)
+    return path
 
 
 def update_bench(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -212,7 +264,9 @@ def update_bench(path: Path, rows: list[dict[str, Any]]) -> Path:
     new = {key(r) for r in rows}
     old = _read_json(path, [])
     kept = [r for r in (old if isinstance(old, list) else []) if key(r) is not None and key(r) not in new]
-    return write_json_atomic(path, kept + rows)
+    write_json_atomic(path, kept + rows)
+    refresh_manifest(path.parent)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------- run

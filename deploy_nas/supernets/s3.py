@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from deploy_nas.dense import swin
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.swin import SwinBlockSpec, SwinSpec, SwinStageSpec, SwinTransformer
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
+from deploy_nas.errors import MAX_IMG_SIZE, CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.kernels import window as win
 from deploy_nas.spaces import SPACES
@@ -71,9 +71,9 @@ class S3Arch:
         """Checked where it is read (supernet.json, a checkpoint's shapes); the stages check themselves."""
         owner = "S3 supernet arch"
         check_fields(owner, CheckpointError, self)
-        if not self.stages or self.patch_size > self.img_size:
+        if not self.stages or self.patch_size > self.img_size or self.img_size > MAX_IMG_SIZE:
             raise CheckpointError(f"{owner}: {len(self.stages)} stages, patch_size {self.patch_size} within img_size "
-                                  f"{self.img_size}: one of these does not hold")
+                                  f"{self.img_size}, img_size <= {MAX_IMG_SIZE}: one of these does not hold")
 
     @classmethod
     def from_space(cls, space: S3Space, **flags: Any) -> S3Arch:
@@ -571,8 +571,9 @@ class S3Family:
         sd = extract_state_dict(obj, source)
         conv = _shape(sd, "patch_embed.proj.weight", 4)
         classes = _shape(sd, "head.weight", 2)[0]
-        if options.img_size is not None and not 1 <= options.img_size <= 8192:
-            raise InvalidSubnetConfig(f"import option img_size={options.img_size} is not an image size (1..8192)")
+        if options.img_size is not None and not 1 <= options.img_size <= MAX_IMG_SIZE:
+            raise InvalidSubnetConfig(f"import option img_size={options.img_size} is not an image size "
+                                      f"(1..{MAX_IMG_SIZE})")
         cfg, _ = config_from_state_dict(sd)
         img = _img_size(sd, cfg, conv[-1], options.img_size)
         try:

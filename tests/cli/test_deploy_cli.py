@@ -98,22 +98,24 @@ def test_run_deploys_a_dense_directory_without_a_supernet(deployed, tmp_path):
 
 
 def test_parity_failure_writes_its_report_and_exits_1(tmp_path):
-    """A stale IR: the dense model changed after the IR was built; the gate must catch it."""
+    """Logits 100x larger than the embedded model's (its head scaled): fp16 weights are too coarse for the fp16
+    gate's absolute bound, which must catch it. (A stale IR, the way this test failed the gate before, is now
+    refused before any comparison: tests/cli/test_reliability_5.py.)"""
     from deploy_nas import load_dense
     from deploy_nas.dense import save_dense
 
     out = tmp_path / "t"
     assert run("extract", "--config", "min", "--out", out / "dense").returncode == 0
-    assert run("export", "onnx", out).returncode == 0
-    assert run("export", "openvino", out).returncode == 0
     model = load_dense(out / "dense")
     with torch.no_grad():
-        model.head.bias += 0.5 * torch.arange(model.head.bias.numel())
+        model.head.weight *= 100
     save_dense(model, out / "dense", force=True)
-    r = run("parity", out, "--backend", "openvino")
+    assert run("export", "onnx", out).returncode == 0
+    assert run("export", "openvino", out, "--precision", "fp16").returncode == 0
+    r = run("parity", out, "--backend", "openvino", "--precision", "fp16")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "parity failed for openvino/fp32" in r.stderr and "FAIL" in r.stdout
-    entry = json.loads((out / "parity.json").read_text())["openvino/fp32"]
+    assert "parity failed for openvino/fp16" in r.stderr and "FAIL" in r.stdout
+    entry = json.loads((out / "parity.json").read_text())["openvino/fp16"]
     assert entry["passed"] is False and entry["outputs"][0]["max_abs"] > 1e-4
     assert any("max abs" in f for f in entry["failures"])
 
