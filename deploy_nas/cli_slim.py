@@ -89,18 +89,24 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
     from deploy_nas.dense import save_dense
     from deploy_nas.flops import count_flops
     from deploy_nas.materialize import materialize
-    from deploy_nas.supernets.vitslim import prune_config, with_layout
+    from deploy_nas.supernets.vitslim import FAMILY, prune_config, with_layout
     from deploy_nas.workflows import SupernetSource
 
-    if checkpoint.is_dir() and import_options:
+    directory = checkpoint.is_dir()
+    if directory and import_options:
         raise click.UsageError(f"--import-option reads an official checkpoint file; {checkpoint} is a directory "
                                "(its supernet.json already holds the arch)")
     if soft and (head_layout is not None or pad_to is not None):
         raise click.UsageError("--soft prunes nothing, so no head is ragged: drop --head-layout/--pad-to")
-    supernet, _ = SupernetSource("vitslim", checkpoint=None if checkpoint.is_dir() else checkpoint,
-                                 supernet_dir=checkpoint if checkpoint.is_dir() else None,
-                                 import_options=import_options).load()
-    supernet = with_layout(supernet, head_layout, pad_to)
+    if directory:
+        _check_slim_dir(checkpoint)
+    # a file: the layout flags are its import options (one given twice with different values is refused)
+    layout = {"head_layout": head_layout, "pad_to": pad_to}
+    supernet, _ = SupernetSource(FAMILY, checkpoint=None if directory else checkpoint,
+                                 supernet_dir=checkpoint if directory else None, import_options=import_options,
+                                 aliases={} if directory else layout).load()
+    if directory:
+        supernet = with_layout(supernet, head_layout, pad_to)
     cfg = prune_config(supernet, {"budget_attn": budget_attn, "budget_mlp": budget_mlp,
                                   "budget_patch": budget_patch}, soft)
     model = materialize(supernet, cfg)
@@ -115,3 +121,20 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
 
     show(table)
     click.echo(f"pruned -> {out} (deploy it with `deploy-nas run --dense {out} --out DIR`)")
+
+
+def _check_slim_dir(directory: Path) -> None:
+    """A directory `slim prune` reads holds a ViT-Slim model (a `slim search` output); another family's supernet is
+    named with the command that reads it (`slim` has no --family to pass)."""
+    from deploy_nas.errors import CheckpointError, brief
+    from deploy_nas.supernets import SUPERNET_FILE, read_supernet_meta
+    from deploy_nas.supernets.vitslim import FAMILY
+
+    if not (directory / SUPERNET_FILE).is_file():
+        raise CheckpointError(f"{directory} is not a ViT-Slim model directory (no {SUPERNET_FILE}); pass a "
+                              "`deploy-nas slim search` output or a checkpoint file")
+    family = read_supernet_meta(directory)["family"]
+    if family != FAMILY:
+        raise CheckpointError(f"{directory} holds a {brief(family)} supernet, not a ViT-Slim one (`slim prune` reads "
+                              f"`slim search` outputs); extract its subnets with `deploy-nas extract --supernet "
+                              f"{directory} --config C`")

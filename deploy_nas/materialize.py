@@ -12,11 +12,20 @@ import torch
 from torch import nn
 
 from deploy_nas.dense import build_dense
+from deploy_nas.errors import CheckpointError
 from deploy_nas.folding import apply_folds
+from deploy_nas.spaces import check_config_type
 
 
 def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
     """The dense model of `cfg`. `calib`: data for families that recalibrate BatchNorm per subnet."""
+    family = getattr(supernet, "family", None)
+    if not (isinstance(supernet, nn.Module) and isinstance(family, str) and hasattr(supernet, "subnet_state")):
+        what = type(supernet).__name__ + (" (a dense model: it is already materialized)" if hasattr(supernet, "spec")
+                                          else "")
+        raise CheckpointError(f"materialize takes a supernet (from load_supernet or a family's build_supernet), "
+                              f"got {what}")
+    check_config_type(cfg, family, f"the {family} supernet")
     sub = supernet.subnet_state(cfg, calib=calib)
     model = build_dense(sub.spec, apply_folds(sub.state, sub.folds))
     return model.to(next(supernet.parameters()).device, torch.float32).eval()

@@ -2,6 +2,8 @@
 registry with no supernet code and no pickle."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
-from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, brief
+from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, OutputPathError, brief
 from deploy_nas.io import atomic_dir, load_safetensors
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
@@ -20,6 +22,11 @@ SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
 
 def build_dense(spec: DenseSpec, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The dense model of `spec` (its arch's module); with a state dict, loaded strictly (every key, every shape)."""
+    if not isinstance(spec, DenseSpec):
+        raise DenseModelError(f"build_dense takes a DenseSpec (e.g. DenseSpec.from_json), got {type(spec).__name__}")
+    if state_dict is not None and not isinstance(state_dict, Mapping):
+        raise DenseModelError(f"build_dense takes a state dict (name -> tensor) or None, got "
+                              f"{type(state_dict).__name__}")
     model = ARCHS.get(spec.arch)(spec)
     if state_dict is not None:
         try:
@@ -42,6 +49,12 @@ def write_dense(model: nn.Module, directory: Path) -> None:
 
 def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:
     """Save atomically: the directory appears complete or not at all."""
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "spec", None), DenseSpec):
+        hint = "; save a supernet with save_supernet" if hasattr(model, "subnet_state") else ""
+        raise DenseModelError(f"save_dense takes a dense model (from materialize, build_dense or load_dense), got "
+                              f"{type(model).__name__}{hint}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise OutputPathError(f"save_dense takes an output directory path (str or Path), got {type(out).__name__}")
     with atomic_dir(out, force) as tmp:
         write_dense(model, tmp)
     return Path(out)
@@ -49,6 +62,8 @@ def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:
 
 def load_dense(directory: str | Path) -> nn.Module:
     """Rebuild a dense model from spec.json + weights.safetensors (no supernet code, no pickle)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise DenseModelError(f"load_dense takes a directory path (str or Path), got {type(directory).__name__}")
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for p in (spec_path, weights_path):

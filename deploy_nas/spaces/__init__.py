@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ class CheckedSpace:
         return True
 
 
+def check_config_type(cfg: Any, family: str, owner: str) -> None:
+    """Raise InvalidSubnetConfig unless `cfg` is a config object of `family` (a dict or another family's config
+    is named as what it is, with where a config comes from)."""
+    own = getattr(cfg, "family", None)
+    if own == family:
+        return
+    got = f"a {brief(own)} config" if isinstance(own, str) else f"a {type(cfg).__name__}"
+    raise InvalidSubnetConfig(f"{owner} takes {family} configs (objects from load_config, space.sample or "
+                              f"space.validate), got {got}")
+
+
 def space_from_fields(cls: type, d: Any, name: str | None, default_name: str) -> Any:
     """A space dataclass `cls` from our JSON form: a mapping of its fields, with an optional "family" that must be
     its own; unknown keys are refused with the ones it takes. It is named `name` (a file's stem) unless it names
@@ -98,6 +110,8 @@ MAX_DEPTH = 32  # nesting
 def read_structured_file(path: str | Path) -> Any:
     """JSON or YAML (safe_load) from a file, bounded in size, expanded size (YAML aliases) and nesting, with a
     typed error for anything unreadable."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidSubnetConfig(f"a config or space file must be a path (str or Path), got {type(path).__name__}")
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -196,8 +210,9 @@ def _family_name(obj: Any, family: str | None, what: str) -> str:
     """The family a config/space dict belongs to: its own "family" key, checked against `family` when given."""
     own = obj.get("family") if isinstance(obj, dict) else None
     if own is not None and family is not None and own != family:
-        raise InvalidSubnetConfig(f"{what} is for family {brief(own)}, not {family!r}; pass the --family it names "
-                                  f"or a {family} {what}")
+        raise InvalidSubnetConfig(f"{what} is for family {brief(own)}, not {family!r}: give a {what} of family "
+                                  f"{family!r} (commands with a --family option read this one with --family "
+                                  f"{brief(own)})")
     name = own or family
     if name is None:
         raise InvalidSubnetConfig(f"the {what} does not say its family; add \"family\" to it or pass --family")
@@ -234,6 +249,9 @@ def load_space(value: Any, family: str | None = None) -> Any:
         space = SPACES.get(value)
         _family_name({"family": space.family}, family, "space")
         return space
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidSubnetConfig(f"load_space takes a space, a registered space name or a JSON/YAML file path, got "
+                                  f"{type(value).__name__}")
     if not Path(value).is_file():
         raise InvalidSubnetConfig(f"space {brief(str(value), 200)} is neither a registered space "
                                   f"({', '.join(SPACES.names())}) nor an existing file")
@@ -250,4 +268,5 @@ def load_space(value: Any, family: str | None = None) -> Any:
                                   f"{brief(str(err), 150)})") from None
 
 
-__all__ = ["PRESETS", "Preset", "SPACES", "load_config", "load_space", "read_structured_file", "space_from_fields"]
+__all__ = ["PRESETS", "Preset", "SPACES", "check_config_type", "load_config", "load_space", "read_structured_file",
+           "space_from_fields"]

@@ -5,28 +5,35 @@ MLP ratios and head counts. Head dim is fixed by the supernet (64 in the officia
 """
 from __future__ import annotations
 
+import numbers
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig, brief, check_sizes
-from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, space_from_fields
+from ..errors import MAX_SIZE, InvalidSubnetConfig, brief, check_sizes
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_config_type, space_from_fields
 
 FAMILY = "autoformer"
 
 
+# Config values are bounded (0..MAX_SIZE) where they are read, so no size computed from them (int(E * ratio), Q =
+# heads * head_dim) meets NaN, inf or an overflow; the space and the supernet check the real ranges.
 def _ratio(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a number; give MLP ratios as numbers like 3.5")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= MAX_SIZE:  # NaN fails too
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a number in 0..{MAX_SIZE}; give MLP ratios as "
+                                  "finite numbers like 3.5")
     return float(value)
 
 
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer")
-    return value
+            value = int(value)
+        else:
+            raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer")
+    if not 0 <= value <= MAX_SIZE:
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer in 0..{MAX_SIZE}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,11 @@ class AutoFormerConfig(CanonicalConfig):
     family: ClassVar[str] = FAMILY
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mlp_ratio", tuple(float(r) for r in self.mlp_ratio))
-        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        # Types and bounds here (see _ratio): the ranges are the space's and the supernet's to check.
+        object.__setattr__(self, "depth", _int(self.depth, "depth"))
+        object.__setattr__(self, "embed_dim", _int(self.embed_dim, "embed_dim"))
+        object.__setattr__(self, "mlp_ratio", _list(vars(self), "mlp_ratio", _ratio))
+        object.__setattr__(self, "num_heads", _list(vars(self), "num_heads", _int))
         for name in ("mlp_ratio", "num_heads"):
             if len(getattr(self, name)) != self.depth:
                 raise InvalidSubnetConfig(
@@ -174,9 +184,7 @@ class AutoFormerSpace(CheckedSpace):
     # --- validation -------------------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> AutoFormerConfig:
         """Return `cfg` as an AutoFormerConfig if every value is an allowed choice; raise naming the first bad one."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
-                                      f"space {self.name!r} is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"space {self.name!r}")
         self._check_choice("depth", cfg.depth, self.depth)
         self._check_choice("embed_dim", cfg.embed_dim, self.embed_dim)
         for i, (r, h) in enumerate(zip(cfg.mlp_ratio, cfg.num_heads)):
@@ -191,7 +199,7 @@ class AutoFormerSpace(CheckedSpace):
             d = pick(self.depth)
             return AutoFormerConfig(d, pick(self.embed_dim), (pick(self.mlp_ratio),) * d, (pick(self.num_heads),) * d)
         if kind != "random":
-            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+            raise InvalidSubnetConfig(f"kind = {brief(kind)}: sample takes random, min or max")
         # Same draw order as the official sampler: depth, then per-layer ratio/heads, then one embed dim.
         d = rng.choice(self.depth)
         ratios = tuple(rng.choice(self.mlp_ratio) for _ in range(d))
@@ -223,7 +231,7 @@ class AutoFormerSpace(CheckedSpace):
     def crossover(self, a: AutoFormerConfig, b: AutoFormerConfig, rng: random.Random) -> AutoFormerConfig:
         """Uniform per-gene crossover; parents must have equal depth (as in the official search)."""
         if not self.can_cross(a, b):
-            raise ValueError(f"crossover needs parents of equal depth, got {a.depth} and {b.depth}")
+            raise InvalidSubnetConfig(f"crossover needs parents of equal depth, got {a.depth} and {b.depth}")
         pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
         return AutoFormerConfig(a.depth, pick(a.embed_dim, b.embed_dim),
                                 tuple(pick(x, y) for x, y in zip(a.mlp_ratio, b.mlp_ratio)),

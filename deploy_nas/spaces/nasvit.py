@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES, CanonicalConfig, CheckedSpace, space_from_fields
+from . import SPACES, CanonicalConfig, CheckedSpace, check_config_type, space_from_fields
 
 FAMILY = "nasvit"
 WIDTH_STAGES = ("first_conv", "mb1", "mb2", "mb3", "mb4", "mb5", "mb6", "mb7", "last_conv")
@@ -206,9 +206,7 @@ class NASViTSpace(CheckedSpace):
     # --- validation, sampling, evolution ------------------------------------------------------------------------
     def validate(self, cfg: Any) -> NASViTConfig:
         """`cfg` if every value is an allowed choice; else InvalidSubnetConfig naming the field, value and set."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
-                                      f"space {self.name!r} is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"space {self.name!r}")
         self._check_choice("resolution", cfg.resolution, self.resolution)
         for gene in GENES:
             stages = WIDTH_STAGES if gene == "width" else MB_STAGES
@@ -224,7 +222,7 @@ class NASViTSpace(CheckedSpace):
             resolution = rng.choice(self.resolution)
             return NASViTConfig(resolution, **{g: tuple(rng.choice(c) for c in getattr(self, g)) for g in GENES})
         if kind not in ("min", "max"):
-            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+            raise InvalidSubnetConfig(f"kind = {brief(kind)}: sample takes random, min or max")
         pick = min if kind == "min" else max
         return NASViTConfig(pick(self.resolution), **{g: tuple(pick(c) for c in getattr(self, g)) for g in GENES})
 

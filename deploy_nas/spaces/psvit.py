@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import SPACES, CanonicalConfig, CheckedSpace, space_from_fields
+from . import SPACES, CanonicalConfig, CheckedSpace, check_config_type, space_from_fields
 
 FAMILY = "psvit"
 LAYER, SHARED, IDENTITY = "layer", "shared", "identity"
@@ -263,9 +263,7 @@ class PSViTSpace(CheckedSpace):
     def validate(self, cfg: Any) -> PSViTConfig:
         """`cfg` if it is a config of this space; else InvalidSubnetConfig naming the first bad field (structure
         first, then the increasing rule, then the allowed sizes)."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
-                                      f"space {self.name!r} is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"space {self.name!r}")
         if cfg.num_stages != self.num_stages:
             raise InvalidSubnetConfig(f"config has {cfg.num_stages} stages, space {self.name!r} has "
                                       f"{self.num_stages}; give one width, token count and cell list per stage")
@@ -302,7 +300,7 @@ class PSViTSpace(CheckedSpace):
             return PSViTConfig(tuple(max(w) for w in self.widths), tuple(max(n) for n in self.tokens),
                                tuple((most,) * n for n in self.cells))
         if kind != "random":
-            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+            raise InvalidSubnetConfig(f"kind = {brief(kind)}: sample takes random, min or max")
         widths, tokens = [], []
         for s in range(self.num_stages):
             widths.append(rng.choice(self.widths[s]))
@@ -343,8 +341,8 @@ class PSViTSpace(CheckedSpace):
         """Uniform per gene: each stage's width and token count, and each cell, from one parent or the other (a
         child with no layer left is drawn again)."""
         if not self.can_cross(a, b):
-            raise ValueError(f"crossover needs parents with the same cells per stage, got "
-                             f"{[len(s) for s in a.cells]} and {[len(s) for s in b.cells]}")
+            raise InvalidSubnetConfig(f"crossover needs parents with the same cells per stage, got "
+                                      f"{[len(s) for s in a.cells]} and {[len(s) for s in b.cells]}")
         pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
         widths = tuple(pick(x, y) for x, y in zip(a.widths, b.widths))
         tokens = tuple(pick(x, y) for x, y in zip(a.tokens, b.tokens))

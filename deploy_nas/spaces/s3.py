@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, space_from_fields
+from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_config_type, space_from_fields
 
 FAMILY = "s3"
 OFFICIAL_HEAD_DIM = 32
@@ -298,9 +298,7 @@ class S3Space(CheckedSpace):
     def validate(self, cfg: Any) -> S3Config:
         """`cfg` if every value is a choice of its stage (a window >= the stage's map counts as global attention,
         like any choice >= the map); else InvalidSubnetConfig naming the field, the value and the allowed set."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
-                                      f"space {self.name!r} is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"space {self.name!r}")
         if cfg.stages != len(self.stages):
             raise InvalidSubnetConfig(f"config has {cfg.stages} stages, space {self.name!r} has {len(self.stages)}")
         for s, (c, res) in enumerate(zip(self.stages, self.resolutions)):
@@ -326,7 +324,7 @@ class S3Space(CheckedSpace):
             return self._build(depths, [pick(c.embed_dim) for c in self.stages],
                                lambda s, name, b: pick(getattr(self.stages[s], name)))
         if kind != "random":
-            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+            raise InvalidSubnetConfig(f"kind = {brief(kind)}: sample takes random, min or max")
         rng = rng or random.Random()
         depths, embed = [], []
         for c in self.stages:  # per stage: depth, width, then every block's genes
@@ -363,7 +361,7 @@ class S3Space(CheckedSpace):
 
     def crossover(self, a: S3Config, b: S3Config, rng: random.Random) -> S3Config:
         if not self.can_cross(a, b):
-            raise ValueError(f"crossover needs parents of equal depths, got {a.depths} and {b.depths}")
+            raise InvalidSubnetConfig(f"crossover needs parents of equal depths, got {a.depths} and {b.depths}")
         pick = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
         genes = {n: [[pick(x, y) for x, y in zip(ra, rb)] for ra, rb in zip(getattr(a, n), getattr(b, n))]
                  for n in BLOCK_DIMS}

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from ..errors import InvalidSubnetConfig, brief
-from . import PRESETS, SPACES, CanonicalConfig, Preset, space_from_fields
+from . import PRESETS, SPACES, CanonicalConfig, Preset, check_config_type, space_from_fields
 
 FAMILY = "vitslim"
 BUDGETS = ("budget_attn", "budget_mlp", "budget_patch")
@@ -114,13 +114,11 @@ class SlimSpace:
             b = grid[0] if kind == "min" else 1.0
             return SlimConfig(b, b, b)
         if kind != "random":
-            raise ValueError(f"kind must be random, min or max, not {kind!r}")
+            raise InvalidSubnetConfig(f"kind = {brief(kind)}: sample takes random, min or max")
         return SlimConfig(*(rng.choice(grid) for _ in BUDGETS))
 
     def validate(self, cfg: Any) -> SlimConfig:
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', None))}, space "
-                                      f"{self.name!r} is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"space {self.name!r}")
         return cfg  # every budget in (0, 1] is a point of the space; SlimConfig checked that
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,13 +3,15 @@ directory format (supernet.json + weights.safetensors), and the embedded default
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
-from deploy_nas.errors import MALFORMED, CheckpointError, DeployNASError, brief
+from deploy_nas.errors import MALFORMED, CheckpointError, DeployNASError, InvalidSubnetConfig, OutputPathError, brief
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
@@ -35,7 +37,7 @@ def load_official(path: str | Path, family: str | None = None, options: Any = No
                   option_pairs: Sequence[str] = (), **given: Any) -> tuple[Any, Any]:
     """(supernet, its space or None) from an official checkpoint file. `options`: the family's import options
     object; else built from `option_pairs` ("key=value") and keyword values (None = default)."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(_path(path, "the checkpoint"))
     fam = resolve_family(family, obj, str(path))
     if options is None:
         options = parse_import_options(fam.import_options, option_pairs, **given)
@@ -45,6 +47,18 @@ def load_official(path: str | Path, family: str | None = None, options: Any = No
 def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[str, Any] | None = None,
                   force: bool = False) -> Path:
     """Our supernet directory: supernet.json (family, arch, space) + weights.safetensors in the official layout."""
+    family = getattr(model, "family", None)
+    if not (isinstance(model, nn.Module) and isinstance(family, str) and hasattr(model, "meta")):
+        raise CheckpointError(f"save_supernet takes a supernet (from load_supernet or a family's build_supernet), got "
+                              f"{type(model).__name__}")
+    if space is not None and not (hasattr(space, "to_dict") and isinstance(getattr(space, "family", None), str)):
+        raise InvalidSubnetConfig(f"save_supernet takes a search space (from load_space) or None, got "
+                                  f"{type(space).__name__}")
+    if space is not None and space.family != family:  # checked before anything is written
+        raise InvalidSubnetConfig(f"save_supernet: the space is for family {brief(space.family)}, the supernet is "
+                                  f"{family!r}; pass a {family} space or none")
+    if not isinstance(out, (str, os.PathLike)):
+        raise OutputPathError(f"save_supernet takes an output directory path (str or Path), got {type(out).__name__}")
     meta = {**model.meta(), "space": space.to_dict() if space is not None else None, **(extra or {})}
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -52,8 +66,15 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     return Path(out)
 
 
+def _path(value: Any, what: str) -> Path:
+    """`value` as a Path; anything but a str or PathLike is refused (pathlib would raise a bare TypeError)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise CheckpointError(f"{what} must be a path (str or Path), got {type(value).__name__}")
+    return Path(value)
+
+
 def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
-    meta_path = Path(directory) / SUPERNET_FILE
+    meta_path = _path(directory, "the supernet directory") / SUPERNET_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{directory} is not a supernet directory (no {SUPERNET_FILE}); "
                               "create one with `deploy-nas train`")
@@ -69,8 +90,9 @@ def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
 def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple[Any, Any]:
     meta = read_supernet_meta(directory)
     if family is not None and meta["family"] != family:
-        raise CheckpointError(f"{directory} holds a {brief(meta['family'])} supernet, not {family!r}; "
-                              "pass the --family it names")
+        raise CheckpointError(f"{directory} holds a {brief(meta['family'])} supernet, not {family!r}: give a "
+                              f"supernet of family {family!r} here (commands with a --family option read this one with "
+                              f"--family {brief(meta['family'])})")
     fam = FAMILIES.get(meta["family"])
     meta_path = Path(directory) / SUPERNET_FILE
     try:
@@ -103,6 +125,8 @@ def load_supernet(source: str | Path | None = None, family: str | None = None, o
                   option_pairs: Sequence[str] = (), **given: Any) -> tuple[Any, Any]:
     """A supernet and (when known) its space from: None (the embedded default), a supernet directory, or an
     official checkpoint file (read with the family's import options)."""
+    if source is not None:
+        _path(source, "load_supernet's source (a supernet directory or checkpoint file; None: the embedded default)")
     if family is not None:
         FAMILIES.get(family)  # an unknown name fails here, listing the registered families
     if source is None:

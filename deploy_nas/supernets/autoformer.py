@@ -19,7 +19,7 @@ from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
-from deploy_nas.spaces import SPACES
+from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
 from deploy_nas.supernets.elastic import (
@@ -119,17 +119,17 @@ class AutoFormerSupernet(nn.Module):
     # --- config handling --------------------------------------------------------------------------------------
     def check_config(self, cfg: Any) -> AutoFormerConfig:
         """Raise InvalidSubnetConfig unless `cfg` is an AutoFormer config that fits inside this supernet."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
-                                      f"this supernet is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"the {FAMILY} supernet")
         a = self.arch
         if not 1 <= cfg.depth <= a.depth:
             raise InvalidSubnetConfig(f"depth = {cfg.depth} does not fit the supernet (allowed: 1..{a.depth})")
         if not 1 <= cfg.embed_dim <= a.embed_dim:
             raise InvalidSubnetConfig(f"embed_dim = {cfg.embed_dim} does not fit the supernet (max {a.embed_dim})")
         for i, (heads, hidden) in enumerate(zip(cfg.num_heads, cfg.hidden_dims())):
+            if heads < 1:  # before dims(), which divides by it
+                raise InvalidSubnetConfig(f"num_heads[{i}] = {heads} does not fit the supernet (at least 1 head)")
             q_dim, hd, _ = self.blocks[i].attn.dims(cfg.embed_dim, heads)
-            if heads < 1 or q_dim > a.embed_dim or q_dim % heads or (a.relative_position and hd > a.table_dim):
+            if q_dim > a.embed_dim or q_dim % heads or (a.relative_position and hd > a.table_dim):
                 raise InvalidSubnetConfig(f"num_heads[{i}] = {heads} does not fit the supernet (Q = {q_dim} must be "
                                           f"<= {a.embed_dim} and split evenly into heads of <= {a.table_dim})")
             if not 1 <= hidden <= a.mlp_hidden:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deploy_nas.errors import InvalidSubnetConfig
 from deploy_nas.kernels import relpos
 
 
@@ -65,7 +66,8 @@ class ElasticPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor, embed_dim: int) -> Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"input is {tuple(x.shape[-2:])}, the supernet takes {self.img_size}x{self.img_size}")
+            raise InvalidSubnetConfig(f"input is {tuple(x.shape[-2:])}, the supernet takes "
+                                      f"{self.img_size}x{self.img_size}")
         x = F.conv2d(x, *self.sliced(embed_dim), stride=self.patch_size)
         return x.flatten(2).transpose(1, 2)  # (B, E, h, w) -> (B, N, E)
 

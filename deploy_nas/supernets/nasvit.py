@@ -38,7 +38,7 @@ from deploy_nas.errors import CheckpointError, DataError, InvalidSubnetConfig, b
 from deploy_nas.family import FAMILIES, Calibration, SubnetState
 from deploy_nas.folding import BatchNormFold, ScaleFold
 from deploy_nas.kernels import nasvit as kernels
-from deploy_nas.spaces import SPACES, load_space
+from deploy_nas.spaces import SPACES, check_config_type, load_space
 from deploy_nas.spaces.nasvit import (
     FAMILY,
     HEAD_DIM,
@@ -539,9 +539,7 @@ class NASViTSupernet(nn.Module):
     def check_config(self, cfg: Any) -> NASViTConfig:
         """`cfg` if it fits inside this supernet (widths, depths, kernels, middle widths, token grids); else
         InvalidSubnetConfig naming the first entry that does not."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
-                                      f"this supernet is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"the {FAMILY} supernet")
         problem = next(self._misfits(cfg), None)
         if problem:
             raise InvalidSubnetConfig(f"{problem}; this supernet holds the choices of space {self.space.name!r}")

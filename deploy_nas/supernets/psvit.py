@@ -31,12 +31,14 @@ from deploy_nas.dense.layers import merge_heads, split_heads
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_sizes
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
-from deploy_nas.spaces import SPACES
+from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.psvit import (
     CHOICES,
     FAMILY,
     IDENTITY,
     LAYER,
+    MAX_CELLS,
+    MAX_STAGES,
     SHARED,
     PSViTConfig,
     PSViTSpace,
@@ -46,6 +48,7 @@ from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict
 from deploy_nas.supernets.elastic import ElasticLayerNorm, ElasticLinear, ElasticPatchEmbed
 
 NORM_EPS = 1e-6
+MAX_PARAMS = 1 << 30  # 4 GiB of float32, far beyond any PSViT space: a larger arch is refused before any layer is built
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,27 @@ class PSViTArch:
             raise CheckpointError(f"{owner}: pooling {brief(self.pooling)} (1d or 2d), {len(self.widths)} widths "
                                   f"for {len(self.cells)} stages of cells, patch_size {self.patch_size} within "
                                   f"img_size {self.img_size}: one of these does not hold")
+        if len(self.cells) > MAX_STAGES or max(self.cells) > MAX_CELLS:
+            raise CheckpointError(f"{owner}: cells = {brief(self.cells)} (1 to {MAX_CELLS} cells per stage, 1 to "
+                                  f"{MAX_STAGES} stages)")
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "cells", tuple(self.cells))
         object.__setattr__(self, "choices", tuple(c for c in CHOICES if c in self.choices))
+        if self.params_bound() > MAX_PARAMS:
+            raise CheckpointError(f"{owner}: widths {brief(list(self.widths))}, cells {brief(list(self.cells))}, "
+                                  f"mlp_ratio {self.mlp_ratio:g}, {self.num_patches} patches, {self.num_classes} "
+                                  f"classes make ~{self.params_bound():.3g} parameters, more than any PSViT (at most "
+                                  f"{MAX_PARAMS:.3g})")
+
+    def params_bound(self) -> int:
+        """An upper bound of the supernet's parameter count, from the sizes alone (nothing allocated)."""
+        layers = (LAYER in self.choices) + 2 * (SHARED in self.choices)  # per cell
+        w0, wl = self.widths[0], self.widths[-1]
+        total = w0 * (self.in_chans * self.patch_size ** 2 + self.num_patches + 3) + (wl + 2) * self.num_classes
+        for s, (w, n) in enumerate(zip(self.widths, self.cells)):
+            total += n * layers * (4 * w * w + 2 * w * self.hidden(w) + self.hidden(w) + 10 * w)
+            total += 9 * self.widths[s - 1] * w + w if s else 0
+        return total
 
     @classmethod
     def from_space(cls, space: PSViTSpace) -> PSViTArch:
@@ -263,9 +284,7 @@ class PSViTSupernet(nn.Module):
     # --- config handling --------------------------------------------------------------------------------------
     def check_config(self, cfg: Any) -> PSViTConfig:
         """`cfg` if it is a PSViT config that fits this supernet (stages, cells, paths, widths, token counts)."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
-                                      f"this supernet is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"the {FAMILY} supernet")
         a = self.arch
         if [len(c) for c in cfg.cells] != list(a.cells):
             raise InvalidSubnetConfig(f"config has {[len(c) for c in cfg.cells]} cells per stage; this supernet has "
@@ -424,8 +443,11 @@ def _cells_per_stage(sd: dict[str, Tensor]) -> list[int]:
     found: dict[int, set[int]] = {}
     for k in sd:
         parts = k.split(".")
-        if len(parts) > 4 and parts[0] == "stages" and parts[2] == "cells" and parts[1].isdigit() \
-                and parts[3].isdigit():
+        if len(parts) > 4 and parts[0] == "stages" and parts[2] == "cells" and parts[1].isdecimal() \
+                and parts[3].isdecimal():
+            if len(parts[1]) + len(parts[3]) > 8:  # read as a length before int(): thousands of digits are not parsed
+                raise CheckpointError(f"{brief(k, 80)} numbers a stage or cell beyond any {FAMILY} supernet (at most "
+                                      f"{MAX_STAGES} stages of {MAX_CELLS} cells)")
             found.setdefault(int(parts[1]), set()).add(int(parts[3]))
     if sorted(found) != list(range(len(found))) or any(sorted(c) != list(range(len(c))) for c in found.values()):
         raise CheckpointError(f"stages/cells are numbered {brief({s: sorted(c) for s, c in found.items()}, 120)}; "

@@ -40,7 +40,7 @@ from deploy_nas.dense.swin import SwinBlockSpec, SwinSpec, SwinStageSpec, SwinTr
 from deploy_nas.errors import MAX_IMG_SIZE, CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.kernels import window as win
-from deploy_nas.spaces import SPACES
+from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.s3 import (
     FAMILY,
     OFFICIAL,
@@ -219,9 +219,7 @@ class S3Supernet(nn.Module):
     # --- configs ----------------------------------------------------------------------------------------------
     def check_config(self, cfg: Any) -> S3Config:
         """`cfg` if it fits inside this supernet; else InvalidSubnetConfig naming the stage, block and sizes."""
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {getattr(cfg, 'family', type(cfg).__name__)!r}, "
-                                      f"this supernet is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"the {FAMILY} supernet")
         if cfg.stages != len(self.arch.stages):
             raise InvalidSubnetConfig(f"config has {cfg.stages} stages, the supernet {len(self.arch.stages)}")
         for s, (sup, res) in enumerate(zip(self.arch.stages, self.arch.resolutions)):

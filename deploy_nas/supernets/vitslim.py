@@ -35,11 +35,14 @@ from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
 from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
-from deploy_nas.spaces import SPACES
+from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.vitslim import FAMILY, SlimConfig, SlimSpace
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 
 PATCH_ZETA_INIT = 3.0  # official: tanh(3) = 0.995
+MAX_DEPTH = 1024  # deeper than any DeiT: a larger depth is refused before anything is sized by it
+MAX_PAD_TO = 256  # `--pad-to`'s range: a padded head is at most this much wider than its kept channels
+MAX_PARAMS = 1 << 30  # 4 GiB of float32, 12x DeiT-base: a larger arch is refused before any layer is built
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,25 @@ class SlimArch:
                                   f"{self.num_heads}")
         if self.patch_size > self.img_size:
             raise CheckpointError(f"{owner}: patch_size {self.patch_size} > img_size {self.img_size}")
+        too_large = [f"{name} = {value} (1..{high})" for name, value, high in (
+            ("depth", self.depth, MAX_DEPTH), ("pad_to", self.pad_to, MAX_PAD_TO)) if value > high]
+        if too_large:
+            raise CheckpointError(f"{owner}: {'; '.join(too_large)}")
+        if self.head_layout == "grouped" and self.pad_to != 1:
+            raise CheckpointError(f"{owner}: pad_to = {self.pad_to} with head_layout grouped, which pads nothing "
+                                  "(pad_to 1, or head_layout padded)")
+        if self.params_bound() > MAX_PARAMS:
+            raise CheckpointError(f"{owner}: embed_dim {self.embed_dim}, depth {self.depth}, mlp_hidden "
+                                  f"{self.mlp_hidden}, {self.num_tokens} tokens, {self.num_classes} classes make "
+                                  f"~{self.params_bound():.3g} parameters, more than any DeiT (at most "
+                                  f"{MAX_PARAMS:.3g})")
+
+    def params_bound(self) -> int:
+        """An upper bound of the masked model's parameter count, from the sizes alone (nothing allocated)."""
+        E, h, N = self.embed_dim, self.mlp_hidden, self.num_tokens
+        block = 4 * E * E + 2 * E * h + N + 2 * h + 10 * E  # q/k/v, proj, MLP, norms, biases, masks
+        return self.depth * block + E * (self.in_chans * self.patch_size ** 2 + N + self.num_classes + 4) \
+            + self.num_classes
 
     @property
     def head_dim(self) -> int:
@@ -188,9 +210,7 @@ class SlimViT(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------------------------
     def check_config(self, cfg: Any) -> SlimConfig:
-        if getattr(cfg, "family", None) != FAMILY:
-            raise InvalidSubnetConfig(f"config is for family {brief(getattr(cfg, 'family', type(cfg).__name__))}, "
-                                      f"this supernet is {FAMILY!r}")
+        check_config_type(cfg, FAMILY, f"the {FAMILY} supernet")
         return cfg
 
     def forward(self, x: Tensor, cfg: SlimConfig) -> Tensor:
@@ -431,7 +451,12 @@ def arch_from_state_dict(sd: dict[str, Tensor], num_heads: int | None = None, ma
     grid = math.isqrt(pos[1] - 1) if len(pos) == 3 and pos[1] > 1 else 0
     if len(conv) != 4 or grid * grid != pos[1] - 1 or pos[2] != E:
         raise CheckpointError(f"patch_embed.proj.weight {conv} and pos_embed {pos} are not a ViT with a class token")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit())
+    blocks = {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    deep = sorted((b for b in blocks if b.isdecimal() and (len(b) > 5 or int(b) >= MAX_DEPTH)), key=len)
+    if deep:  # read as a length before int(): a number of thousands of digits is refused, not parsed
+        raise CheckpointError(f"the checkpoint has a block numbered {brief(deep[-1], 40)}; a ViT has at most "
+                              f"{MAX_DEPTH} blocks (0..{MAX_DEPTH - 1})")
+    depth = 1 + max(int(b) for b in blocks if b.isdecimal())
     kind, heads = mask or "channel", num_heads or max(1, E // 64)  # DeiT heads are 64 wide
     if "blocks.0.attn.zeta" in sd:
         kind, heads = mask_kind(tuple(sd["blocks.0.attn.zeta"].shape), E)
@@ -445,13 +470,25 @@ def arch_from_state_dict(sd: dict[str, Tensor], num_heads: int | None = None, ma
                     sd["head.weight"].shape[0], kind, **layout)
 
 
+MASK_KEYS = ("attn.zeta", "attn.patch_zeta", "mlp.zeta")
+
+
 def with_masks(sd: dict[str, Tensor], arch: SlimArch) -> dict[str, Tensor]:
-    """A plain DeiT state dict gets the masks at their official initial values (zeta 1, patch_zeta 3)."""
+    """A plain DeiT state dict (no mask at all) gets the masks at their official initial values (zeta 1, patch_zeta
+    3); one with masks must have every block's three (a mask filled in would prune the wrong channels)."""
+    names = [f"blocks.{i}.{k}" for i in range(arch.depth) for k in MASK_KEYS]
+    missing = [k for k in names if k not in sd]
+    if missing and len(missing) < len(names):
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        raise CheckpointError(f"the checkpoint has ViT-Slim masks but not {', '.join(missing[:6])}{more}; a searched "
+                              f"checkpoint holds {', '.join(MASK_KEYS)} for every block (a plain DeiT none)")
+    if not missing:
+        return sd
     sd = dict(sd)
     for i in range(arch.depth):
-        sd.setdefault(f"blocks.{i}.attn.zeta", torch.ones(zeta_shape(arch)))
-        sd.setdefault(f"blocks.{i}.attn.patch_zeta", torch.full((1, arch.num_tokens, 1), PATCH_ZETA_INIT))
-        sd.setdefault(f"blocks.{i}.mlp.zeta", torch.ones(1, 1, arch.mlp_hidden))
+        sd[f"blocks.{i}.attn.zeta"] = torch.ones(zeta_shape(arch))
+        sd[f"blocks.{i}.attn.patch_zeta"] = torch.full((1, arch.num_tokens, 1), PATCH_ZETA_INIT)
+        sd[f"blocks.{i}.mlp.zeta"] = torch.ones(1, 1, arch.mlp_hidden)
     return sd
 
 
@@ -469,11 +506,24 @@ def budgets_from(obj: Any) -> SlimConfig | None:
 
 
 def with_layout(model: SlimViT, head_layout: str | None = None, pad_to: int | None = None) -> SlimViT:
-    """The same masked model with another dense layout of ragged heads (None: keep)."""
+    """The same masked model with another dense layout of ragged heads (None: keep; the grouped layout pads
+    nothing, so it takes no `pad_to` and drops a stored one)."""
     layout = {k: v for k, v in (("head_layout", head_layout), ("pad_to", pad_to)) if v is not None}
+    if head_layout or pad_to is not None:
+        check_layout(head_layout or model.arch.head_layout, pad_to)
+    if head_layout == "grouped":
+        layout["pad_to"] = 1
     if layout:
         model.arch = replace(model.arch, **layout)
     return model
+
+
+def check_layout(head_layout: str, pad_to: int | None) -> None:
+    """InvalidSubnetConfig for a pad_to next to the grouped layout (it would change nothing)."""
+    if head_layout == "grouped" and pad_to not in (None, 1):
+        raise InvalidSubnetConfig(f"pad_to {brief(pad_to)} rounds up padded head widths, and the grouped head layout "
+                                  "pads nothing (one attention per width): drop pad_to (--pad-to) or use the padded "
+                                  "layout")
 
 
 def prune_config(model: SlimViT, budgets: dict[str, float | None], soft: bool = False) -> SlimConfig:
@@ -541,11 +591,12 @@ class ViTSlimFamily:
             and "blocks.0.norm1.weight" in state_dict
 
     def from_checkpoint(self, obj: Any, options: SlimImportOptions, source: str = "checkpoint") -> tuple[SlimViT, Any]:
-        if options.head_layout not in ("padded", "grouped") or options.pad_to < 1 \
+        if options.head_layout not in ("padded", "grouped") or not 1 <= options.pad_to <= MAX_PAD_TO \
                 or options.mask not in (None, "channel", "head", "uniform"):
             raise InvalidSubnetConfig(f"import options head_layout={brief(options.head_layout)} (padded or grouped), "
-                                      f"pad_to={options.pad_to} (>= 1), mask={brief(options.mask)} (channel, head "
-                                      "or uniform)")
+                                      f"pad_to={options.pad_to} (1..{MAX_PAD_TO}), mask={brief(options.mask)} "
+                                      "(channel, head or uniform)")
+        check_layout(options.head_layout, options.pad_to)
         if isinstance(obj, nn.Module):  # a timm model object
             obj = obj.state_dict()
         sd = extract_state_dict(obj, source)
