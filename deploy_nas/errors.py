@@ -78,6 +78,14 @@ def check_flags(owner: str, error: type[Exception], **values: Any) -> None:
 
 MAX_SIZE = 2**31 - 1  # no size, count or scale of a model comes near it; larger ones overflow native code
 MAX_IMG_SIZE = 4096  # px: 4x the largest ViT input in use (SAM's 1024); the activations of larger ones fill memory
+MAX_PARAMS = 1 << 30  # 4 GiB of float32, 12x DeiT-base: an arch with more is refused before any layer is built
+
+
+def check_params(owner: str, error: type[Exception], bound: int, sizes: str, family: str) -> None:
+    """Raise `error` when `bound` (a parameter count from an arch's sizes, `sizes` in words) exceeds MAX_PARAMS."""
+    if bound > MAX_PARAMS:
+        raise error(f"{owner}: {sizes} make ~{bound:.3g} parameters, more than any {family} (at most "
+                    f"{MAX_PARAMS:.3g})")
 
 
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from deploy_nas.dense import psvit as dense
 from deploy_nas.dense.layers import merge_heads, split_heads
 from deploy_nas.dense.spec import DenseSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_sizes
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_params, check_sizes
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.psvit import (
@@ -48,7 +48,6 @@ from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict
 from deploy_nas.supernets.elastic import ElasticLayerNorm, ElasticLinear, ElasticPatchEmbed
 
 NORM_EPS = 1e-6
-MAX_PARAMS = 1 << 30  # 4 GiB of float32, far beyond any PSViT space: a larger arch is refused before any layer is built
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,9 @@ class PSViTArch:
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "cells", tuple(self.cells))
         object.__setattr__(self, "choices", tuple(c for c in CHOICES if c in self.choices))
-        if self.params_bound() > MAX_PARAMS:
-            raise CheckpointError(f"{owner}: widths {brief(list(self.widths))}, cells {brief(list(self.cells))}, "
-                                  f"mlp_ratio {self.mlp_ratio:g}, {self.num_patches} patches, {self.num_classes} "
-                                  f"classes make ~{self.params_bound():.3g} parameters, more than any PSViT (at most "
-                                  f"{MAX_PARAMS:.3g})")
+        check_params(owner, CheckpointError, self.params_bound(), f"widths {brief(list(self.widths))}, cells "
+                     f"{brief(list(self.cells))}, mlp_ratio {self.mlp_ratio:g}, {self.num_patches} patches, "
+                     f"{self.num_classes} classes", "PSViT")
 
     def params_bound(self) -> int:
         """An upper bound of the supernet's parameter count, from the sizes alone (nothing allocated)."""

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from deploy_nas.dense.layers import PatchEmbed
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields, check_params
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.spaces import SPACES, check_config_type
@@ -42,7 +42,6 @@ from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict
 PATCH_ZETA_INIT = 3.0  # official: tanh(3) = 0.995
 MAX_DEPTH = 1024  # deeper than any DeiT: a larger depth is refused before anything is sized by it
 MAX_PAD_TO = 256  # `--pad-to`'s range: a padded head is at most this much wider than its kept channels
-MAX_PARAMS = 1 << 30  # 4 GiB of float32, 12x DeiT-base: a larger arch is refused before any layer is built
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,8 @@ class SlimArch:
         if self.head_layout == "grouped" and self.pad_to != 1:
             raise CheckpointError(f"{owner}: pad_to = {self.pad_to} with head_layout grouped, which pads nothing "
                                   "(pad_to 1, or head_layout padded)")
-        if self.params_bound() > MAX_PARAMS:
-            raise CheckpointError(f"{owner}: embed_dim {self.embed_dim}, depth {self.depth}, mlp_hidden "
-                                  f"{self.mlp_hidden}, {self.num_tokens} tokens, {self.num_classes} classes make "
-                                  f"~{self.params_bound():.3g} parameters, more than any DeiT (at most "
-                                  f"{MAX_PARAMS:.3g})")
+        check_params(owner, CheckpointError, self.params_bound(), f"embed_dim {self.embed_dim}, depth {self.depth}, "
+                     f"mlp_hidden {self.mlp_hidden}, {self.num_tokens} tokens, {self.num_classes} classes", "DeiT")
 
     def params_bound(self) -> int:
         """An upper bound of the masked model's parameter count, from the sizes alone (nothing allocated)."""
