@@ -261,13 +261,13 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
         try:
             result = run_search(supernet, own, out, SearchRequest(**request), resume, log=click.echo)
         except KeyboardInterrupt as err:
-            from deploy_nas.search import LOG_FILE
+            from deploy_nas.search import LOG_FILE, MEASURED_FILE
 
             if main_process():
                 how = "terminated (SIGTERM)" if isinstance(err, opt.Terminated) else "interrupted"
-                click.echo(f"{how}: the per-generation log is in {out}; continue with --resume" if
-                           (out / LOG_FILE).is_file() else f"{how} before the first generation ended; nothing to "
-                           "resume, run the search again", err=True)
+                click.echo(f"{how}: what the search did is in {out}; continue with --resume" if any(
+                           (out / name).is_file() for name in (LOG_FILE, MEASURED_FILE)) else
+                           f"{how} before the search wrote anything; nothing to resume, run it again", err=True)
             sys.exit(143 if isinstance(err, opt.Terminated) else 130)
         if not main_process():
             return

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import sys
+import threading
 import typing
 import warnings
 from collections.abc import Callable
@@ -17,6 +19,8 @@ import click
 
 from deploy_nas.errors import DeployNASError, brief
 
+TERM_GRACE_S = 10.0  # after SIGTERM, how long the process may take to unwind before it exits regardless
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what `timeout`, `kill`, systemd, Slurm and docker send) raised as an interrupt, so that it unwinds
@@ -24,8 +28,43 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while unwinding ends the process at once
     raise Terminated()
+
+
+def _handle_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread. Python runs that handler only between bytecodes, so a long
+    native call (an engine build, a collective waiting on a dead rank) would hold it off indefinitely: a watcher
+    thread, woken by the signal through the wakeup fd, ends the process TERM_GRACE_S later if it has not ended by
+    then, and at once on a second SIGTERM (what the default action did); the next run sweeps what is left."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # someone else set it up (or we did already)
+        return
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        if signal.set_wakeup_fd(w, warn_on_full_buffer=False) != -1:  # the fd is someone else's: leave it
+            signal.set_wakeup_fd(-1)
+            os.close(r), os.close(w)
+            return
+    except ValueError:  # not the main thread
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    threading.Thread(target=_watch_sigterm, args=(r,), daemon=True, name="deploy-nas-sigterm").start()
+
+
+def _watch_sigterm(fd: int) -> None:
+    def end() -> None:
+        os.write(2, b"error: terminated (SIGTERM); stopped without cleaning up (the next run removes what is left)\n")
+        os._exit(143)
+
+    seen, timer = 0, None
+    while data := os.read(fd, 64):  # one byte per signal: its number
+        seen += data.count(signal.SIGTERM)
+        if seen >= 2:
+            end()
+        if seen and timer is None:
+            timer = threading.Timer(TERM_GRACE_S, end)
+            timer.daemon = True
+            timer.start()
 
 
 def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
@@ -35,8 +74,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     asks for them."""
     if not sys.warnoptions:
         warnings.simplefilter("ignore")
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # the main thread of a process nobody else set up
-        signal.signal(signal.SIGTERM, _terminate)
+    _handle_sigterm()
     try:
         return click.Command.main(command, *args, standalone_mode=False, **kwargs)
     except (click.exceptions.Abort, KeyboardInterrupt) as err:

@@ -91,18 +91,20 @@ def check_params(owner: str, error: type[Exception], bound: int, sizes: str, fam
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,
                 **values: Any) -> None:
     """Raise `error` naming every value (a number or a non-empty sequence of them) that is not a finite number
-    (`integers`: an integer) at least `minimum[name]` (1 when unnamed); bools, strings and NaN are refused. Runs
+    (`integers`: an integer) at least `minimum[name]` (1 when unnamed) and at most MAX_SIZE (MAX_IMG_SIZE for an
+    `img_size`); bools, strings and NaN are refused. Runs
     before any value is used, so a bad file never reaches a division, an allocation or an index."""
     bad = []
     kinds = (int,) if integers else (int, float)
     for name, value in values.items():
         items = value if isinstance(value, (list, tuple)) else (value,)
         low = minimum.get(name, 1)
+        high = MAX_IMG_SIZE if name == "img_size" else MAX_SIZE  # an input size sizes every activation
         ok = bool(items) and all(isinstance(v, kinds) and not isinstance(v, bool) and math.isfinite(v)
-                                 and low <= v <= MAX_SIZE for v in items)
+                                 and low <= v <= high for v in items)
         if not ok:
             bad.append(f"{name} = {brief(value)} (must be {'integers' if integers else 'finite numbers'} in "
-                       f"{low}..{MAX_SIZE})")
+                       f"{low}..{high})")
     if bad:
         raise error(f"{owner}: {'; '.join(bad)}")
 

@@ -187,10 +187,15 @@ def record_written(path: Path, create: bool = False) -> None:
             _write_marker(path.parent, files | {path.name})
 
 
+def written_here(path: Path) -> bool:
+    """Whether deploy-nas wrote `path` (its directory's marker lists it)."""
+    return path.name in (_read_marker(path.parent) or set())
+
+
 def check_replaceable(path: Path, command: str) -> None:
     """Refuse before any work when `command` would replace `path` and deploy-nas did not write it (its
     directory's marker does not list it): a user's file of the same name is never overwritten."""
-    if (path.exists() or path.is_symlink()) and path.name not in (_read_marker(path.parent) or set()):
+    if (path.exists() or path.is_symlink()) and not written_here(path):
         raise OutputPathError(f"{command} would replace {path}, which deploy-nas did not write; move it away or "
                               "use another directory")
 

@@ -8,6 +8,7 @@ then written: temp name + rename, then the JSON sidecar.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,20 @@ class OnnxExportResult:
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def graph_source(path: str | Path) -> dict[str, Any]:
+    """What an engine built from the ONNX file `path` records of it (in build.json): its name and sha256, and the
+    model files it was exported from when its sidecar names them, so the engine stays tied to them without it."""
+    path = Path(path)
+    source: dict[str, Any] = {"source": "onnx", "onnx": path.name, "onnx_sha256": sha256_file(path)}
+    try:
+        exported_from = json.loads(sidecar_path(path).read_text()).get("exported_from")
+    except (OSError, ValueError, AttributeError):
+        exported_from = None
+    if isinstance(exported_from, dict):
+        source["exported_from"] = exported_from
+    return source
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:

@@ -84,8 +84,10 @@ def export_to(out: str | Path, opset: int = 17, dynamo: bool = False, simplify: 
 def refresh_manifest(out: str | Path) -> None:
     """A deployment that `run` wrote keeps its manifest.json true: a later export, build, parity or bench in it
     records the sha256 of every file anew (nothing to do in a directory without one)."""
+    from deploy_nas.io import written_here
+
     path = Path(out) / MANIFEST_JSON
-    if path.is_file():
+    if path.is_file() and written_here(path):  # a user's file of that name is theirs
         from deploy_nas.export.report import manifest
 
         write_json_atomic(path, manifest(out, exclude=(MANIFEST_JSON,)))
@@ -117,7 +119,8 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
         raise ExportError(f"{source} not found; run `deploy-nas export onnx {out}` first")
     check_onnx_record(source, out)
     engine = get_backend(backend).build(source, config)
-    refresh_manifest(out)
+    if backend != "onnxruntime":  # it saves nothing
+        refresh_manifest(out)
     return engine
 
 
@@ -149,15 +152,21 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
 
 def check_engine_source(engine: Engine, out: str | Path, backend: str, precision: str) -> Engine:
     """A saved engine must have been built from the deployment's current model.onnx (which check_onnx_record
-    ties to the dense model): an IR left from an earlier export would be timed and compared as this model's."""
-    built_from = getattr(engine, "meta", {}).get("onnx_sha256")
-    source = onnx_path(out)
-    if built_from is None or not source.is_file():  # built from the module, or no graph left to compare with
+    ties to the dense model), and from a graph of the dense model there now (build.json records the dense files
+    too, so this holds with model.onnx deleted): an IR left from an earlier export would be timed and compared as
+    this model's. Engines built before these records were kept are checked for what they record."""
+    meta = getattr(engine, "meta", {})
+    source, again = onnx_path(out), f"build it again with `deploy-nas export {backend} {out} --precision {precision}`"
+    if meta.get("onnx_sha256") is not None and source.is_file():  # the graph's record ties it to the dense model
+        if meta["onnx_sha256"] != check_onnx_record(source, out):
+            raise ExportError(f"the {backend} {precision} engine in {out} was built from another model.onnx than the "
+                              f"one there now (exported again since); {again}")
         return engine
-    if built_from != check_onnx_record(source, out):
-        raise ExportError(f"the {backend} {precision} engine in {out} was built from another model.onnx than the "
-                          f"one there now (exported again since); build it again with `deploy-nas export {backend} "
-                          f"{out} --precision {precision}`")
+    exported_from = meta.get("exported_from")  # no graph left: the engine's own record of the dense model
+    if exported_from is not None and exported_from != dense_digests(dense_dir(out)):
+        raise ExportError(f"the {backend} {precision} engine in {out} was built from another dense model than "
+                          f"{dense_dir(out)} holds now (extracted again since?); export it again with `deploy-nas "
+                          f"export onnx {out}`, then {again.replace('build it again with ', '')}")
     return engine
 
 

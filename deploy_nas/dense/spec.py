@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy_nas.errors import MAX_IMG_SIZE, DenseModelError, brief, check_sizes
+from deploy_nas.errors import DenseModelError, brief, check_sizes
 from deploy_nas.registry import Registry
 
 FORMAT_VERSION = 2
@@ -49,9 +49,6 @@ class DenseSpec:
     def __post_init__(self) -> None:
         check_sizes("spec.json", DenseModelError, {}, integers=True, img_size=self.img_size, in_chans=self.in_chans,
                     num_classes=self.num_classes)
-        if self.img_size > MAX_IMG_SIZE:
-            raise DenseModelError(f"spec.json: img_size {self.img_size} is larger than any model input "
-                                  f"({MAX_IMG_SIZE} px at most: the activations would not fit in memory)")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

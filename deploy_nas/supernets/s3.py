@@ -71,9 +71,9 @@ class S3Arch:
         """Checked where it is read (supernet.json, a checkpoint's shapes); the stages check themselves."""
         owner = "S3 supernet arch"
         check_fields(owner, CheckpointError, self)
-        if not self.stages or self.patch_size > self.img_size or self.img_size > MAX_IMG_SIZE:
+        if not self.stages or self.patch_size > self.img_size:
             raise CheckpointError(f"{owner}: {len(self.stages)} stages, patch_size {self.patch_size} within img_size "
-                                  f"{self.img_size}, img_size <= {MAX_IMG_SIZE}: one of these does not hold")
+                                  f"{self.img_size}: one of these does not hold")
 
     @classmethod
     def from_space(cls, space: S3Space, **flags: Any) -> S3Arch:

@@ -282,10 +282,9 @@ class OpenVinoBackend(Backend):
 
     def build(self, onnx_path: str | Path, config: BuildConfig) -> OpenVinoEngine:
         config = self.check(config)
-        from deploy_nas.io import sha256_file
+        from deploy_nas.export.onnx import graph_source
 
-        source = {"source": "onnx", "onnx": Path(onnx_path).name, "onnx_sha256": sha256_file(onnx_path)}
-        return self.engine_from_ir(ir_from_onnx(onnx_path), config, source)
+        return self.engine_from_ir(ir_from_onnx(onnx_path), config, graph_source(onnx_path))
 
     def build_from_module(self, model: Any, config: BuildConfig) -> OpenVinoEngine:
         """Same engine, IR converted from the nn.Module (artifacts under out_dir/openvino-module/<precision>)."""

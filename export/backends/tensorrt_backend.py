@@ -186,10 +186,9 @@ class TensorRTBackend(Backend):
         cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
         with torch.cuda.device(torch.device(device)):
             plan, cache = serialized_engine(onnx_bytes, shape, config, cache)
-        from deploy_nas.io import sha256_file
+        from deploy_nas.export.onnx import graph_source
 
-        meta = {"source": "onnx", "onnx": Path(onnx_path).name, "onnx_sha256": sha256_file(onnx_path),
-                "strongly_typed": True, "profile": [1, config.opt_batch, config.max_batch],
+        meta = {**graph_source(onnx_path), "strongly_typed": True, "profile": [1, config.opt_batch, config.max_batch],
                 "tf32": config.precision != "fp32", "gpu": torch.cuda.get_device_name(torch.device(device))}
         if cache_path is not None:
             save_engine(plan, cache, cache_path, self.artifact_dir(config), config, meta)
