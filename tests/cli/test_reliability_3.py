@@ -85,7 +85,7 @@ def test_hand_edited_dense_specs_fail_at_load(tmp_path):
     edits = {"block 0: relative positions need all 37 tokens, not 3": {"body": {"blocks": [{"tokens": [1, 2, 3]}]}},
              "tokens = (0, 0) must be increasing positions in 0..36": {"body": {"blocks": [{"tokens": [0, 0]}]}},
              "head_widths = (8,) must give each of the 2 heads": {"body": {"blocks": [{"head_widths": [8]}]}},
-             "img_size = 1000000000000 (must be integers in 1..2147483647)": {"img_size": 10**12}}
+             "img_size = 1000000000000 (must be integers in 1..4096)": {"img_size": 10**12}}
     for i, (message, edit) in enumerate(edits.items()):
         bad = json.loads(json.dumps(spec))
         bad.update({k: v for k, v in edit.items() if k != "body"})

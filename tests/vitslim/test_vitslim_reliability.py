@@ -40,12 +40,12 @@ EDITS = {  # one hand-edited size of supernet.json -> what the error names (each
                 ("pad_to", 1 << 20, "pad_to = 1048576 (1..256)"),
                 ("embed_dim", 1 << 24, "parameters, more than any DeiT"),
                 ("mlp_hidden", 1 << 30, "parameters, more than any DeiT"),
-                ("img_size", 1 << 20, "parameters, more than any DeiT")),
+                ("img_size", 1 << 20, "img_size = 1048576 (must be integers in 1..4096)")),
     "psvit": (("cells", [2, 2, 100_000], "cells = [2, 2, 100000] (1 to 256 cells per stage"),
               ("cells", [2, 2, 257], "cells = [2, 2, 257]"),
               ("widths", [24, 40, 1 << 24], "parameters, more than any PSViT"),
               ("mlp_ratio", 1e9, "parameters, more than any PSViT"),
-              ("img_size", 1 << 20, "parameters, more than any PSViT")),
+              ("img_size", 1 << 20, "img_size = 1048576 (must be integers in 1..4096)")),
 }
 
 
