@@ -78,9 +78,8 @@ class SlimArch:
             ("depth", self.depth, MAX_DEPTH), ("pad_to", self.pad_to, MAX_PAD_TO)) if value > high]
         if too_large:
             raise CheckpointError(f"{owner}: {'; '.join(too_large)}")
-        if self.head_layout == "grouped" and self.pad_to != 1:
-            raise CheckpointError(f"{owner}: pad_to = {self.pad_to} with head_layout grouped, which pads nothing "
-                                  "(pad_to 1, or head_layout padded)")
+        # pad_to with the grouped layout is refused where a user gives it (check_layout); a supernet.json written
+        # with both before that refusal still loads (the grouped layout ignores pad_to, as it always did)
         check_params(owner, CheckpointError, self.params_bound(), f"embed_dim {self.embed_dim}, depth {self.depth}, "
                      f"mlp_hidden {self.mlp_hidden}, {self.num_tokens} tokens, {self.num_classes} classes", "DeiT")
 

@@ -121,6 +121,12 @@ def test_layout_options_that_conflict_or_change_nothing_are_refused(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("slim", "prune", "--checkpoint", sn, *budgets, "--head-layout", "grouped", "--out", tmp_path / "g")
     assert r.returncode == 0, r.stderr
+    # a supernet.json written with both before they were refused together still loads (grouped ignores pad_to)
+    meta = json.loads((sn / "supernet.json").read_text())
+    meta["arch"].update(head_layout="grouped", pad_to=8)
+    (sn / "supernet.json").write_text(json.dumps(meta))
+    r = run("slim", "prune", "--checkpoint", sn, *budgets, "--out", tmp_path / "g2")
+    assert r.returncode == 0, r.stderr
 
 
 def test_slim_prune_on_another_familys_supernet_names_the_command_that_reads_it(tmp_path):
