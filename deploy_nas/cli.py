@@ -263,12 +263,12 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
         except KeyboardInterrupt as err:
             from deploy_nas.search import LOG_FILE, MEASURED_FILE
 
+            how, code = opt.interruption(err)
             if main_process():
-                how = "terminated (SIGTERM)" if isinstance(err, opt.Terminated) else "interrupted"
                 click.echo(f"{how}: what the search did is in {out}; continue with --resume" if any(
                            (out / name).is_file() for name in (LOG_FILE, MEASURED_FILE)) else
                            f"{how} before the search wrote anything; nothing to resume, run it again", err=True)
-            sys.exit(143 if isinstance(err, opt.Terminated) else 130)
+            sys.exit(code)
         if not main_process():
             return
     _show(search_table(result))

@@ -31,6 +31,14 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def interruption(err: BaseException) -> tuple[str, int]:
+    """(what stopped the command, its exit code) for an interrupt: SIGTERM (also when click wrapped it in an Abort)
+    or Ctrl-C."""
+    if isinstance(err, Terminated) or isinstance(err.__context__, Terminated):
+        return "terminated (SIGTERM)", 143
+    return "interrupted", 130
+
+
 def _handle_sigterm() -> None:
     """SIGTERM raises Terminated in the main thread. Python runs that handler only between bytecodes, so a long
     native call (an engine build, a collective waiting on a dead rank) would hold it off indefinitely: a watcher
@@ -81,9 +89,9 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         if isinstance(err.__cause__, EOFError):  # click reports an EOFError from the command as an abort
             click.echo("error: unexpected end of a file or of the input (an empty or cut file?)", err=True)
             sys.exit(2)
-        terminated = isinstance(err, Terminated) or isinstance(err.__context__, Terminated)
-        click.echo("error: terminated (SIGTERM)" if terminated else "error: interrupted", err=True)
-        sys.exit(143 if terminated else 130)
+        how, code = interruption(err)
+        click.echo(f"error: {how}", err=True)
+        sys.exit(code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except click.ClickException as err:

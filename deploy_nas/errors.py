@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -81,6 +83,13 @@ MAX_IMG_SIZE = 4096  # px: 4x the largest ViT input in use (SAM's 1024); the act
 MAX_PARAMS = 1 << 30  # 4 GiB of float32, 12x DeiT-base: an arch with more is refused before any layer is built
 
 
+def as_path(value: Any, error: type[Exception], what: str) -> Path:
+    """`value` as a Path; anything but a str or PathLike is `error` naming `what` (pathlib raises a bare TypeError)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"{what} must be a path (str or Path), got {type(value).__name__}")
+    return Path(value)
+
+
 def check_params(owner: str, error: type[Exception], bound: int, sizes: str, family: str) -> None:
     """Raise `error` when `bound` (a parameter count from an arch's sizes, `sizes` in words) exceeds MAX_PARAMS."""
     if bound > MAX_PARAMS:
@@ -92,8 +101,8 @@ def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], int
                 **values: Any) -> None:
     """Raise `error` naming every value (a number or a non-empty sequence of them) that is not a finite number
     (`integers`: an integer) at least `minimum[name]` (1 when unnamed) and at most MAX_SIZE (MAX_IMG_SIZE for an
-    `img_size`); bools, strings and NaN are refused. Runs
-    before any value is used, so a bad file never reaches a division, an allocation or an index."""
+    `img_size`); bools, strings and NaN are refused. Runs before any value is used, so a bad file never reaches a
+    division, an allocation or an index."""
     bad = []
     kinds = (int,) if integers else (int, float)
     for name, value in values.items():

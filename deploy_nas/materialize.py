@@ -14,7 +14,6 @@ from torch import nn
 from deploy_nas.dense import build_dense
 from deploy_nas.errors import CheckpointError
 from deploy_nas.folding import apply_folds
-from deploy_nas.spaces import check_config_type
 
 
 def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
@@ -25,7 +24,6 @@ def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
                                           else "")
         raise CheckpointError(f"materialize takes a supernet (from load_supernet or a family's build_supernet), "
                               f"got {what}")
-    check_config_type(cfg, family, f"the {family} supernet")
     sub = supernet.subnet_state(cfg, calib=calib)
     model = build_dense(sub.spec, apply_folds(sub.state, sub.folds))
     return model.to(next(supernet.parameters()).device, torch.float32).eval()

@@ -156,17 +156,17 @@ def check_engine_source(engine: Engine, out: str | Path, backend: str, precision
     too, so this holds with model.onnx deleted): an IR left from an earlier export would be timed and compared as
     this model's. Engines built before these records were kept are checked for what they record."""
     meta = getattr(engine, "meta", {})
-    source, again = onnx_path(out), f"build it again with `deploy-nas export {backend} {out} --precision {precision}`"
+    source, rebuild = onnx_path(out), f"`deploy-nas export {backend} {out} --precision {precision}`"
     if meta.get("onnx_sha256") is not None and source.is_file():  # the graph's record ties it to the dense model
         if meta["onnx_sha256"] != check_onnx_record(source, out):
             raise ExportError(f"the {backend} {precision} engine in {out} was built from another model.onnx than the "
-                              f"one there now (exported again since); {again}")
+                              f"one there now (exported again since); build it again with {rebuild}")
         return engine
     exported_from = meta.get("exported_from")  # no graph left: the engine's own record of the dense model
     if exported_from is not None and exported_from != dense_digests(dense_dir(out)):
         raise ExportError(f"the {backend} {precision} engine in {out} was built from another dense model than "
                           f"{dense_dir(out)} holds now (extracted again since?); export it again with `deploy-nas "
-                          f"export onnx {out}`, then {again.replace('build it again with ', '')}")
+                          f"export onnx {out}`, then {rebuild}")
     return engine
 
 

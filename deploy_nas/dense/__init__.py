@@ -2,7 +2,6 @@
 registry with no supernet code and no pickle."""
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torch import nn
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
-from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, OutputPathError, brief
+from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, OutputPathError, as_path, brief
 from deploy_nas.io import atomic_dir, load_safetensors
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
@@ -53,8 +52,7 @@ def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:
         hint = "; save a supernet with save_supernet" if hasattr(model, "subnet_state") else ""
         raise DenseModelError(f"save_dense takes a dense model (from materialize, build_dense or load_dense), got "
                               f"{type(model).__name__}{hint}")
-    if not isinstance(out, (str, os.PathLike)):
-        raise OutputPathError(f"save_dense takes an output directory path (str or Path), got {type(out).__name__}")
+    as_path(out, OutputPathError, "save_dense's output directory")
     with atomic_dir(out, force) as tmp:
         write_dense(model, tmp)
     return Path(out)
@@ -62,9 +60,7 @@ def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:
 
 def load_dense(directory: str | Path) -> nn.Module:
     """Rebuild a dense model from spec.json + weights.safetensors (no supernet code, no pickle)."""
-    if not isinstance(directory, (str, os.PathLike)):
-        raise DenseModelError(f"load_dense takes a directory path (str or Path), got {type(directory).__name__}")
-    directory = Path(directory)
+    directory = as_path(directory, DenseModelError, "load_dense's directory")
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     for p in (spec_path, weights_path):
         if not p.is_file():

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import Mlp, count_parameters
 from deploy_nas.dense.spec import ARCHS, DenseSpec
-from deploy_nas.errors import DenseModelError, check_fields, check_flags
+from deploy_nas.errors import DenseModelError, check_fields
 from deploy_nas.kernels import window as win
 
 ARCH = "swin"
@@ -84,7 +84,6 @@ class SwinSpec:
                                      blocks=tuple(SwinBlockSpec(**b) for b in s["blocks"]),
                                      out_dim=None if s.get("out_dim") is None else int(s["out_dim"]))
                        for s in d["stages"])
-        check_flags("spec.json body", DenseModelError, patch_norm=d.get("patch_norm", True))
         return cls(patch_size=int(d["patch_size"]), stages=stages, patch_norm=d.get("patch_norm", True),
                    norm_eps=float(d.get("norm_eps", 1e-5)), activation=str(d.get("activation", "gelu_erf")))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import MALFORMED, InvalidSubnetConfig, brief
+from ..errors import MALFORMED, InvalidSubnetConfig, as_path, brief
 from ..registry import Registry
 
 
@@ -110,9 +110,7 @@ MAX_DEPTH = 32  # nesting
 def read_structured_file(path: str | Path) -> Any:
     """JSON or YAML (safe_load) from a file, bounded in size, expanded size (YAML aliases) and nesting, with a
     typed error for anything unreadable."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidSubnetConfig(f"a config or space file must be a path (str or Path), got {type(path).__name__}")
-    path = Path(path)
+    path = as_path(path, InvalidSubnetConfig, "a config or space file")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -3,7 +3,6 @@ directory format (supernet.json + weights.safetensors), and the embedded default
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,15 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from deploy_nas.errors import MALFORMED, CheckpointError, DeployNASError, InvalidSubnetConfig, OutputPathError, brief
+from deploy_nas.errors import (
+    MALFORMED,
+    CheckpointError,
+    DeployNASError,
+    InvalidSubnetConfig,
+    OutputPathError,
+    as_path,
+    brief,
+)
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
@@ -37,7 +44,7 @@ def load_official(path: str | Path, family: str | None = None, options: Any = No
                   option_pairs: Sequence[str] = (), **given: Any) -> tuple[Any, Any]:
     """(supernet, its space or None) from an official checkpoint file. `options`: the family's import options
     object; else built from `option_pairs` ("key=value") and keyword values (None = default)."""
-    obj = read_checkpoint(_path(path, "the checkpoint"))
+    obj = read_checkpoint(as_path(path, CheckpointError, "the checkpoint"))
     fam = resolve_family(family, obj, str(path))
     if options is None:
         options = parse_import_options(fam.import_options, option_pairs, **given)
@@ -57,8 +64,7 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     if space is not None and space.family != family:  # checked before anything is written
         raise InvalidSubnetConfig(f"save_supernet: the space is for family {brief(space.family)}, the supernet is "
                                   f"{family!r}; pass a {family} space or none")
-    if not isinstance(out, (str, os.PathLike)):
-        raise OutputPathError(f"save_supernet takes an output directory path (str or Path), got {type(out).__name__}")
+    as_path(out, OutputPathError, "save_supernet's output directory")
     meta = {**model.meta(), "space": space.to_dict() if space is not None else None, **(extra or {})}
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -66,15 +72,8 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     return Path(out)
 
 
-def _path(value: Any, what: str) -> Path:
-    """`value` as a Path; anything but a str or PathLike is refused (pathlib would raise a bare TypeError)."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise CheckpointError(f"{what} must be a path (str or Path), got {type(value).__name__}")
-    return Path(value)
-
-
 def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
-    meta_path = _path(directory, "the supernet directory") / SUPERNET_FILE
+    meta_path = as_path(directory, CheckpointError, "the supernet directory") / SUPERNET_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{directory} is not a supernet directory (no {SUPERNET_FILE}); "
                               "create one with `deploy-nas train`")
@@ -126,7 +125,8 @@ def load_supernet(source: str | Path | None = None, family: str | None = None, o
     """A supernet and (when known) its space from: None (the embedded default), a supernet directory, or an
     official checkpoint file (read with the family's import options)."""
     if source is not None:
-        _path(source, "load_supernet's source (a supernet directory or checkpoint file; None: the embedded default)")
+        as_path(source, CheckpointError, "load_supernet's source (a supernet directory or checkpoint file; None: the "
+                "embedded default)")
     if family is not None:
         FAMILIES.get(family)  # an unknown name fails here, listing the registered families
     if source is None:
