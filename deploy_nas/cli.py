@@ -209,15 +209,16 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
 @opt.family
 @click.option("--space", default=None, help="Registered space or file (default: the family's default space).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Supernet directory to write.")
+@opt.train_data
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
 @click.option("--grad-projection-from", "grad_projection_from", type=click.IntRange(min=0), default=None,
               help="NASViT's gradient projection from this epoch on (--grad-projection --projection-from-epoch N).")
 @opt.dataclass_options(TrainConfig)
 @opt.writes(force="resume", resumes=(STATE_FILE,))
-def train(family: str | None, space: str | None, out: Path, resume: bool, grad_projection_from: int | None,
-          **config: Any) -> None:
-    """Supernet training with the family's rule on the embedded task (cluttered digits); under `torchrun
-    --nproc_per_node N` (or `python -m deploy_nas.train`) data-parallel.
+def train(family: str | None, space: str | None, data_dir: Path | None, out: Path, resume: bool,
+          grad_projection_from: int | None, **config: Any) -> None:
+    """Supernet training with the family's rule on the embedded task (cluttered digits) or your image folders
+    (--data); under `torchrun --nproc_per_node N` (or `python -m deploy_nas.train`) data-parallel.
 
     The defaults shown are AutoFormer's recipe. A family's own recipe replaces them for the options not given:
     NASViT lr 3e-4 decaying to 1e-6, warm-up 1 epoch, no weight decay, clip 1.0, gradient projection, shift 1;
@@ -226,7 +227,7 @@ def train(family: str | None, space: str | None, out: Path, resume: bool, grad_p
 
     from deploy_nas.distributed import main_process, process_group_from_env
     from deploy_nas.train import train_config, train_supernet
-    from deploy_nas.workflows import training_target
+    from deploy_nas.workflows import train_data, training_target
 
     fam, chosen = training_target(family, space)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the family's recipe fills in the rest
@@ -234,7 +235,7 @@ def train(family: str | None, space: str | None, out: Path, resume: bool, grad_p
         given.update(grad_projection=True, projection_from_epoch=grad_projection_from)
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
-        train_supernet(fam, chosen, out, train_config(fam, given), resume, log=log)
+        train_supernet(fam, chosen, out, train_config(fam, given), resume, train_data(chosen, data_dir), log=log)
 
 
 @main.command("search")

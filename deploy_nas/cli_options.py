@@ -249,6 +249,9 @@ threads = click.option("--threads", type=click.IntRange(min=1), default=None, ca
                        help="CPU threads (default, and at most: the cores this process may use).")
 out_argument = click.argument("out", type=click.Path(path_type=Path))
 force = click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+train_data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                          help="Image folders DIR/train, DIR/val (and DIR/test) of class folders (default: the "
+                               "embedded task, cluttered digits); supernet.json records their class names.")
 data = click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
                     help="A folder of images for the parity batch (default: 64 plain embedded digits, the "
                          "digits_splits test split).")

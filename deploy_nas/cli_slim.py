@@ -28,9 +28,7 @@ def slim() -> None:
                    "checkpoint. Default: a random initialisation of --space.")
 @click.option("--space", default=None, help="Without --base: the registered space or file of the DeiT to build "
               "(default: vitslim-tiny, a 4-block DeiT for 32px images).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Image folders DIR/train, DIR/val (and DIR/test) of class folders (default: the embedded task, "
-                   "cluttered digits).")
+@opt.train_data
 @click.option("--head-search", "mask", flag_value="head", default=None,
               help="Without masks in --base: one mask per head (official --head_search).")
 @click.option("--uniform-search", "mask", flag_value="uniform",

@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 class Split:
     images: np.ndarray  # (N, C, H, W) float32, normalized
     labels: np.ndarray  # (N,) int64
+    classes: tuple[str, ...] | None = None  # image folders: the class name of each label; the embedded task: None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -212,10 +213,18 @@ def _class_of(path: Path, root: Path) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def _names(classes: list[str], limit: int = 80) -> str:
+def class_names(classes: list[str] | tuple[str, ...], limit: int = 80) -> str:
     """Class names for a one-line message (quoted, so a newline in a folder name stays on the line), shortened."""
     text = ", ".join(repr(c) if c else "(images directly in the folder)" for c in classes)
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def data_record(split: Split) -> dict[str, object]:
+    """What a supernet was trained on, for its supernet.json ("trained_on"): the embedded task, or image folders
+    with the class name of each label."""
+    if split.classes is None:
+        return {"task": "embedded"}
+    return {"task": "image folders", "classes": list(split.classes)}
 
 
 def _classes_of(files: list[Path], root: Path) -> list[str]:
@@ -224,19 +233,24 @@ def _classes_of(files: list[Path], root: Path) -> list[str]:
 
 
 def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: int, in_chans: int,
-                        num_classes: int) -> dict[str, Split]:
-    """The image folders DIR/<name> for each of `names`, labelled by one class list: the class folders of DIR/train
-    when there is one (what a supernet trained on DIR learned its labels from), else of the first of `names`, so a
-    class has the same label in every split and every command. Before any image is decoded: a class folder that
-    list lacks is a typed error (a class missing from a split is fine), and so is a list with more classes than the
-    model's head (`num_classes`)."""
+                        num_classes: int, classes: tuple[str, ...] | list[str] | None = None,
+                        owner: str = "the supernet") -> dict[str, Split]:
+    """The image folders DIR/<name> for each of `names`, labelled by one class list: `classes` when given (those a
+    supernet was trained on, `owner` in messages), else the class folders of DIR/train when there is one (what a
+    supernet trained on DIR learned its labels from), else of the first of `names`, so a class has the same label
+    in every split and every command. Before any image is decoded: a class folder that list lacks is a typed error
+    (a class missing from a split is fine), and so is a list with more classes than the model's head
+    (`num_classes`)."""
     data_dir = Path(data_dir)
     files = {name: _image_files(data_dir / name) for name in names}  # each folder walked once
-    ref = "train" if (data_dir / "train").is_dir() else names[0]
-    reference = data_dir / ref
-    classes = _classes_of(files[ref] if ref in files else _image_files(reference), reference)
+    if classes is not None:
+        classes, reference = list(classes), f"the class list {owner} was trained on"
+    else:
+        ref = "train" if (data_dir / "train").is_dir() else names[0]
+        reference = data_dir / ref
+        classes = _classes_of(files[ref] if ref in files else _image_files(reference), reference)
     if len(classes) > num_classes:
-        raise DataError(f"{reference} has {len(classes)} classes ({_names(classes)}) but the model's head has "
+        raise DataError(f"{reference} has {len(classes)} classes ({class_names(classes)}) but the model's head has "
                         f"{num_classes}; use data with at most {num_classes} classes")
     for name in names:  # every split's folders first: a stray class is named before hours of decoding
         _check_classes(data_dir / name, _classes_of(files[name], data_dir / name), classes, reference)
@@ -246,8 +260,8 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
 def _check_classes(root: Path, found: list[str], classes: list[str], where: str | Path) -> None:
     extra = [c for c in found if c not in classes]
     if extra:
-        raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {_names(extra)} that {where} "
-                        f"does not have (its {len(classes)} classes: {_names(classes)}); each split's class "
+        raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {class_names(extra)} that {where} "
+                        f"does not have (its {len(classes)} classes: {class_names(classes)}); each split's class "
                         f"folders must be among those of {where}, so that a label means one class in every split")
 
 
@@ -290,7 +304,8 @@ def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, cl
             raise DataError(f"{p} is not a readable image ({why}); remove it from {root}") from err
         labels.append(index[_class_of(p, root)])
     rgb = np.stack(arrays).astype(np.float32) / 255.0
-    return Split(_normalize(rgb if rgb.ndim == 4 else rgb[..., None]), np.array(labels, dtype=np.int64))
+    return Split(_normalize(rgb if rgb.ndim == 4 else rgb[..., None]), np.array(labels, dtype=np.int64),
+                 tuple(classes))
 
 
 def _eval_transform(im, img_size: int) -> np.ndarray:

@@ -150,29 +150,43 @@ def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------------------------------- search
 
 
-def train_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
+def train_data(space: Any, data_dir: Path | None, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """train/val/test splits: the embedded task (cluttered digits), or the image folders DIR/train, DIR/val and
-    DIR/test (DIR/val stands in for a missing DIR/test)."""
+    DIR/test (DIR/val stands in for a missing DIR/test), labelled by `classes` when given (a supernet's, from
+    `trained_classes`), else by DIR/train's class folders."""
     from deploy_nas.data import embedded_splits, image_folder_splits
 
     if data_dir is None:
+        _embedded_for(classes)
         return embedded_splits(space.img_size, space.in_chans)
-    # One class list for every split, DIR/train's (so a class has one label), at most the model's num_classes.
+    # One class list for every split (so a class has one label), at most the model's num_classes.
     names = ("train", "val", "test") if (Path(data_dir) / "test").is_dir() else ("train", "val")
-    splits = image_folder_splits(data_dir, names, space.img_size, space.in_chans, space.num_classes)
+    splits = image_folder_splits(data_dir, names, space.img_size, space.in_chans, space.num_classes, classes)
     splits.setdefault("test", splits["val"])
     return splits
 
 
-def search_data(space: Any, data_dir: Path | None) -> dict[str, Any]:
+def search_data(space: Any, data_dir: Path | None, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """val/test splits: the embedded task (cluttered digits; val with `SEARCH_VAL_RENDERS` renderings of its
-    digits), or DIR/val and DIR/test image folders."""
+    digits), or DIR/val and DIR/test image folders labelled by `classes` when given (the supernet's), else by
+    DIR/train's class folders when there is one (the labels training on DIR used), else DIR/val's."""
     from deploy_nas.data import image_folder_splits, search_splits
 
     if data_dir is None:
+        _embedded_for(classes)
         return search_splits(space.img_size, space.in_chans)
-    # One class list for both splits (DIR/train's when there is one: the labels training used), at most num_classes.
-    return image_folder_splits(data_dir, ("val", "test"), space.img_size, space.in_chans, space.num_classes)
+    return image_folder_splits(data_dir, ("val", "test"), space.img_size, space.in_chans, space.num_classes, classes)
+
+
+def _embedded_for(classes: tuple[str, ...] | None) -> None:
+    """A supernet trained on image folders is not scored or trained further on the embedded task: its labels would
+    mean other classes there."""
+    from deploy_nas.data import class_names
+    from deploy_nas.errors import DataError
+
+    if classes is not None:
+        raise DataError(f"the supernet was trained on image folders ({len(classes)} classes: {class_names(classes)}),"
+                        f" not on the embedded task; pass --data DIR with image folders of those classes")
 
 
 @dataclass(frozen=True)
@@ -213,13 +227,14 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
     """Evolution and random search under a latency budget measured on `request.backend`; see deploy_nas.search."""
     from deploy_nas.export.latency import BackendLatency
     from deploy_nas.search import EvolutionConfig, Search, SearchConstraints, SearchSetup, check_resume
+    from deploy_nas.supernets import trained_classes
 
     request.check()
     if space is None:
         raise DeployNASError("this supernet has no search space; pass --space")
     latency = BackendLatency(request.backend, request.precision, request.threads)
     checked = check_resume(Path(out), resume, space, supernet.family)  # named before the data is read
-    data = search_data(space, request.data_dir)
+    data = search_data(space, request.data_dir, trained_classes(supernet))
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
     constraints = SearchConstraints(request.budget_ms, request.params_range, request.flops_range)
     search = Search(supernet, space, data, latency, constraints, SearchSetup(measure=request.measure, evolution=evo),

@@ -364,7 +364,7 @@ def evolve_space(supernet: Any, space: Any, out: str | Path, request: EvolveSpac
     check_output_dir(out, force)
     if trained is not None:
         _usable_space(supernet, trained)
-    evolution = SpaceEvolution(supernet, space, request, _data(space, request.data_dir), log, trained)
+    evolution = SpaceEvolution(supernet, space, request, _data(space, request.data_dir, supernet), log, trained)
     rows = [evolution.score(0)]
     # OUT appears whole when the run ends: a failed or killed run (a --force replace included) leaves the old output
     # as it was, and no partial one; the per-step results of such a run are in its log (each step is printed)
@@ -387,14 +387,16 @@ def _usable_space(supernet: Any, space: Any) -> Any:
     return space
 
 
-def _data(space: Any, data_dir: Path | None) -> dict[str, Any]:
+def _data(space: Any, data_dir: Path | None, supernet: Any) -> dict[str, Any]:
+    from deploy_nas.supernets import trained_classes
     from deploy_nas.workflows import train_data
 
-    return train_data(space, data_dir)
+    return train_data(space, data_dir, trained_classes(supernet))  # labelled as the supernet learned them
 
 
 def _write(out: Path, request: EvolveSpaceRequest, rows: list[dict[str, Any]], evolution: SpaceEvolution,
            final: bool) -> dict[str, Any]:
+    from deploy_nas.data import data_record
     from deploy_nas.io import write_json_atomic
     from deploy_nas.supernets import save_supernet
 
@@ -405,7 +407,10 @@ def _write(out: Path, request: EvolveSpaceRequest, rows: list[dict[str, Any]], e
     if final:
         write_json_atomic(out / FINAL_FILE, evolution.space.to_dict())
         plot_et(rows, out / PLOT_FILE)
-        save_supernet(evolution.supernet, out / SUPERNET_DIR, evolution.space, force=True)
+        tuned = request.steps and request.finetune_epochs  # on evolution.data, else as it came
+        on = data_record(evolution.data["train"]) if tuned else getattr(evolution.supernet, "trained_on", None)
+        save_supernet(evolution.supernet, out / SUPERNET_DIR, evolution.space, force=True,
+                      extra=None if on is None else {"trained_on": on})
     return record
 
 

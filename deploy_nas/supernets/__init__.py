@@ -103,10 +103,37 @@ def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple
         raise CheckpointError(f"{meta_path} does not describe a {fam.name} supernet and its space "
                               f"({type(err).__name__}: {brief(str(err), 200)}); re-create it with `deploy-nas train`"
                               ) from None
+    trained_on = trained_on_of(meta, meta_path)
     sd = extract_state_dict(read_checkpoint(Path(directory) / WEIGHTS_FILE), str(directory))
     check_state_dict(model, sd, fam.name, f"re-create {directory} with `deploy-nas train`")
     model.load_state_dict(sd, strict=True)
+    if trained_on is not None:
+        model.trained_on = trained_on
     return model.eval(), space
+
+
+def trained_on_of(meta: dict[str, Any], meta_path: Path) -> dict[str, Any] | None:
+    """supernet.json's record of the data the weights were trained on (`data.data_record`), checked; None for a
+    directory written before 2026-12-07 (or by hand) without one."""
+    record = meta.get("trained_on")
+    if record is None:
+        return None
+    task = record.get("task") if isinstance(record, dict) else None
+    classes = record.get("classes") if task == "image folders" else []
+    if task not in ("embedded", "image folders") or not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes) and (task == "embedded" or classes)):
+        raise CheckpointError(f"{meta_path}: 'trained_on' must be {{\"task\": \"embedded\"}} or {{\"task\": \"image "
+                              f"folders\", \"classes\": [distinct names]}}, got "
+                              f"{brief(json.dumps(record), 120)}; re-create it with `deploy-nas train`")
+    return record
+
+
+def trained_classes(model: Any) -> tuple[str, ...] | None:
+    """The class names of a supernet's labels when it was trained on image folders (its supernet.json says so),
+    else None (the embedded task, an official checkpoint, a directory that does not say)."""
+    record = getattr(model, "trained_on", None)
+    return tuple(record["classes"]) if record and record["task"] == "image folders" else None
 
 
 def default_supernet(seed: int | None = None) -> tuple[Any, Any]:
@@ -142,4 +169,5 @@ def load_supernet(source: str | Path | None = None, family: str | None = None, o
 
 
 __all__ = ["DEFAULT_DIR", "default_supernet", "load_official", "load_supernet", "load_supernet_dir",
-           "read_supernet_meta", "resolve_family", "save_supernet"]
+           "read_supernet_meta", "resolve_family", "save_supernet", "trained_classes",
+           "trained_on_of"]

@@ -132,19 +132,41 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
                    supernet: Any = None) -> dict:
     """Train `supernet` (default: the family's, built for `space`, seeded) with the family's rule into `out` (a
     supernet directory, written after every epoch); returns {"history", "test_top1"}. Runs under torchrun too."""
-    from deploy_nas.data import embedded_splits
+    from deploy_nas.data import data_record, embedded_splits
 
     torch.manual_seed(config.seed)
     world = World()
     supernet = supernet if supernet is not None else family.build_supernet(space, config.seed)
     trainer = TRAIN_RULES.get(family.train_rule)(supernet, space, config, world)
-    if resume and trainer.resume(out):
-        log({"resumed_from": str(out), "epoch": trainer.epoch})
     data = data or embedded_splits(space.img_size, space.in_chans)
+    trainer.trained_on = data_record(data["train"])
+    if resume and trainer.resume(out):
+        _check_same_data(Path(out), trainer.trained_on)
+        log({"resumed_from": str(out), "epoch": trainer.epoch})
     history = trainer.fit(data["train"], data["val"], out, log=log)
     result = {"history": history, "test_top1": trainer.evaluate(data["test"])}
     log({"test_top1": result["test_top1"]})
     return result
+
+
+def _check_same_data(out: Path, record: dict[str, Any]) -> None:
+    """A resumed training goes on with the data it started on: other classes would give its labels other meanings.
+    (A directory written before supernet.json recorded its data is not checked.)"""
+    from deploy_nas.data import class_names
+    from deploy_nas.errors import DataError
+    from deploy_nas.supernets import SUPERNET_FILE, read_supernet_meta, trained_on_of
+
+    before = trained_on_of(read_supernet_meta(out), out / SUPERNET_FILE)
+    if before is None or before == record:
+        return
+
+    def what(r: dict[str, Any]) -> str:
+        if r["task"] == "embedded":
+            return "the embedded task"
+        return f"image folders of {len(r['classes'])} classes ({class_names(r['classes'])})"
+
+    raise DataError(f"{out} was trained on {what(before)}, this run's data is {what(record)}; resume with the data "
+                    f"it started on (--data), or train into a new --out")
 
 
 __all__ = ["STATE_FILE", "TRAIN_RULES", "TrainConfig", "World", "lr_at", "project", "train_config", "train_supernet"]

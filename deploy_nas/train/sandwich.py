@@ -59,6 +59,7 @@ class SandwichTrainer:
         self.ema = ({k: v.detach().clone() for k, v in supernet.state_dict().items()}
                     if config.ema_decay else None)
         self.step_count, self.epoch = 0, 0
+        self.trained_on: dict[str, Any] | None = None  # supernet.json's record of the data (`data.data_record`)
 
     # --------------------------------------------------------------------------------------------- one step
     def configs_for_step(self, step: int) -> list[Any]:
@@ -228,7 +229,8 @@ class SandwichTrainer:
         out = Path(out)
         weights = family_of(self.model).supernet_from_meta(self.model.meta())  # a CPU copy for the directory
         weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
-        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch},
+        record = {} if self.trained_on is None else {"trained_on": self.trained_on}
+        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch, **record},
                       force=True)
         if not self.config.save_state:
             return

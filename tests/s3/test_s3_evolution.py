@@ -138,6 +138,7 @@ def test_evolve_space_writes_valid_files_and_its_slopes_follow_the_data(tmp_path
     record = json.loads((out / "evolution.json").read_text())
     steps = record["steps"]
     assert record["complete"] and [s["step"] for s in steps] == [0, 1, 2] and record["request"]["val_images"] == 240
+    assert json.loads((out / "supernet" / "supernet.json").read_text())["trained_on"] == {"task": "embedded"}
     assert record["evaluated"] >= sum(s["scored"] for s in steps)  # counted over every step's weights
     for before, after in zip(steps, steps[1:]):
         assert 0 <= before["t_error"] <= before["e_error"] <= 1 and before["et_error"] == pytest.approx(
@@ -199,6 +200,8 @@ def test_a_run_that_dies_midway_leaves_the_old_output_whole(tmp_path, trained, m
     request = EvolveSpaceRequest(steps=0, samples=5, val_images=64)
     out = tmp_path / "ev"
     space_evolution.evolve_space(supernet, _poor(), out, request)
+    # nothing fine-tuned (--steps 0): the supernet keeps the record of what it was trained on
+    assert json.loads((out / "supernet" / "supernet.json").read_text())["trained_on"] == {"task": "embedded"}
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert {"evolution.json", "final.json"} <= {str(p) for p in before}
     score = space_evolution.SpaceEvolution.score
@@ -215,6 +218,17 @@ def test_a_run_that_dies_midway_leaves_the_old_output_whole(tmp_path, trained, m
         space_evolution.evolve_space(load_supernet_dir(trained)[0], _poor(), out, longer, force=True)
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporary left beside it
+
+
+def test_a_supernet_trained_on_image_folders_is_not_evolved_on_the_embedded_task(tmp_path, trained):
+    from deploy_nas.errors import DataError
+    from deploy_nas.search import space_evolution
+
+    supernet, _ = load_supernet_dir(trained)
+    supernet.trained_on = {"task": "image folders", "classes": ["a", "b"]}  # as load_supernet_dir sets it
+    with pytest.raises(DataError, match="trained on image folders .*--data"):
+        space_evolution.evolve_space(supernet, _poor(), tmp_path / "ev", EvolveSpaceRequest(steps=0, samples=5))
+    assert not (tmp_path / "ev").exists()
 
 
 def test_requests_out_of_range_are_refused_by_name():

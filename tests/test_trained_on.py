@@ -1,0 +1,110 @@
+"""What a supernet was trained on (supernet.json's `trained_on`): `train --data` records the class names of the image
+folders, and every later command labels images by them (a search on other folders, a resumed training), or refuses
+data that would give the labels other meanings. Each refusal failed (silently mislabelled) on the code before."""
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deploy_nas.errors import CheckpointError, DataError
+from deploy_nas.spaces import load_space
+from deploy_nas.supernets import load_supernet_dir, trained_classes
+from deploy_nas.workflows import search_data, train_data
+from tests.cli.test_extract_info import run
+from tests.cli.test_reliability import one_error_line
+
+SPACE = "autoformer-tiny"  # 32 px, 10 classes
+TRAIN = ("train", "--space", SPACE, "--epochs", "1", "--batch-size", "8", "--max-steps", "1", "--no-save-state")
+
+
+def _folders(root, classes, splits=("train", "val", "test"), per_class=3):
+    """root/<split>/<class>/<i>.png: noise images, a different seed per file."""
+    for s in splits:
+        for c in classes:
+            for i in range(per_class):
+                rng = np.random.default_rng(zlib.crc32(f"{s}/{c}/{i}".encode()))
+                path = root / s / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_trained(tmp_path_factory):
+    """A supernet trained (one step) on image folders of classes a, b, c; and the data."""
+    base = tmp_path_factory.mktemp("trained_on")
+    data = _folders(base / "d", "abc")
+    r = run(*TRAIN, "--data", data, "--out", base / "sn")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return base / "sn", data
+
+
+def test_train_on_image_folders_records_their_class_names(folder_trained):
+    sn, _ = folder_trained
+    meta = json.loads((sn / "supernet.json").read_text())
+    assert meta["trained_on"] == {"task": "image folders", "classes": ["a", "b", "c"]}
+    assert trained_classes(load_supernet_dir(sn)[0]) == ("a", "b", "c")
+
+
+def test_the_embedded_default_says_it_was_trained_on_the_embedded_task():
+    from deploy_nas.supernets import default_supernet
+
+    supernet, _ = default_supernet()
+    assert supernet.trained_on == {"task": "embedded"} and trained_classes(supernet) is None
+
+
+def test_search_labels_other_folders_by_the_supernets_classes(tmp_path):
+    # val has only class "a", test only "c": by their own folders both would be label 0
+    data = _folders(tmp_path / "e", "a", splits=("val",))
+    _folders(data, "c", splits=("test",))
+    space = load_space(SPACE)
+    splits = search_data(space, data, ("a", "b", "c"))
+    assert set(splits["val"].labels) == {0} and set(splits["test"].labels) == {2}
+    assert splits["test"].classes == ("a", "b", "c")
+    with pytest.raises(DataError, match="'z'.*the supernet was trained on"):
+        search_data(space, _folders(tmp_path / "z", "az", splits=("val", "test")), ("a", "b", "c"))
+    with pytest.raises(DataError, match="trained on image folders .*pass --data"):
+        train_data(space, None, ("a", "b", "c"))
+
+
+def test_search_cli_refuses_foreign_classes_and_the_embedded_task(folder_trained, tmp_path):
+    sn, _ = folder_trained
+    search = ("search", "--supernet", sn, "--latency-budget-ms", "5", "--generations", "1", "--population", "4",
+              "--measure", "8")
+    line = one_error_line(run(*search, "--out", tmp_path / "s1"))
+    assert "trained on image folders (3 classes: 'a', 'b', 'c')" in line and "--data" in line
+    other = _folders(tmp_path / "other", "abz", splits=("val", "test"), per_class=1)
+    line = one_error_line(run(*search, "--data", other, "--out", tmp_path / "s2"))
+    assert "'z'" in line and "'a', 'b', 'c'" in line
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
+def test_a_resumed_training_keeps_the_data_it_started_on(tmp_path):
+    data = _folders(tmp_path / "d", "abc", per_class=4)
+    sn = tmp_path / "sn"
+    resumable = [a for a in TRAIN if a != "--no-save-state"]
+    assert run(*resumable, "--data", data, "--out", sn).returncode == 0
+    before = {p.name: p.read_bytes() for p in sn.iterdir()}
+    fewer = _folders(tmp_path / "f", "bc", per_class=4)
+    line = one_error_line(run(*resumable, "--data", fewer, "--out", sn, "--resume"))
+    assert "3 classes ('a', 'b', 'c')" in line and "2 classes ('b', 'c')" in line
+    line = one_error_line(run(*resumable, "--out", sn, "--resume"))
+    assert "this run's data is the embedded task" in line
+    assert {p.name: p.read_bytes() for p in sn.iterdir()} == before
+
+
+@pytest.mark.parametrize("record", [{"task": "imagenet"}, {"task": "image folders"}, {"task": "image folders",
+                         "classes": ["a", "a"]}, {"task": "image folders", "classes": [1, 2]}, "embedded", []])
+def test_a_malformed_record_is_a_checkpoint_error(folder_trained, tmp_path, record):
+    import shutil
+
+    sn = tmp_path / "sn"
+    shutil.copytree(folder_trained[0], sn)
+    meta = json.loads((sn / "supernet.json").read_text())
+    (sn / "supernet.json").write_text(json.dumps({**meta, "trained_on": record}))
+    with pytest.raises(CheckpointError, match="trained_on"):
+        load_supernet_dir(sn)
