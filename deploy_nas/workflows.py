@@ -36,7 +36,7 @@ class SupernetSource:
     def load(self) -> tuple[Any, Any]:
         """(supernet, the space configs are validated against, or None)."""
         from deploy_nas.spaces import load_space
-        from deploy_nas.supernets import load_supernet
+        from deploy_nas.supernets import check_space_fits, load_supernet
 
         if self.checkpoint is not None and self.supernet_dir is not None:
             raise InvalidSubnetConfig("give --checkpoint or --supernet, not both")
@@ -45,7 +45,10 @@ class SupernetSource:
             raise InvalidSubnetConfig("import options apply to an official checkpoint; pass --checkpoint")
         source = self.checkpoint if self.checkpoint is not None else self.supernet_dir
         supernet, own_space = load_supernet(source, self.family, option_pairs=self.import_options, **given)
-        space = load_space(self.space, supernet.family) if self.space else own_space
+        if not self.space:
+            return supernet, own_space
+        space = load_space(self.space, supernet.family)
+        check_space_fits(supernet, space, f"--space {self.space}")
         return supernet, space
 
 

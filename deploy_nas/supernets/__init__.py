@@ -64,12 +64,25 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     if space is not None and space.family != family:  # checked before anything is written
         raise InvalidSubnetConfig(f"save_supernet: the space is for family {brief(space.family)}, the supernet is "
                                   f"{family!r}; pass a {family} space or none")
+    if space is not None:
+        check_space_fits(model, space, "save_supernet's space")
     as_path(out, OutputPathError, "save_supernet's output directory")
     meta = {**model.meta(), "space": space.to_dict() if space is not None else None, **(extra or {})}
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
     return Path(out)
+
+
+def check_space_fits(supernet: Any, space: Any, what: str) -> None:
+    """InvalidSubnetConfig, naming `what`, unless the space's min and max subnets (every dimension at its ends) fit
+    the supernet: found before a search or a directory is built on it, not at its first sample."""
+    for kind in ("min", "max"):
+        try:
+            supernet.check_config(space.sample(None, kind))
+        except InvalidSubnetConfig as err:
+            raise InvalidSubnetConfig(f"{what} ({getattr(space, 'name', None) or 'unnamed'}) does not fit the "
+                                      f"{supernet.family} supernet; its {kind} subnet: {err}") from None
 
 
 def read_supernet_meta(directory: str | Path) -> dict[str, Any]:
@@ -168,6 +181,6 @@ def load_supernet(source: str | Path | None = None, family: str | None = None, o
     return load_official(path, family, options, option_pairs, **given)
 
 
-__all__ = ["DEFAULT_DIR", "default_supernet", "load_official", "load_supernet", "load_supernet_dir",
+__all__ = ["DEFAULT_DIR", "check_space_fits", "default_supernet", "load_official", "load_supernet", "load_supernet_dir",
            "read_supernet_meta", "resolve_family", "save_supernet", "trained_classes",
            "trained_on_of"]
