@@ -6,6 +6,7 @@ through the ARCHS registry with a strict load.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,5 +26,9 @@ def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
         raise CheckpointError(f"materialize takes a supernet (from load_supernet or a family's build_supernet), "
                               f"got {what}")
     sub = supernet.subnet_state(cfg, calib=calib)
-    model = build_dense(sub.spec, apply_folds(sub.state, sub.folds))
+    spec = sub.spec
+    trained_on = getattr(supernet, "trained_on", None)  # what the labels mean travels with the model (spec.json)
+    if trained_on is not None:
+        spec = replace(spec, source={**spec.source, "trained_on": trained_on})
+    model = build_dense(spec, apply_folds(sub.state, sub.folds))
     return model.to(next(supernet.parameters()).device, torch.float32).eval()

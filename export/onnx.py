@@ -107,6 +107,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = MIN_OPSET, dyna
         raise ExportError(f"the {exporter_name(dynamo)} exporter changed the outputs: onnxruntime vs torch max abs "
                           f"{before:.3g} > {EXPORT_ATOL:g}; try the other exporter (dynamo={not dynamo})")
     final, note, change = simplify_onnx(proto, x) if simplify else (proto, "simplification not requested", None)
+    add_class_names(final, model)
     data = serialize(final)
     after = max_abs(ort_outputs(data, x), reference)
     write_bytes_atomic(path, data)
@@ -214,6 +215,18 @@ def normalize(proto: Any) -> None:
             node.doc_string = ""
             del node.metadata_props[:]
     del proto.graph.metadata_props[:]
+
+
+CLASS_NAMES_KEY = "class_names"  # model metadata: a JSON list, the class name of each output index
+
+
+def add_class_names(proto: Any, model: nn.Module) -> None:
+    """The class names of a model trained on image folders (spec.json's source.trained_on) as the graph's
+    `class_names` metadata, read by onnxruntime's `get_modelmeta().custom_metadata_map`; nothing otherwise."""
+    names = model.spec.class_names if hasattr(model, "spec") else None
+    if names is not None:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = CLASS_NAMES_KEY, json.dumps(names)
 
 
 def serialize(proto: Any) -> bytes:

@@ -307,6 +307,8 @@ def model_info(model: Any) -> dict[str, Any]:
             "gmacs": round(flops.gmacs, 6)}
     if "layers" in src:  # a family's short form of the config (PSViT's layer string)
         info["layers"] = src["layers"]
+    if spec.class_names is not None:  # the class name of each output index
+        info["classes"] = spec.class_names
     return info
 
 

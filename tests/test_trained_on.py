@@ -108,3 +108,41 @@ def test_a_malformed_record_is_a_checkpoint_error(folder_trained, tmp_path, reco
     (sn / "supernet.json").write_text(json.dumps({**meta, "trained_on": record}))
     with pytest.raises(CheckpointError, match="trained_on"):
         load_supernet_dir(sn)
+
+
+def test_the_class_names_travel_with_the_deployed_model(folder_trained, tmp_path):
+    """spec.json (source.trained_on), the ONNX graph's `class_names` metadata, the OpenVINO IR's rt_info and the
+    report's model section all name the class of each output index."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from deploy_nas import load_dense
+
+    dep = tmp_path / "dep"
+    assert run("extract", "--supernet", folder_trained[0], "--config", "min", "--out", dep / "dense").returncode == 0
+    assert load_dense(dep / "dense").spec.class_names == ["a", "b", "c"]
+    assert run("export", "onnx", dep).returncode == 0 and run("export", "openvino", dep).returncode == 0
+    meta = ort.InferenceSession(str(dep / "model.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["class_names"]) == ["a", "b", "c"]
+    ir = ov.Core().read_model(str(dep / "openvino" / "fp32" / "model.xml"))
+    assert json.loads(ir.get_rt_info(["framework", "class_names"]).astype(str)) == ["a", "b", "c"]
+
+
+def test_a_model_of_the_embedded_task_has_no_class_names(tmp_path):
+    from deploy_nas import load_dense
+
+    assert run("extract", "--config", "min", "--out", tmp_path / "d").returncode == 0
+    assert load_dense(tmp_path / "d").spec.source["trained_on"] == {"task": "embedded"}
+    assert load_dense(tmp_path / "d").spec.class_names is None
+
+
+@pytest.mark.parametrize("record", [{"task": "image folders", "classes": "abc"}, ["a"], {"task": "image folders",
+                         "classes": [str(i) for i in range(11)]}])
+def test_a_hand_edited_record_in_spec_json_names_no_classes(tmp_path, record):
+    from deploy_nas import load_dense
+
+    assert run("extract", "--config", "min", "--out", tmp_path / "d").returncode == 0
+    spec = json.loads((tmp_path / "d" / "spec.json").read_text())
+    spec["source"]["trained_on"] = record  # 11 names for the model's 10 outputs, a string, a list
+    (tmp_path / "d" / "spec.json").write_text(json.dumps(spec))
+    assert load_dense(tmp_path / "d").spec.class_names is None

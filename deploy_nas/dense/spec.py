@@ -54,6 +54,15 @@ class DenseSpec:
     def input_shape(self) -> tuple[int, int, int]:
         return self.in_chans, self.img_size, self.img_size
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class name of each output index, when the supernet was trained on image folders (`source`'s
+        `trained_on`, as `materialize` records it); None otherwise, or when the record is not a list of names."""
+        record = self.source.get("trained_on")
+        names = record.get("classes") if isinstance(record, dict) and record.get("task") == "image folders" else None
+        ok = isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) <= self.num_classes
+        return list(names) if ok else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch, "img_size": self.img_size, "in_chans": self.in_chans,
                 "num_classes": self.num_classes, "body": self.body.to_dict(), "source": self.source,
