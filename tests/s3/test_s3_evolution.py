@@ -182,7 +182,9 @@ def test_evolve_space_bad_input_exits_2_and_writes_nothing(tmp_path, trained):
     too_big["stages"][1]["embed_dim"] = [32, 64]
     too_big["super_stages"] = None
     for name, space, message in (("empty", empty, "dimension window_size has no choices"),
-                                 ("big", too_big, "stage 2's choices need embed_dim 64 > the supernet's 48")):
+                                 ("big", too_big, "(s3-tiny-poor) does not fit the s3 supernet; its max subnet: "
+                                                  "stage 2: depth 1 and width 64 must fit the supernet's 2 blocks of "
+                                                  "width 48")):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(space))
         r = run("evolve-space", "--supernet", trained, "--space", path, "--out", tmp_path / name)
