@@ -197,12 +197,23 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
     plan = RunPlan(targets=plan_targets(backends, precisions), **params).check()
     int8 = any(precision == "int8" for _, precision in plan.targets)
     model = model_to_deploy(source, config, dense_dir, bn, params["calib_dir"], int8)
+    earlier = _stamp(out / "report.json")
     try:
         with Steps(plan.steps) as progress:
             run(model, out, plan, progress, force=force)
     finally:
-        if (out / "report.json").is_file():
+        report = _stamp(out / "report.json")
+        if report is not None and report != earlier:  # this run's report (never one a --force run did not replace)
             show_report(out)  # also after a failed parity gate: the directory is complete, show why
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a file, None when there is none: whether a command wrote it anew."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @main.command()
@@ -283,8 +294,10 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True)
 @click.option("--generations", type=click.IntRange(min=1, max=10_000), default=None,
               help="evolution generations (default: the demo's, see workflows.DEMO_SEARCH)")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT that is not an earlier demo's output (the "
+              "demo replaces its own without being asked).")
 @opt.writes(force=None)
-def demo(out: Path, generations: int | None) -> None:
+def demo(out: Path, generations: int | None, force: bool) -> None:
     """The main job on the embedded trained supernet: search under a latency budget that binds on this machine
     (OpenVINO fp32), evolution and random side by side, then deploy the winner to onnxruntime and OpenVINO."""
     from deploy_nas import workflows
@@ -293,7 +306,7 @@ def demo(out: Path, generations: int | None) -> None:
     from deploy_nas.search import search_table
 
     with Steps(RunPlan(targets=workflows.DEMO_TARGETS).steps) as progress:
-        result = workflows.demo(out, generations, log=click.echo, progress=progress)
+        result = workflows.demo(out, generations, log=click.echo, progress=progress, force=force)
     _show(search_table(result["search"]))
     show_report(result["deploy_dir"])
     click.echo(f"demo report: {out / 'report.json'}; deployment: {result['deploy_dir']}; search: {out / 'search'}")

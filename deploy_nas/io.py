@@ -276,8 +276,15 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
         if _is_ancestor_or_same(resolved, place):
             raise OutputPathError(f"refusing to write output {out}: it is {what}; choose a new sub-directory")
     for given in inputs:
-        if given is not None and _is_ancestor_or_same(resolved, _resolve(Path(given))):
+        if given is None:
+            continue
+        source = _resolve(Path(given))
+        if _is_ancestor_or_same(resolved, source):
             raise OutputPathError(f"refusing to write output {out}: it holds the input {given}; choose another path")
+        if source.is_dir() and _is_ancestor_or_same(source, resolved):  # e.g. a supernet dir: train replaces it whole
+            raise OutputPathError(f"refusing to write output {out} inside the input directory {given} (a command "
+                                  "that rewrites that directory would take the output with it); choose a path "
+                                  "outside it")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputPathError(f"output {out} is a file or a link; choose a directory path")
     if out.exists() and _nonempty(out):

@@ -154,9 +154,9 @@ def training_target(family: str | None, space: str | None) -> tuple[Any, Any]:
 
 
 def train_data(space: Any, data_dir: Path | None, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """train/val/test splits: the embedded task (cluttered digits), or the image folders DIR/train, DIR/val and
-    DIR/test (DIR/val stands in for a missing DIR/test), labelled by `classes` when given (a supernet's, from
-    `trained_classes`), else by DIR/train's class folders."""
+    """train/val(/test) splits: the embedded task (cluttered digits), or the image folders DIR/train, DIR/val and
+    DIR/test when there is one, labelled by `classes` when given (a supernet's, from `trained_classes`), else by
+    DIR/train's class folders."""
     from deploy_nas.data import embedded_splits, image_folder_splits
 
     if data_dir is None:
@@ -164,9 +164,7 @@ def train_data(space: Any, data_dir: Path | None, classes: tuple[str, ...] | Non
         return embedded_splits(space.img_size, space.in_chans)
     # One class list for every split (so a class has one label), at most the model's num_classes.
     names = ("train", "val", "test") if (Path(data_dir) / "test").is_dir() else ("train", "val")
-    splits = image_folder_splits(data_dir, names, space.img_size, space.in_chans, space.num_classes, classes)
-    splits.setdefault("test", splits["val"])
-    return splits
+    return image_folder_splits(data_dir, names, space.img_size, space.in_chans, space.num_classes, classes)
 
 
 def search_data(space: Any, data_dir: Path | None, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -186,8 +184,9 @@ def _embedded_for(classes: tuple[str, ...] | None) -> None:
     mean other classes there."""
     from deploy_nas.data import class_names
     from deploy_nas.errors import DataError
+    from deploy_nas.supernets import EMBEDDED_CLASSES
 
-    if classes is not None:
+    if classes is not None and tuple(classes) != EMBEDDED_CLASSES:
         raise DataError(f"the supernet was trained on image folders ({len(classes)} classes: {class_names(classes)}),"
                         f" not on the embedded task; pass --data DIR with image folders of those classes")
 
@@ -277,21 +276,48 @@ def demo_search_request(budget_ms: float, generations: int | None = None, seed: 
     return SearchRequest(budget_ms, threads=DEMO_THREADS, seed=seed, **settings)
 
 
+DEMO_ENTRIES = {"report.json", "search", "deploy"}  # what the demo writes into its directory
+
+
+def check_demo_output(out: Path, force: bool = False) -> None:
+    """The demo replaces its own earlier output without being asked (`make demo` runs it again), anything else
+    only with --force: a directory is the demo's when it holds no more than DEMO_ENTRIES and its report.json is
+    a demo report. (Files deploy-nas did not write are refused even with --force, when the directory is replaced.)"""
+    import json
+
+    from deploy_nas.errors import OutputPathError
+    from deploy_nas.io import MARKER
+
+    if force or not out.is_dir():
+        return
+    entries = {p.name for p in out.iterdir()} - {MARKER}
+    if not entries:
+        return
+    try:
+        report = json.loads((out / "report.json").read_text())
+        ours = entries <= DEMO_ENTRIES and isinstance(report, dict) and {"supernet", "search"} <= set(report)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise OutputPathError(f"output directory {out} is not empty and holds no earlier demo output; choose another "
+                              "path, or pass --force to replace it")
+
+
 def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
-         progress: Callable[[str], None] = lambda step: None) -> dict[str, Any]:
+         progress: Callable[[str], None] = lambda step: None, force: bool = False) -> dict[str, Any]:
     """The main job on the embedded trained supernet: measure its min and max subnets on OpenVINO fp32, search
     under a budget between them (evolution and random side by side), deploy the evolution winner to onnxruntime
-    and OpenVINO (fp32, fp16), and write OUT/report.json. Returns {"summary", "search", "deploy_dir"}."""
-    import json
-    import shutil
+    and OpenVINO (fp32, fp16), and write OUT/report.json. Returns {"summary", "search", "deploy_dir"}. OUT is
+    built beside the old one and replaces it when everything is written (`check_demo_output`: which OUT it
+    replaces without `force`)."""
 
     from deploy_nas.data import embedded_splits
     from deploy_nas.evaluate import top1
-    from deploy_nas.export.pipeline import RunPlan, run
-    from deploy_nas.io import check_output_dir, write_json_atomic
-    from deploy_nas.materialize import materialize
+    from deploy_nas.io import atomic_dir, check_output_dir
     from deploy_nas.supernets import default_supernet
 
+    check_demo_output(out, force)
+    check_output_dir(out, force=True)  # before the minutes of work: what deploy-nas did not write is never replaced
     supernet, space = default_supernet()
     test = embedded_splits(space.img_size, space.in_chans)["test"]
     plan = demo_budget(supernet, space)
@@ -300,8 +326,21 @@ def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
     log(f"embedded supernet: max subnet {accuracy['max_test_top1']:.4f}, min subnet {accuracy['min_test_top1']:.4f} "
         f"test top-1; OpenVINO fp32 latency ({DEMO_THREADS} thread) {fast:.3f} to {slow:.3f} ms -> budget "
         f"{budget} ms")
-    if check_output_dir(out, force=True).exists():
-        shutil.rmtree(out)  # the demo owns its directory; search and deploy each write atomically below
+    with atomic_dir(out, force=True) as tmp:
+        summary, result = _demo_into(tmp, supernet, space, plan, accuracy, generations, log, progress)
+    return {"summary": summary, "search": result, "deploy_dir": out / "deploy"}
+
+
+def _demo_into(out: Path, supernet: Any, space: Any, plan: dict[str, Any], accuracy: dict[str, float],
+               generations: int | None, log: Log, progress: Callable[[str], None]) -> tuple[dict, dict]:
+    """The demo's search, deployment and report, written into `out` (a fresh directory)."""
+    import json
+
+    from deploy_nas.export.pipeline import RunPlan, run
+    from deploy_nas.io import write_json_atomic
+    from deploy_nas.materialize import materialize
+
+    budget, (fast, slow) = plan["budget_ms"], plan["range_ms"]
     # the budget was chosen from these two measurements: the search must judge feasibility by the same numbers
     result = run_search(supernet, space, out / "search", demo_search_request(budget, generations),
                         known=plan["known"], log=log)
@@ -320,9 +359,10 @@ def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
         "bench": json.loads((out / "deploy" / "bench.json").read_text()),
     }
     write_json_atomic(out / "report.json", summary)
-    return {"summary": summary, "search": result, "deploy_dir": out / "deploy"}
+    return summary, result
 
 
-__all__ = ["Extracted", "SearchRequest", "SupernetSource", "demo", "demo_budget", "demo_search_request",
-           "extract_subnet", "model_to_deploy", "resolve_config", "run_search", "search_data", "training_target"]
+__all__ = ["Extracted", "SearchRequest", "SupernetSource", "check_demo_output", "demo", "demo_budget",
+           "demo_search_request", "extract_subnet", "model_to_deploy", "resolve_config", "run_search", "search_data",
+           "training_target"]
 

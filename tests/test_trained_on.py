@@ -54,7 +54,7 @@ def test_the_embedded_default_says_it_was_trained_on_the_embedded_task():
     from deploy_nas.supernets import default_supernet
 
     supernet, _ = default_supernet()
-    assert supernet.trained_on == {"task": "embedded"} and trained_classes(supernet) is None
+    assert supernet.trained_on == {"task": "embedded"}
 
 
 def test_search_labels_other_folders_by_the_supernets_classes(tmp_path):
@@ -146,3 +146,26 @@ def test_a_hand_edited_record_in_spec_json_names_no_classes(tmp_path, record):
     spec["source"]["trained_on"] = record  # 11 names for the model's 10 outputs, a string, a list
     (tmp_path / "d" / "spec.json").write_text(json.dumps(spec))
     assert load_dense(tmp_path / "d").spec.class_names is None
+
+
+def test_a_supernet_of_the_embedded_task_scores_only_digit_folders(tmp_path):
+    """`search --data` on the embedded default scored folders a/b/c as the digits 0/1/2 (exit 0)."""
+    from deploy_nas.supernets import EMBEDDED_CLASSES, default_supernet
+
+    supernet, space = default_supernet()
+    assert trained_classes(supernet) == EMBEDDED_CLASSES
+    digits = _folders(tmp_path / "dg", "3", splits=("val",), per_class=1)
+    _folders(digits, "7", splits=("test",), per_class=1)
+    splits = search_data(space, digits, trained_classes(supernet))
+    assert list(splits["val"].labels) == [3] and list(splits["test"].labels) == [7]  # the digit, not 0
+    letters = _folders(tmp_path / "ab", "ab", splits=("val", "test"), per_class=1)
+    line = one_error_line(run("search", "--latency-budget-ms", "5", "--data", letters, "--out", tmp_path / "s"))
+    assert "'a', 'b'" in line and "'0', '1', '2'" in line and not (tmp_path / "s").exists()
+
+
+def test_without_a_test_split_no_val_accuracy_is_reported_as_test(tmp_path):
+    data = _folders(tmp_path / "d", "ab", splits=("train", "val"), per_class=4)
+    r = run(*TRAIN, "--data", data, "--out", tmp_path / "sn")
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["test_top1"] is None and "no test split" in last["note"]

@@ -3,7 +3,7 @@ directory format (supernet.json + weights.safetensors), and the embedded default
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,9 @@ def load_official(path: str | Path, family: str | None = None, options: Any = No
 
 
 def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[str, Any] | None = None,
-                  force: bool = False) -> Path:
-    """Our supernet directory: supernet.json (family, arch, space) + weights.safetensors in the official layout."""
+                  force: bool = False, also: Callable[[Path], None] | None = None) -> Path:
+    """Our supernet directory: supernet.json (family, arch, space) + weights.safetensors in the official layout.
+    `also(tmp)` writes more files into it (a training state) before the directory replaces `out` in one rename."""
     family = getattr(model, "family", None)
     if not (isinstance(model, nn.Module) and isinstance(family, str) and hasattr(model, "meta")):
         raise CheckpointError(f"save_supernet takes a supernet (from load_supernet or a family's build_supernet), got "
@@ -71,6 +72,8 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        if also is not None:
+            also(tmp)
     return Path(out)
 
 
@@ -142,11 +145,17 @@ def trained_on_of(meta: dict[str, Any], meta_path: Path) -> dict[str, Any] | Non
     return record
 
 
+EMBEDDED_CLASSES = tuple(str(d) for d in range(10))  # the embedded task's labels: the digit drawn
+
+
 def trained_classes(model: Any) -> tuple[str, ...] | None:
-    """The class names of a supernet's labels when it was trained on image folders (its supernet.json says so),
-    else None (the embedded task, an official checkpoint, a directory that does not say)."""
+    """The class names of a supernet's labels, when its supernet.json says what it was trained on: the image
+    folders' classes, or the digits of the embedded task (so that other folders are not scored as digits); None
+    for an official checkpoint or a directory that does not say."""
     record = getattr(model, "trained_on", None)
-    return tuple(record["classes"]) if record and record["task"] == "image folders" else None
+    if not record:
+        return None
+    return EMBEDDED_CLASSES if record["task"] == "embedded" else tuple(record["classes"])
 
 
 def default_supernet(seed: int | None = None) -> tuple[Any, Any]:
@@ -181,6 +190,6 @@ def load_supernet(source: str | Path | None = None, family: str | None = None, o
     return load_official(path, family, options, option_pairs, **given)
 
 
-__all__ = ["DEFAULT_DIR", "check_space_fits", "default_supernet", "load_official", "load_supernet", "load_supernet_dir",
-           "read_supernet_meta", "resolve_family", "save_supernet", "trained_classes",
-           "trained_on_of"]
+__all__ = ["DEFAULT_DIR", "EMBEDDED_CLASSES", "check_space_fits", "default_supernet", "load_official",
+           "load_supernet", "load_supernet_dir", "read_supernet_meta", "resolve_family", "save_supernet",
+           "trained_classes", "trained_on_of"]

@@ -221,23 +221,22 @@ class SandwichTrainer:
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save(self, out: str | Path) -> None:
-        """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from."""
+        """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from, replacing `out` in
+        one rename: a kill at any moment leaves the last epoch's directory or this one, each with its state."""
         from deploy_nas.family import family_of
-        from deploy_nas.io import atomic_file
         from deploy_nas.supernets import save_supernet
 
-        out = Path(out)
         weights = family_of(self.model).supernet_from_meta(self.model.meta())  # a CPU copy for the directory
         weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
         record = {} if self.trained_on is None else {"trained_on": self.trained_on}
         save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch, **record},
-                      force=True)
-        if not self.config.save_state:
-            return
-        state = {"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                 "model": self.model.state_dict(), "ema": self.ema}
-        with atomic_file(out / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+                      force=True, also=self.write_extra)
+
+    def write_extra(self, directory: Path) -> None:
+        """What the supernet directory holds besides the supernet: train_state.pt (unless --no-save-state)."""
+        if self.config.save_state:
+            torch.save({"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                        "model": self.model.state_dict(), "ema": self.ema}, directory / STATE_FILE)
 
     def resume(self, out: str | Path) -> bool:
         """Load the state `save` wrote into `out`; False when there is none."""
@@ -258,6 +257,11 @@ class SandwichTrainer:
                                   f"{brief(str(err), 100)}); train into a new directory instead of --resume") from None
         if epoch < 0 or step < 0:
             raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
+        if (ema is None) != (self.config.ema_decay is None):  # an EMA begun at step 0 cannot be added or dropped
+            given = "without --ema-decay" if ema is not None else f"with --ema-decay {self.config.ema_decay}"
+            raise CheckpointError(f"{path} was trained {'with' if ema is not None else 'without'} an EMA of the "
+                                  f"weights, this run {given}; resume with the setting it started with, or train "
+                                  "into a new directory")
         tensors = {**state["model"], **{f"ema.{k}": v for k, v in (state["ema"] or {}).items()}}
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:

@@ -90,10 +90,9 @@ class MaskSearch(SandwichTrainer):
         with self.ema_weights():
             return mask_sparsity(self.model)
 
-    def save(self, out: str | Path) -> None:
-        super().save(out)
-        from deploy_nas.io import atomic_file
-
+    def write_extra(self, directory: Path) -> None:
+        """The training state, and ckpt.pth in the official layout (search.py's checkpoint)."""
+        super().write_extra(directory)
         with self.ema_weights():
             state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         arch = self.model.arch
@@ -101,8 +100,7 @@ class MaskSearch(SandwichTrainer):
                 "freeze_weights": self.config.freeze_weights, "epochs": self.config.epochs, "lr": self.config.lr,
                 "head_search": arch.mask == "head", "uniform_search": arch.mask == "uniform",
                 "model": getattr(self.space, "name", "deit"), "epoch": self.epoch}
-        with atomic_file(Path(out) / OFFICIAL_CHECKPOINT) as tmp:
-            torch.save({"model": state, "args": args, "epoch": self.epoch}, tmp)
+        torch.save({"model": state, "args": args, "epoch": self.epoch}, directory / OFFICIAL_CHECKPOINT)
 
 
 def mask_sparsity(model: Any) -> dict[str, float]:

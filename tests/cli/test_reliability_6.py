@@ -1,6 +1,8 @@
 """A sixth hostile try of the CLI (2026-12-07, fifth session). Each test failed on the code before its fix."""
 from __future__ import annotations
 
+import pytest
+
 from tests.cli.test_extract_info import run
 from tests.cli.test_reliability import one_error_line
 
@@ -13,3 +15,97 @@ def test_a_space_larger_than_the_supernet_is_refused_before_the_search(tmp_path)
     line = one_error_line(run("search", "--space", "autoformer-t", *SMALL_SEARCH, "--out", tmp_path / "s"))
     assert "--space autoformer-t (autoformer-T) does not fit the autoformer supernet" in line and "depth = 12" in line
     assert not (tmp_path / "s").exists()
+
+
+def test_the_demo_replaces_only_its_own_earlier_output(tmp_path):
+    """`demo --out DIR` deleted any directory deploy-nas had written (a trained supernet with its training state),
+    before its minutes of work: a kill then left nothing. Now such a directory needs --force, and the demo's
+    output is built beside the old one and swapped in whole."""
+    import json
+
+    from deploy_nas.errors import OutputPathError
+    from deploy_nas.workflows import check_demo_output
+
+    sn = tmp_path / "sn"
+    assert run("train", "--space", "autoformer-tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+               "--out", sn).returncode == 0
+    before = {p.name: p.read_bytes() for p in sn.iterdir()}
+    line = one_error_line(run("demo", "--out", sn, "--generations", "1"))
+    assert "holds no earlier demo output" in line and "--force" in line
+    assert {p.name: p.read_bytes() for p in sn.iterdir()} == before
+    check_demo_output(sn, force=True)  # --force: replaced (it holds only what deploy-nas wrote)
+    earlier = tmp_path / "demo"
+    (earlier / "search").mkdir(parents=True)
+    (earlier / "report.json").write_text(json.dumps({"supernet": {}, "search": {}, "parity": {}, "bench": []}))
+    check_demo_output(earlier)  # an earlier demo's output: replaced without being asked (`make demo` twice)
+    (earlier / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="holds no earlier demo output"):
+        check_demo_output(earlier)
+
+
+def test_a_failed_run_force_does_not_show_the_previous_runs_report(tmp_path):
+    """`run --force` into an earlier run's directory, failing (no images in --data), printed the earlier run's
+    PASSED summary and tables (another subnet) before its error line."""
+    dep, empty = tmp_path / "dep", tmp_path / "empty"
+    empty.mkdir()
+    quick = ("--backend", "onnxruntime", "--batch", "1")
+    assert run("run", "--config", "max", "--out", dep, *quick).returncode == 0
+    before = (dep / "report.json").read_bytes()
+    r = run("run", "--config", "min", "--out", dep, "--force", "--data", empty, *quick)
+    assert "no images" in one_error_line(r) or "image" in one_error_line(r)
+    assert "PASSED" not in r.stdout and "report:" not in r.stdout, r.stdout
+    assert (dep / "report.json").read_bytes() == before  # the earlier run's directory, untouched
+
+
+TINY_TRAIN = ("train", "--space", "autoformer-tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "8")
+
+
+def test_outputs_inside_a_supernet_directory_are_refused(tmp_path):
+    """`extract/search/run --out SN/x` wrote into the supernet directory, and the next `train --resume --out SN`
+    (which replaces SN whole every epoch) deleted them."""
+    sn = tmp_path / "sn"
+    assert run(*TINY_TRAIN, "--out", sn).returncode == 0
+    before = sorted(p.name for p in sn.iterdir())
+    for args in (("extract", "--supernet", sn, "--config", "max", "--out", sn / "dense"),
+                 ("search", "--supernet", sn, *SMALL_SEARCH, "--out", sn / "search")):
+        line = one_error_line(run(*args))
+        assert "inside the input directory" in line, args
+    assert sorted(p.name for p in sn.iterdir()) == before
+
+
+@pytest.mark.parametrize("first, then", [(("--ema-decay", "0.9"), ()), ((), ("--ema-decay", "0.9"))])
+def test_a_resume_with_or_without_the_ema_it_started_with_is_refused(tmp_path, first, then):
+    """Dropping --ema-decay on --resume was a TypeError traceback; adding it kept no EMA while supernet.json
+    recorded one."""
+    sn = tmp_path / "sn"
+    assert run(*TINY_TRAIN, *first, "--out", sn).returncode == 0
+    line = one_error_line(run(*TINY_TRAIN[:3], "--epochs", "2", "--max-steps", "2", "--batch-size", "8", *then,
+                              "--resume", "--out", sn))
+    assert "an EMA of the weights" in line and "resume with the setting it started with" in line
+
+
+def test_a_kill_while_the_training_state_is_written_leaves_a_resumable_directory(tmp_path, monkeypatch):
+    """save() swapped in the new directory (without the state) and then wrote train_state.pt: a kill in between
+    left weights that no --resume could continue."""
+    import torch
+
+    from deploy_nas.family import FAMILIES
+    from deploy_nas.spaces import load_space
+    from deploy_nas.train import STATE_FILE, TrainConfig, sandwich
+
+    space = load_space("autoformer-tiny")
+    trainer = sandwich.SandwichTrainer(FAMILIES.get("autoformer").build_supernet(space, 0), space,
+                                       TrainConfig(epochs=2))
+    out = tmp_path / "sn"
+    trainer.save(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert STATE_FILE in before
+    trainer.epoch = 1
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
