@@ -65,6 +65,12 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
 
 
+def reason(err: BaseException, limit: int = 120) -> str:
+    """An exception's message for a one-line error: its whitespace (the newlines and tabs of torch's load_state_dict
+    report) collapsed, then shortened as `brief` does."""
+    return brief(" ".join(str(err).split()), limit)
+
+
 # What a malformed file (a size of 0 or -5, a string where a number goes, a list where a mapping goes) makes the code
 # that builds from it raise; the loaders turn these into their typed error, naming the file.
 MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError,

@@ -13,7 +13,7 @@ from torch import nn
 from deploy_nas.dense import vit  # noqa: F401  (registers the built-in archs)
 from deploy_nas.dense.spec import ARCHS, FORMAT_VERSION, DenseSpec
 from deploy_nas.dense.vit import VisionTransformer, ViTBlockSpec, ViTSpec
-from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, OutputPathError, as_path, brief
+from deploy_nas.errors import MALFORMED, DenseModelError, DeployNASError, OutputPathError, as_path, reason
 from deploy_nas.io import atomic_dir, load_safetensors
 
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
@@ -79,7 +79,7 @@ def load_dense(directory: str | Path) -> nn.Module:
         raise
     except MALFORMED as err:  # sizes no dense model has (0, negative, huge), values of the wrong type
         raise DenseModelError(f"{spec_path} does not describe a model its weights fit ({type(err).__name__}: "
-                              f"{brief(str(err), 150)}); re-extract the model") from None
+                              f"{reason(err, 150)}); re-extract the model") from None
 
 
 __all__ = ["ARCHS", "DenseSpec", "ViTBlockSpec", "ViTSpec", "VisionTransformer", "build_dense", "save_dense",

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import MALFORMED, InvalidSubnetConfig, as_path, brief
+from ..errors import MALFORMED, InvalidSubnetConfig, as_path, brief, reason
 from ..registry import Registry
 
 
@@ -94,7 +94,7 @@ def space_from_fields(cls: type, d: Any, name: str | None, default_name: str) ->
     except InvalidSubnetConfig:
         raise
     except (TypeError, ValueError) as err:
-        raise InvalidSubnetConfig(f"not a valid {family} search space: {brief(str(err), 200)}") from None
+        raise InvalidSubnetConfig(f"not a valid {family} search space: {reason(err, 200)}") from None
 
 
 SPACES: Registry[Any] = Registry("search space", InvalidSubnetConfig, loader=_load_families)
@@ -263,7 +263,7 @@ def load_space(value: Any, family: str | None = None) -> Any:
         raise
     except MALFORMED as err:
         raise InvalidSubnetConfig(f"{value} is not a valid {fam.name} space ({type(err).__name__}: "
-                                  f"{brief(str(err), 150)})") from None
+                                  f"{reason(err, 150)})") from None
 
 
 __all__ = ["PRESETS", "Preset", "SPACES", "check_config_type", "load_config", "load_space", "read_structured_file",

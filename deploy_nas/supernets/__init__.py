@@ -18,6 +18,7 @@ from deploy_nas.errors import (
     OutputPathError,
     as_path,
     brief,
+    reason,
 )
 from deploy_nas.family import FAMILIES, Family, parse_import_options
 from deploy_nas.io import atomic_dir
@@ -117,7 +118,7 @@ def load_supernet_dir(directory: str | Path, family: str | None = None) -> tuple
         raise
     except MALFORMED as err:  # sizes no supernet has, values of the wrong type, a space that is no mapping
         raise CheckpointError(f"{meta_path} does not describe a {fam.name} supernet and its space "
-                              f"({type(err).__name__}: {brief(str(err), 200)}); re-create it with `deploy-nas train`"
+                              f"({type(err).__name__}: {reason(err, 200)}); re-create it with `deploy-nas train`"
                               ) from None
     trained_on = trained_on_of(meta, meta_path)
     sd = extract_state_dict(read_checkpoint(Path(directory) / WEIGHTS_FILE), str(directory))

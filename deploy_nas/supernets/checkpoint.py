@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from deploy_nas.errors import CheckpointError, brief
+from deploy_nas.errors import CheckpointError, brief, reason
 from deploy_nas.io import load_safetensors
 
 
@@ -63,7 +63,7 @@ def read_checkpoint(path: str | Path) -> Any:
         try:
             return load_safetensors(path)
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({brief(str(err), 120)})") from None
+            raise CheckpointError(f"{path} is not a readable safetensors file ({reason(err, 120)})") from None
     if kind == "unknown":
         raise CheckpointError(f"{path} is not a checkpoint: neither a torch file (zip or legacy pickle) nor "
                               f"safetensors (it starts with {brief(_head(path), 40)}); nothing in it was loaded")

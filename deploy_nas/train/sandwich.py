@@ -240,7 +240,7 @@ class SandwichTrainer:
 
     def resume(self, out: str | Path) -> bool:
         """Load the state `save` wrote into `out`; False when there is none."""
-        from deploy_nas.errors import CheckpointError, brief
+        from deploy_nas.errors import CheckpointError, brief, reason
         from deploy_nas.supernets.checkpoint import read_checkpoint
 
         path = Path(out) / STATE_FILE
@@ -254,7 +254,7 @@ class SandwichTrainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path} is not the training state of this supernet and space ({type(err).__name__}: "
-                                  f"{brief(str(err), 100)}); train into a new directory instead of --resume") from None
+                                  f"{reason(err, 100)}); train into a new directory instead of --resume") from None
         if epoch < 0 or step < 0:
             raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
         if (ema is None) != (self.config.ema_decay is None):  # an EMA begun at step 0 cannot be added or dropped

@@ -109,3 +109,12 @@ def test_a_kill_while_the_training_state_is_written_leaves_a_resumable_directory
     with pytest.raises(KeyboardInterrupt):
         trainer.save(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_exceptions_message_is_quoted_on_one_line(tmp_path):
+    """A resume from another space's state quoted torch's load_state_dict report as '...\\n\\t...'."""
+    sn = tmp_path / "sn"
+    assert run(*TINY_TRAIN, "--out", sn).returncode == 0
+    line = one_error_line(run("train", "--space", "autoformer-demo", "--epochs", "2", "--max-steps", "2",
+                              "--batch-size", "8", "--resume", "--out", sn))
+    assert "is not the training state of this supernet" in line and "\\n" not in line and "\\t" not in line
