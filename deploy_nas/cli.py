@@ -54,10 +54,13 @@ def extract(out: Path, force: bool, config: str | None, bn: str | None, calib_di
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
 def info(model_dir: Path) -> None:
-    """The architecture table (each arch supplies its own), params and FLOPs of a dense model directory."""
-    from deploy_nas.dense import load_dense
+    """The architecture table (each arch supplies its own), params and FLOPs of a dense model directory (or of
+    a deployment directory's OUT/dense)."""
+    from deploy_nas.dense import SPEC_FILE, load_dense
     from deploy_nas.flops import count_flops
 
+    if not (model_dir / SPEC_FILE).is_file() and (model_dir / "dense" / SPEC_FILE).is_file():
+        model_dir = model_dir / "dense"  # as export, parity and bench take it
     model = load_dense(model_dir)
     flops = count_flops(model)
     table = model.architecture_table(flops.by_module)

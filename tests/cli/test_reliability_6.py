@@ -118,3 +118,10 @@ def test_an_exceptions_message_is_quoted_on_one_line(tmp_path):
     line = one_error_line(run("train", "--space", "autoformer-demo", "--epochs", "2", "--max-steps", "2",
                               "--batch-size", "8", "--resume", "--out", sn))
     assert "is not the training state of this supernet" in line and "\\n" not in line and "\\t" not in line
+
+
+def test_info_takes_a_deployment_directory(tmp_path):
+    """`info OUT` said 'spec.json not found' for the directory export, parity and bench take."""
+    assert run("extract", "--config", "min", "--out", tmp_path / "dep" / "dense").returncode == 0
+    r = run("info", tmp_path / "dep")
+    assert r.returncode == 0 and "GMAC" in r.stdout, r.stderr
