@@ -273,6 +273,7 @@ class SpaceEvolution:
     def __init__(self, supernet: Any, space: Any, request: EvolveSpaceRequest, data: dict[str, Any], log: Log,
                  trained: Any = None):
         self.supernet, self.space, self.request, self.data, self.log = supernet, space, request, data, log
+        self.start_name = space.name
         self.trained = trained  # the space the supernet was trained on (None: unknown, its sizes bound alone)
         self.val = scoring_split(data["val"], request.val_images)
         self.scorer = Scorer(supernet, self.val, request.budget_gmac)
@@ -303,6 +304,8 @@ class SpaceEvolution:
             rows.append({"stage": dim[0] + 1, "dimension": dim[1], "choices": list(values), "points": points,
                          "slope": slope, "effect": effect, "action": action})
             self.log(f"  stage {dim[0] + 1} {dim[1]:<11} {list(values)}: slope {_fmt(slope)}, {action}")
+        if new != space:  # other choices: another space, named so (final.json is not the registered space it began as)
+            new = replace(new, name=f"{self.start_name}-evolved-{step}")
         self.space = new
         return rows
 

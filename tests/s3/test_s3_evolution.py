@@ -157,6 +157,8 @@ def test_evolve_space_writes_valid_files_and_its_slopes_follow_the_data(tmp_path
                 assert new == old
     final = load_space(out / "final.json")
     assert final == FAMILY.space_from_dict(steps[-1]["space"]) and final.family == "s3"
+    moved = final.to_dict()["stages"] != _poor().to_dict()["stages"]  # other choices: not named as the start space
+    assert final.name.startswith("s3-tiny-poor-evolved-") if moved else final.name == "s3-tiny-poor"
     supernet, _ = load_supernet_dir(trained)
     supernet.check_config(final.sample(None, "max"))  # without --grow the final space runs on the input supernet
 
