@@ -199,9 +199,49 @@ def _image_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"data directory {root} " + ("is a file; point at a folder of images (or of class folders)"
                                                      if root.exists() else "does not exist"))
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(_walk_images(root))
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point at a folder of images")
+    return files
+
+
+def _walk_images(root: Path) -> list[Path]:
+    """Every file under `root` with an image suffix (any case; hidden files and folders too; a symlink to a file
+    counts, a broken one does not), following symlinks to folders as torchvision's ImageFolder does (os.walk with
+    followlinks=True): a class folder that is a link is read under its link's name. A link back to a folder it is
+    inside (a cycle) is a DataError, never an endless walk; two links to one folder (no cycle) read it twice, as
+    ImageFolder does. An unreadable folder is skipped, as before. Unsorted: the caller sorts."""
+    import os
+
+    def identity(path: Path) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    files: list[Path] = []
+    stack = [(root, (identity(root),))]  # folders to walk, each with the real folders on its way (itself included)
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable (permissions, vanished): skipped
+            continue
+        later = []  # sub-folders, walked in name order (so that the first cycle met is always the same one)
+        for entry in entries:
+            path = folder / entry.name
+            try:  # is_dir and is_file follow a symlink; a broken one is neither
+                key = identity(path) if entry.is_dir() else None
+                image = key is None and path.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()
+            except OSError:  # a link loop or a target it cannot stat: neither a folder nor a file here
+                continue
+            if key is not None:
+                if key in ancestors:
+                    raise DataError(f"{path} links back to {path.resolve()}, a folder it is inside (a symlink cycle); "
+                                    "remove the link or point it outside the data folder's tree")
+                later.append((path, (*ancestors, key)))
+            elif image:
+                files.append(path)
+        stack.extend(reversed(later))
     return files
 
 

@@ -17,6 +17,13 @@ switchable scaling folded into the attention projection and both MLP output laye
 The input resolution is fixed at the subnet's (`spec.img_size`): the exported graph takes images of that size.
 Like the official static model, eager calls with another size resize first (bicubic); the exported graph, traced
 at the subnet's size, has no Resize.
+
+A spec is checked before any layer is built (a hand-edited spec.json is one DenseModelError naming the field, never
+a shape error in the first forward pass): the body when it is read (widths chain from block to block, odd kernels,
+strides of 1 or 2, pool paddings of 0 or 1 and 0 without a pooled shortcut, no middle width of its own without an
+expansion conv, heads that divide the width, a known activation and resize mode), and with the input size when the
+model is built (`map_sides`: the map side after the stem and each stride; each stride-2 block's pool padding is 1
+exactly on odd maps and each transformer's grid is the side of the map it runs on; `param_count` within MAX_PARAMS).
 """
 from __future__ import annotations
 
@@ -30,11 +37,13 @@ from torch import Tensor, nn
 from deploy_nas.console import Table
 from deploy_nas.dense.layers import count_parameters
 from deploy_nas.dense.spec import ARCHS, DenseSpec
-from deploy_nas.errors import DenseModelError, check_fields
+from deploy_nas.errors import DenseModelError, brief, check_fields, check_params
 from deploy_nas.kernels import nasvit as kernels
 
 ARCH = "nasvit"
 V_EXPAND = 4  # V is 4C wide: 32 value channels per 8-channel head
+ACTIVATIONS = ("silu",)  # what the layers compute (the field records it; nothing else is built)
+RESIZE_MODES = ("bicubic", "bilinear", "nearest", "nearest-exact", "area")  # F.interpolate's modes for (B, C, H, W)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,32 @@ class NASViTSpec:
 
     def __post_init__(self) -> None:
         check_fields("spec.json body", DenseModelError, self)
+        problems = self.problems()
+        if problems:
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise DenseModelError(f"spec.json body: {'; '.join(problems[:3])}{more}; re-extract the model")
+
+    def problems(self) -> list[str]:
+        """What makes the body inconsistent on its own (without the input size: see `map_sides`)."""
+        out = [f"{name} = {brief(getattr(self, name), 30)} (one of {', '.join(allowed)})"
+               for name, allowed in (("activation", ACTIVATIONS), ("resize", RESIZE_MODES))
+               if getattr(self, name) not in allowed]
+        if not isinstance(self.blocks, (tuple, list)):
+            return [*out, f"blocks = {brief(self.blocks, 30)} (must be a list of blocks)"]
+        width, source = self.stem_width, "stem_width"  # the channels entering each block, and what sets them
+        for i, s in enumerate(self.blocks):
+            where = f"blocks[{i}]"
+            if isinstance(s, MBConvSpec):
+                out += _mbconv_problems(where, s, width, source)
+                width, source = s.c_out, f"{where}.c_out"
+            elif isinstance(s, TransformerSpec):
+                if s.dim != width:
+                    out.append(f"{where}.dim = {s.dim}, but {width} channels enter it ({source})")
+                if s.dim % s.head_dim:
+                    out.append(f"{where}.head_dim = {s.head_dim} does not divide dim {s.dim} into whole heads")
+            else:
+                out.append(f"{where} is a {type(s).__name__}, neither an mbconv nor a transformer block")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "blocks": [asdict(b) for b in self.blocks]}
@@ -113,6 +148,75 @@ class NASViTSpec:
         body = {k: v for k, v in d.items() if k in known}
         body["blocks"] = tuple(_block(b) for b in d["blocks"])
         return cls(**body)
+
+
+def _mbconv_problems(where: str, s: MBConvSpec, width: int, source: str) -> list[str]:
+    out = []
+    if s.c_in != width:
+        out.append(f"{where}.c_in = {s.c_in}, but {width} channels enter it ({source})")
+    if s.stride not in (1, 2):
+        out.append(f"{where}.stride = {s.stride} (1 or 2: the shortcut's 2 x 2 average pool halves the map)")
+    if s.kernel % 2 == 0:
+        out.append(f"{where}.kernel = {s.kernel} (must be odd: padded by kernel // 2, only an odd kernel keeps the "
+                   "map's side)")
+    if s.pool_padding not in (0, 1) or (s.stride == 1 and s.pool_padding):
+        out.append(f"{where}.pool_padding = {s.pool_padding} (0 or 1 with stride 2, 0 with stride 1: no pooled "
+                   "shortcut)")
+    if not s.expand and s.mid != s.c_in:
+        out.append(f"{where}.mid = {s.mid}, but without an expansion conv the middle width is c_in {s.c_in}")
+    return out
+
+
+def map_sides(spec: DenseSpec) -> list[int]:
+    """The side of the map entering each block and leaving the last one, from the input size, the stem's stride and
+    each block's; DenseModelError where a stride-2 block's pool padding is not 1 exactly on an odd map (the shortcut
+    must meet the depthwise conv's output side, ceil(side / 2)) or a transformer's grid is not the map's side."""
+    b: NASViTSpec = spec.body
+    side = (spec.img_size - 1) // b.stem_stride + 1  # the 3 x 3 stem, padding 1
+    sides, strides = [side], []
+    for i, s in enumerate(b.blocks):
+        trail = (f"img_size {spec.img_size}, stem_stride {b.stem_stride}"
+                 + (f", then stride {', '.join(map(str, strides))} in blocks[0..{i - 1}]" if strides else ""))
+        if isinstance(s, MBConvSpec):
+            if s.stride > 1 and s.pool_padding != side % 2:
+                raise DenseModelError(f"spec.json body: blocks[{i}].pool_padding = {s.pool_padding}, but it pools a "
+                                      f"{side} x {side} map ({trail}): a stride-2 block pads its shortcut by 1 on odd "
+                                      "maps, 0 on even ones (check the strides and img_size); re-extract the model")
+            side = (side - 1) // s.stride + 1
+            strides.append(s.stride)
+        elif s.grid != side:
+            raise DenseModelError(f"spec.json body: blocks[{i}].grid = {s.grid}, but the map there is {side} x {side} "
+                                  f"({trail}); check the strides and img_size, or re-extract the model")
+        sides.append(side)
+    return sides
+
+
+def param_count(spec: DenseSpec) -> int:
+    """Parameters of the dense model, by formula from its spec (= count_parameters of the built module)."""
+    b: NASViTSpec = spec.body
+    total = spec.in_chans * b.stem_width * 9 + b.stem_width
+    width = b.stem_width
+    for s in b.blocks:
+        if isinstance(s, MBConvSpec):
+            total += (s.c_in * s.mid + s.mid) * s.expand + s.mid * s.kernel ** 2 + s.mid + s.mid * s.c_out + s.c_out
+            total += 2 * s.mid * s.se + s.se + s.mid if s.se else 0
+            total += s.c_in * s.c_out if s.shortcut_conv else 0
+            width = s.c_out
+        else:
+            C, h, L = s.dim, s.heads, s.tokens
+            total += 3 * 2 * C + 2 * (C * C + C) + (V_EXPAND * C * C + V_EXPAND * C) + 9 * V_EXPAND * C
+            total += h * h + h * L * L + h * h + h + V_EXPAND * C * C + C + 2 * 2 * (C * C + C)
+    total += width * b.head_width + b.head_width + b.head_width * b.feature_width
+    return total + b.feature_width * spec.num_classes + spec.num_classes
+
+
+def check_spec(spec: DenseSpec) -> list[int]:
+    """`map_sides(spec)`; also a DenseModelError for a spec of more than MAX_PARAMS parameters (before any layer
+    exists: a hand-edited kernel or width must not allocate gigabytes only to fail)."""
+    sides = map_sides(spec)
+    check_params("spec.json", DenseModelError, param_count(spec), "its widths, kernels and token grids",
+                 "NASViT subnet")
+    return sides
 
 
 def _block(d: dict[str, Any]) -> MBConvSpec | TransformerSpec:
@@ -269,6 +373,7 @@ class NASViT(nn.Module):
 
     def __init__(self, spec: DenseSpec):
         super().__init__()
+        check_spec(spec)  # every size agrees through the network before a layer is built
         self.spec = spec
         b: NASViTSpec = spec.body
         self.stem = nn.Conv2d(spec.in_chans, b.stem_width, 3, b.stem_stride, 1)
