@@ -284,7 +284,7 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
     data_dir = Path(data_dir)
     files = {name: _image_files(data_dir / name) for name in names}  # each folder walked once
     if classes is not None:
-        classes, reference = list(classes), f"the class list {owner} was trained on"
+        classes, reference = list(classes), owner
     else:
         ref = "train" if (data_dir / "train").is_dir() else names[0]
         reference = data_dir / ref
@@ -293,16 +293,25 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
         raise DataError(f"{reference} has {len(classes)} classes ({class_names(classes)}) but the model's head has "
                         f"{num_classes}; use data with at most {num_classes} classes")
     for name in names:  # every split's folders first: a stray class is named before hours of decoding
-        _check_classes(data_dir / name, _classes_of(files[name], data_dir / name), classes, reference)
+        _check_classes(data_dir / name, _classes_of(files[name], data_dir / name), classes, reference,
+                       trained=reference == owner)
     return {name: _load_images(data_dir / name, files[name], img_size, in_chans, classes) for name in names}
 
 
-def _check_classes(root: Path, found: list[str], classes: list[str], where: str | Path) -> None:
+def _check_classes(root: Path, found: list[str], classes: list[str], where: str | Path,
+                   trained: bool = False) -> None:
+    """A class folder of `root` that `classes` (those of `where`: a split, or with `trained` a supernet's) lacks
+    is a DataError."""
     extra = [c for c in found if c not in classes]
-    if extra:
-        raise DataError(f"{root} has class folder{'s' if len(extra) > 1 else ''} {class_names(extra)} that {where} "
-                        f"does not have (its {len(classes)} classes: {class_names(classes)}); each split's class "
-                        f"folders must be among those of {where}, so that a label means one class in every split")
+    if not extra:
+        return
+    folders = f"class folder{'s' if len(extra) > 1 else ''} {class_names(extra)}"
+    if trained:
+        raise DataError(f"{root} has {folders} that {where} was not trained on (its {len(classes)} classes: "
+                        f"{class_names(classes)}); give image folders of those classes only")
+    raise DataError(f"{root} has {folders} that {where} does not have (its {len(classes)} classes: "
+                    f"{class_names(classes)}); each split's class folders must be among those of {where}, so that "
+                    "a label means one class in every split")
 
 
 # What a broken or hostile image file makes PIL raise, opening or decoding it, besides UnidentifiedImageError and
@@ -336,7 +345,7 @@ def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, cl
     for p in files:
         try:
             with Image.open(p) as im:
-                arrays.append(_eval_transform(im.convert("RGB" if in_chans == 3 else "L"), img_size))
+                arrays.append(_eval_transform(_eight_bit(im).convert("RGB" if in_chans == 3 else "L"), img_size))
         except Image.DecompressionBombError as err:
             raise DataError(f"{p} is too large to decode ({err}); remove it from {root}") from err
         except (UnidentifiedImageError, *_BAD_IMAGE) as err:
@@ -346,6 +355,16 @@ def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, cl
     rgb = np.stack(arrays).astype(np.float32) / 255.0
     return Split(_normalize(rgb if rgb.ndim == 4 else rgb[..., None]), np.array(labels, dtype=np.int64),
                  tuple(classes))
+
+
+def _eight_bit(im):
+    """A 16-bit grayscale image (PIL mode I;16, a 16-bit PNG) scaled to 8 bits: PIL's convert() clips it, so all
+    but its darkest 1/256 turned white."""
+    from PIL import Image
+
+    if not im.mode.startswith("I;16"):
+        return im
+    return Image.fromarray(np.rint(np.asarray(im, dtype=np.float32) / 257.0).astype(np.uint8), "L")
 
 
 def _eval_transform(im, img_size: int) -> np.ndarray:

@@ -248,3 +248,13 @@ def test_nested_class_folders_are_their_top_folder(tmp_path):
     _png(tmp_path / "v" / "b" / "x" / "1.png")
     split = load_image_folder(tmp_path / "v", 16)
     assert split.labels.tolist() == [0, 0, 1]
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    """PIL's convert() clipped a 16-bit grayscale PNG (mode I;16) at 255: 99.6% of a ramp turned white."""
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "x.png")
+    eight = np.rint(ramp / 257.0).astype(np.uint8)
+    Image.fromarray(eight).save(tmp_path / "y.png")
+    got = load_image_folder(tmp_path, 32).images
+    assert np.array_equal(got[0], got[1])  # the 16-bit image reads as its 8-bit copy
