@@ -13,11 +13,25 @@ A deployment directory `out/` holds:
 Each stage reads what the earlier ones wrote, so the CLI commands can be run one by one or chained by `run`.
 Every file is written under a temporary name and renamed; `run` builds the whole directory under a temporary
 name and renames it at the end, so an interrupted run leaves nothing under `out/`.
+
+Every parity and bench row records what it measured (`measured_on`: the sha256 of the dense model's files, and for
+an engine run from an ONNX graph that graph's sha256). Each command that writes into a deployment keeps only the
+rows of the model the directory holds now (`refresh`): rows measured on other dense files, or on another graph of
+them than model.onnx's sidecar records, are dropped from parity.json and bench.json with a note naming the commands
+that measure them again, and a report.json whose model or graph was replaced since `run` is rewritten for the model
+there now. A row written before rows carried the record is kept only when `run`'s report.json vouches for it: the
+manifest copy in it records the very parity.json/bench.json and dense files there now (the row file is then the
+one that run wrote, for this model); the row gets the record of that run's dense files and graph. Any other row
+without a record is dropped: a sidecar that matches the dense files says nothing of rows measured before it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +44,8 @@ from deploy_nas.io import write_json_atomic
 
 DENSE_DIR, ONNX_FILE = "dense", "model.onnx"
 PARITY_JSON, BENCH_JSON, MANIFEST_JSON = "parity.json", "bench.json", "manifest.json"
+REPORT_JSON = "report.json"  # = export.report.REPORT_JSON (imported lazily there)
+MEASURED_ON = "measured_on"  # a parity/bench row's record of the files it measured
 BENCH_KEYS = ("backend", "precision", "batch", "mode", "threads", "p50_ms", "p90_ms", "p99_ms", "throughput_fps")
 # Parity batch: real images first (top-1 agreement means something on them), then random inputs (they reach
 # activation ranges the images do not).
@@ -65,9 +81,44 @@ def check_request(backend: str, precision: str) -> None:
     cls().check(BuildConfig(precision=precision))
 
 
+# ----------------------------------------------------------------------------------------------------- digests
+
+# The sha256 of each file one command has hashed, keyed by the file's identity and stat (a file replaced or written
+# since is hashed again): the dense files are checked by several steps of a command (the graph's record, the
+# engine's, the rows' records), and hashing a large model's weights once is enough. None outside a command.
+_DIGESTS: ContextVar[dict[tuple, str] | None] = ContextVar("deploy_nas_digests", default=None)
+
+
+@contextlib.contextmanager
+def one_command() -> Iterator[None]:
+    """Within it (a command: export, build, parity, bench, run; nested ones share it) each file is hashed once."""
+    if _DIGESTS.get() is not None:
+        yield
+        return
+    token = _DIGESTS.set({})
+    try:
+        yield
+    finally:
+        _DIGESTS.reset(token)
+
+
+def _sha256(path: Path) -> str:
+    from deploy_nas.io import sha256_file
+
+    cache = _DIGESTS.get()
+    if cache is None:
+        return sha256_file(path)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in cache:
+        cache[key] = sha256_file(path)
+    return cache[key]
+
+
 # ------------------------------------------------------------------------------------------------------ stages
 
 
+@one_command()
 def export_to(out: str | Path, opset: int = 17, dynamo: bool = False, simplify: bool = True):
     """out/model.onnx (+ sidecar, which records the dense model's files it came from) from out's dense model."""
     from deploy_nas.dense import load_dense
@@ -77,8 +128,21 @@ def export_to(out: str | Path, opset: int = 17, dynamo: bool = False, simplify: 
     source = dense_digests(d)
     result = export_onnx(load_dense(d), onnx_path(out), opset=opset, dynamo=dynamo, simplify=simplify,
                          exported_from=source)
-    refresh_manifest(out)
+    refresh(out)
     return result
+
+
+def refresh(out: str | Path, now: _Current | None = None) -> None:
+    """After a command wrote into a deployment: parity.json and bench.json keep the rows of the model the directory
+    holds now (the others are dropped, with a note), a report.json whose model or graph was replaced since is
+    rewritten for the model there now, and a run directory's manifest.json records every file anew. Only files
+    deploy-nas wrote are touched; each is rewritten atomically, and only when something changed."""
+    out = Path(out)
+    now = now or _Current.of(out)
+    for name in (PARITY_JSON, BENCH_JSON):
+        _prune(now, name)
+    _refresh_report(now)
+    refresh_manifest(out)
 
 
 def refresh_manifest(out: str | Path) -> None:
@@ -94,11 +158,10 @@ def refresh_manifest(out: str | Path) -> None:
 
 
 def dense_digests(d: Path) -> dict[str, str]:
-    """{file: sha256} of a dense model's spec and weights."""
+    """{file: sha256} of a dense model's spec and weights (hashed once per command)."""
     from deploy_nas.dense import SPEC_FILE, WEIGHTS_FILE
-    from deploy_nas.io import sha256_file
 
-    return {name: sha256_file(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
+    return {name: _sha256(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
 
 
 def build_config(out: str | Path, precision: str, threads: int | None = None, calib_dir: str | Path | None = None,
@@ -107,6 +170,7 @@ def build_config(out: str | Path, precision: str, threads: int | None = None, ca
                        max_batch=max_batch, opt_batch=min(8, max_batch), device=device)
 
 
+@one_command()
 def build(out: str | Path, backend: str, precision: str = "fp32", threads: int | None = None,
           calib_dir: str | Path | None = None, max_batch: int = 32) -> Engine:
     """Build (and save, for openvino/tensorrt) the engine of out/model.onnx; torch opens the dense model."""
@@ -120,7 +184,7 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
     check_onnx_record(source, out)
     engine = get_backend(backend).build(source, config)
     if backend != "onnxruntime":  # it saves nothing
-        refresh_manifest(out)
+        refresh(out)
     return engine
 
 
@@ -130,7 +194,6 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
     extracted again would be built, timed and compared against a model it does not lower. (A sidecar written before
     the dense files were recorded is checked for the graph alone.) Returns the graph's sha256."""
     from deploy_nas.export.onnx import sidecar_path
-    from deploy_nas.io import sha256_file
 
     side, again = sidecar_path(source), f"export it again with `deploy-nas export onnx {out}`"
     try:
@@ -138,7 +201,7 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
         recorded, exported_from = record["sha256"], record.get("exported_from")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise ExportError(f"{source} has no readable record of its export ({side.name}); {again}") from None
-    digest = sha256_file(source)
+    digest = _sha256(source)
     if recorded != digest:
         raise ExportError(f"{source} is not the graph {side.name} records (replaced or modified since its export); "
                           f"{again}")
@@ -192,18 +255,50 @@ def parity_batch(spec: Any, data_dir: str | Path | None = None, n_images: int = 
     return parity_inputs(spec, images, n_random=n_random)
 
 
+@one_command()
 def parity(out: str | Path, engine: Engine, reference: Engine, data_dir: str | Path | None = None,
            write: bool = True):
-    """Compare `engine` with the torch reference, record it in out/parity.json, and raise ParityError on failure."""
+    """Compare `engine` with the torch reference (both of out's model), record it in out/parity.json, and raise
+    ParityError on failure."""
     from deploy_nas.export.parity import check_parity, gate
 
     spec = reference.model.spec
+    record = measured_on(out, engine) if write else None  # the files as they are when it is measured
     result = check_parity(reference, engine, parity_batch(spec, data_dir))
-    if write:
-        update_json(Path(out) / PARITY_JSON, {f"{result.backend}/{result.precision}": result.to_dict()})
+    if record is not None:
+        update_json(Path(out) / PARITY_JSON, {f"{result.backend}/{result.precision}": parity_row(result, record)})
     return gate(result)
 
 
+def measured_on(out: str | Path, engine: Engine) -> dict[str, Any]:
+    """What a parity or bench row of `engine` (built from out's files) measured: the sha256 of out's dense files
+    (the torch reference, and the model every engine lowers) and, for an engine run from an ONNX graph, that graph's
+    sha256 (a saved engine's build.json records the graph it was built from)."""
+    record: dict[str, Any] = {"dense": dense_digests(dense_dir(out))}
+    graph = _engine_graph(engine)
+    if graph is not None:
+        record["onnx_sha256"] = graph
+    return record
+
+
+def _engine_graph(engine: Engine) -> str | None:
+    if engine.name == "torch":
+        return None
+    meta = getattr(engine, "meta", None)
+    if isinstance(meta, dict) and isinstance(meta.get("onnx_sha256"), str):
+        return meta["onnx_sha256"]
+    source = getattr(engine, "source", None)  # onnxruntime runs the file itself
+    if isinstance(source, (str, Path)) and str(source) and Path(source).is_file():
+        return _sha256(Path(source))
+    return None
+
+
+def parity_row(result: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The parity.json entry of a ParityResult, with the record of what it measured (`measured_on`)."""
+    return {**result.to_dict(), MEASURED_ON: record}
+
+
+@one_command()
 def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs: int = 50, warmup: int = 10,
           write: bool = True, profile: bool = True) -> list:
     """FPS rows for each batch size (1: latency mode, > 1: throughput mode), recorded in out/bench.json. The row of
@@ -211,6 +306,7 @@ def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs
     run), for the engines whose runtime has one."""
     from deploy_nas.export.fps import measure_fps, mode_for_batch
 
+    record = measured_on(out, engine) if write else None  # the files as they are when it is timed
     rows = []
     for b in batches:
         rows += measure_fps(engine, batch=b, mode=mode_for_batch(b), runs=runs, warmup=warmup)
@@ -219,11 +315,12 @@ def bench(out: str | Path, engine: Engine, batches: Sequence[int] = (1, 8), runs
         ops = engine.op_profile(x)
         if ops is not None:
             rows[0].info["op_profile"] = [o.to_dict() for o in ops]
-    if write:
-        update_bench(Path(out) / BENCH_JSON, [bench_row(r) for r in rows])
+    if record is not None:
+        update_bench(Path(out) / BENCH_JSON, [{**bench_row(r), MEASURED_ON: record} for r in rows])
     return rows
 
 
+@one_command()
 def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: str | Path | None = None,
               threads: int | None = None):
     """`deploy-nas parity`: the saved engine of `out` against its dense torch model, recorded in out/parity.json;
@@ -232,6 +329,7 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
         return parity(out, engine, reference, data_dir)
 
 
+@one_command()
 def bench_of(out: str | Path, backend: str, precision: str = "fp32", batches: Sequence[int] = (1, 8),
              runs: int = 50, warmup: int = 10, threads: int | None = None) -> list:
     """`deploy-nas bench`: FPS rows of the saved engine of `out`, recorded in out/bench.json."""
@@ -255,27 +353,282 @@ def _read_json(path: Path, default: Any) -> Any:
         return default  # a damaged report is replaced, never trusted
 
 
+def _prune(now: _Current, name: str) -> None:
+    """Drop the rows of another model from out/<name> (parity.json or bench.json) when deploy-nas wrote it."""
+    from deploy_nas.io import written_here
+
+    path = now.out / name
+    if now.dense is None or not (path.is_file() and written_here(path)):
+        return
+    data = _read_json(path, None)
+    if name == PARITY_JSON and isinstance(data, dict):
+        rows = list(data.items())
+    elif name == BENCH_JSON and isinstance(data, list):
+        rows = [(None, r) for r in data]
+    else:
+        return  # damaged or hand-made: the next parity or bench run replaces it
+    kept, dropped = now.sort(path, rows)
+    if kept != rows:  # rows dropped, or rows vouched for by the run given their record
+        _say_dropped(now, name, dropped)
+        write_json_atomic(path, dict(kept) if name == PARITY_JSON else [r for _, r in kept])
+
+
+def _remeasure(out: Path, name: str, rows: Sequence[Any]) -> list[str]:
+    """The commands that measure the dropped rows of out/<name> again."""
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for r in rows:
+        if isinstance(r, dict) and isinstance(r.get("backend"), str) and isinstance(r.get("precision"), str):
+            batches = wanted.setdefault((r["backend"], r["precision"]), set())
+            if isinstance(r.get("batch"), int) and not isinstance(r["batch"], bool):
+                batches.add(r["batch"])
+    verb = "parity" if name == PARITY_JSON else "bench"
+    return [f"`deploy-nas {verb} {out} --backend {b} --precision {p}"
+            + (f" --batch {','.join(map(str, sorted(batches)))}`" if verb == "bench" and batches else "`")
+            for (b, p), batches in wanted.items()]
+
+
+def _dropped_words(out: Path, name: str, rows: Sequence[Any]) -> str:
+    def label(r: Any) -> str:
+        if not isinstance(r, dict):
+            return "a damaged row"
+        return f"{r.get('backend')}/{r.get('precision')}" + (f" batch {r['batch']}" if name == BENCH_JSON else "")
+
+    labels = [label(r) for r in rows]
+    shown = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
+    unrecorded = sum(not isinstance(r, dict) or MEASURED_ON not in r for r in rows)
+    why = [f"{len(rows) - unrecorded} measured on another dense model or ONNX graph than {out} holds now"] * bool(
+        len(rows) - unrecorded) + [f"{unrecorded} from before rows recorded what they measured, not tied to the model "
+                                   "there now by `run`'s report.json"] * bool(unrecorded)
+    again = _remeasure(out, name, rows)
+    rebuild = any(isinstance(r, dict) and r.get("backend") in ("openvino", "tensorrt") for r in rows)
+    return (f"dropped {len(rows)} row(s) of {out / name} ({shown}): {'; '.join(why)}"
+            + (f"; measure them again with {', '.join(again)}" if again else "")
+            + (" (an engine built from an earlier graph asks to be built again first)" if rebuild else ""))
+
+
+def _say_dropped(now: _Current, name: str, rows: Sequence[Any]) -> None:
+    if rows:
+        print(f"note: {_dropped_words(now.out, name, rows)}", file=sys.stderr, flush=True)
+
+
+class _Row:
+    """A parity.json or bench.json row where a DeployReport holds a ParityResult or an FpsResult."""
+
+    def __init__(self, row: dict[str, Any]):
+        self.row = row
+
+    @property
+    def passed(self) -> bool:
+        return self.row.get("passed") is True
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        return dict(self.row) if raw else {k: v for k, v in self.row.items() if k != "times_ms"}
+
+
+def _file_rows(now: _Current, name: str) -> list[dict[str, Any]]:
+    """The rows of out/<name> (deploy-nas's, already pruned) that a report can show."""
+    from deploy_nas.export.report import fps_table, parity_table, profile_tables
+    from deploy_nas.io import written_here
+
+    path = now.out / name
+    data = _read_json(path, None) if path.is_file() and written_here(path) else None
+    rows = list(data.values()) if isinstance(data, dict) else data if isinstance(data, list) else []
+    shown = []
+    for r in rows:
+        try:  # a row in a form no command writes is left out of the report, never a traceback
+            if name == PARITY_JSON:
+                parity_table([r])
+            else:
+                fps_table([r]), profile_tables([r])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            continue
+        shown.append(r)
+    return shown
+
+
+REWRITTEN = "rewritten by a later command"  # how a report.json that `run` no longer stands behind begins its note
+
+
+def _refresh_report(now: _Current) -> None:
+    """report.json + report.md when the dense model or the ONNX graph that `run` reported was replaced since (its
+    model, graph, engines and rows are then of files the directory no longer holds): rewritten for the model there
+    now, its graph (the sidecar's), the run's engines and notes that still hold, and the rows parity.json and
+    bench.json hold for it, with a note saying what was dropped. A report rewritten so is kept up to date by every
+    later command; the run's own report is left as `run` wrote it while it holds."""
+    from deploy_nas.export.report import DeployReport, write_report
+
+    report = now.run_report()
+    if report is None or now.dense is None:
+        return
+    onnx = report.get("onnx") if isinstance(report.get("onnx"), dict) else None
+    dense_same = now.report_dense(report) == now.dense
+    run_graph = onnx.get("sha256") if onnx else None
+    graph_same = run_graph is None or now.graph is None or run_graph == now.graph
+    notes = [n for n in _listed(report, "notes") if isinstance(n, str)] if dense_same else []
+    rewritten = any(n.startswith(REWRITTEN) for n in notes)
+    if dense_same and graph_same and not rewritten:
+        return
+    from deploy_nas.export.onnx import sidecar_path
+
+    if dense_same:
+        model = report.get("model") if isinstance(report.get("model"), dict) else {}
+    else:
+        from deploy_nas.dense import load_dense
+
+        model = model_info(load_dense(dense_dir(now.out)))
+    sidecar = _read_json(sidecar_path(onnx_path(now.out)), None) if now.graph is not None else None
+    new_onnx = {**sidecar, "path": str(onnx_path(now.out))} if isinstance(sidecar, dict) else None
+    notes = [n for n in notes if not onnx or n != onnx.get("simplify_note")]  # the graph's note comes anew
+    if new_onnx and isinstance(new_onnx.get("simplify_note"), str):
+        notes.insert(0, new_onnx["simplify_note"])
+    if not (dense_same and graph_same):  # what the report described was replaced: say what is dropped
+        def of_torch(r: Any) -> bool:  # what stays true when only the graph was replaced
+            return dense_same and isinstance(r, dict) and r.get("backend") == "torch"
+
+        parities = sum(not of_torch(r) for r in _listed(report, "parity"))
+        speeds = sum(not of_torch(r) for r in _listed(report, "fps"))
+        notes = [n for n in notes if not n.startswith(REWRITTEN)] + [
+            f"{REWRITTEN}: the {'ONNX graph' if dense_same else 'dense model'} this report described was replaced "
+            f"since, and its {parities} parity and {speeds} speed row(s) were dropped; it shows the model "
+            f"{now.out} holds now with the rows parity.json and bench.json hold for it (each later export, parity "
+            f"and bench keeps it so); measure others with `deploy-nas parity {now.out} --backend ...` and "
+            f"`deploy-nas bench {now.out} --backend ...`"]
+    engines = [] if not dense_same else [  # graph replaced: the torch engine alone still holds
+        e for e in _listed(report, "engines") if graph_same or isinstance(e, dict) and e.get("backend") == "torch"]
+    write_report(now.out, DeployReport(model=model, onnx=new_onnx, engines=tuple(engines),
+                                       parity=tuple(_Row(r) for r in _file_rows(now, PARITY_JSON)),
+                                       fps=tuple(_Row(r) for r in _file_rows(now, BENCH_JSON)), notes=tuple(notes)))
+
+
+def _listed(report: dict[str, Any], key: str) -> list[Any]:
+    value = report.get(key)
+    return value if isinstance(value, list) else []
+
+
+@one_command()
 def update_json(path: Path, entries: dict[str, Any]) -> Path:
+    """parity.json: `entries` replace those of the same key; the other entries are kept if they are rows of the
+    model the directory holds now (`refresh`)."""
     data = _read_json(path, {})
     data = data if isinstance(data, dict) else {}
-    data.update(entries)
-    write_json_atomic(path, data)
-    refresh_manifest(path.parent)
+    now = _Current.of(path.parent)
+    kept, dropped = now.sort(path, [(k, v) for k, v in data.items() if k not in entries])
+    _say_dropped(now, path.name, dropped)
+    write_json_atomic(path, {**dict(kept), **entries})
+    refresh(path.parent, now)
     return path
 
 
+def _bench_key(row: Any) -> tuple | None:  # None: not a row bench wrote (hand-edited or damaged), dropped
+    k = tuple(row.get(n) for n in ("backend", "precision", "batch", "mode")) if isinstance(row, dict) else None
+    return k if k is not None and all(isinstance(v, (str, int, type(None))) for v in k) else None
+
+
+@one_command()
 def update_bench(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Replace rows with the same (backend, precision, batch, mode), keep the others."""
-    def key(row: Any) -> tuple | None:  # None: not a row bench wrote (hand-edited or damaged), dropped
-        k = tuple(row.get(n) for n in ("backend", "precision", "batch", "mode")) if isinstance(row, dict) else None
-        return k if k is not None and all(isinstance(v, (str, int, type(None))) for v in k) else None
-
-    new = {key(r) for r in rows}
+    """Replace rows with the same (backend, precision, batch, mode), keep the others if they are rows of the model
+    the directory holds now (`refresh`)."""
+    new = {_bench_key(r) for r in rows}
     old = _read_json(path, [])
-    kept = [r for r in (old if isinstance(old, list) else []) if key(r) is not None and key(r) not in new]
-    write_json_atomic(path, kept + rows)
-    refresh_manifest(path.parent)
+    old = [r for r in (old if isinstance(old, list) else []) if _bench_key(r) is not None and _bench_key(r) not in new]
+    now = _Current.of(path.parent)
+    kept, dropped = now.sort(path, [(None, r) for r in old])
+    _say_dropped(now, path.name, dropped)
+    write_json_atomic(path, [r for _, r in kept] + rows)
+    refresh(path.parent, now)
     return path
+
+
+# ---------------------------------------------------------------------------------------- rows of the model now
+
+
+@dataclass(frozen=True)
+class _Current:
+    """What a deployment directory holds now: its dense files' sha256 (None: no dense model, nothing is judged) and
+    the sha256 of model.onnx as its sidecar records it, when that graph was exported from these dense files (None:
+    no graph of them; rows are then judged by the dense files alone, as an engine built from a deleted graph is)."""
+
+    out: Path
+    dense: dict[str, str] | None
+    graph: str | None
+    dense_prefix: str = ""  # the dense directory relative to out ("dense/", or "" when out holds spec.json)
+
+    @classmethod
+    def of(cls, out: str | Path) -> _Current:
+        from deploy_nas.export.onnx import sidecar_path
+
+        out = Path(out)
+        try:
+            d = dense_dir(out)
+            dense = dense_digests(d)
+        except (DeployNASError, OSError):
+            return cls(out, None, None)
+        prefix = "" if d == out else f"{d.relative_to(out).as_posix()}/"
+        record = _read_json(sidecar_path(onnx_path(out)), {}) if onnx_path(out).is_file() else {}
+        record = record if isinstance(record, dict) else {}
+        graph = record.get("sha256")
+        of_these = record.get("exported_from") in (None, dense)  # a sidecar from before the record: the graph alone
+        return cls(out, dense, graph if isinstance(graph, str) and of_these else None, prefix)
+
+    def holds(self, record: Any) -> bool:
+        """Whether a row's record is of the dense model there now (and of its graph, where the row ran one)."""
+        if not isinstance(record, dict) or record.get("dense") != self.dense:
+            return False
+        graph = record.get("onnx_sha256")
+        return graph is None or self.graph is None or graph == self.graph
+
+    def sort(self, path: Path, rows: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[Any]]:
+        """(kept (key, row) pairs, dropped rows) of a row file's rows. With no dense model nothing is judged."""
+        if self.dense is None:
+            return rows, []
+        vouched, run_graph = False, None
+        if any(not isinstance(r, dict) or MEASURED_ON not in r for _, r in rows):
+            vouched, run_graph = self.vouched_by_run(path)
+        kept, dropped = [], []
+        for key, row in rows:
+            if isinstance(row, dict) and MEASURED_ON not in row and vouched:
+                graph = run_graph if row.get("backend") != "torch" else None
+                row = {**row, MEASURED_ON: {"dense": self.dense, **({"onnx_sha256": graph} if graph else {})}}
+            if isinstance(row, dict) and self.holds(row.get(MEASURED_ON)):
+                kept.append((key, row))
+            else:
+                dropped.append(row)
+        return kept, dropped
+
+    def run_report(self) -> dict[str, Any] | None:
+        """report.json when deploy-nas wrote it and it reads as one (its manifest copy included)."""
+        from deploy_nas.io import written_here
+
+        path = self.out / REPORT_JSON
+        if not (path.is_file() and written_here(path)):
+            return None
+        report = _read_json(path, None)
+        try:
+            files = report["manifest"]["files"]
+            return report if isinstance(files, dict) and all(isinstance(v, dict) for v in files.values()) else None
+        except (KeyError, TypeError):
+            return None
+
+    def report_dense(self, report: dict[str, Any]) -> dict[str, str | None]:
+        from deploy_nas.dense import SPEC_FILE, WEIGHTS_FILE
+
+        files = report["manifest"]["files"]
+        return {n: files.get(f"{self.dense_prefix}{n}", {}).get("sha256") for n in (SPEC_FILE, WEIGHTS_FILE)}
+
+    def vouched_by_run(self, path: Path) -> tuple[bool, str | None]:
+        """For rows written before rows recorded what they measured: whether `run`'s report.json proves that the
+        row file `path` is the very one it wrote for the dense files there now (a later command never rewrote
+        report.json then, and its manifest copy records the row files, the dense files and model.onnx as `run` left
+        them), and the sha256 of the graph that run measured (None if it recorded none)."""
+        report = self.run_report()
+        if report is None or self.report_dense(report) != self.dense:
+            return False, None
+        files, rel = report["manifest"]["files"], path.relative_to(self.out).as_posix()
+        if not path.is_file() or files.get(rel, {}).get("sha256") != _sha256(path):
+            return False, None
+        onnx = report.get("onnx")
+        graph = (onnx.get("sha256") if isinstance(onnx, dict) else None) or files.get(ONNX_FILE, {}).get("sha256")
+        return True, graph if isinstance(graph, str) else None
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -357,6 +710,7 @@ class RunPlan:
 Progress = Callable[[str], None]
 
 
+@one_command()
 def run(model: Any, out: str | Path, plan: RunPlan, progress: Progress = lambda step: None,
         force: bool = False):
     """extract -> onnx -> build -> parity -> bench -> report, into `out` (replaced as a whole at the end).
@@ -402,7 +756,7 @@ def _run_stages(tmp: Path, plan: RunPlan, progress: Progress, out: Path):
             with build(tmp, backend, precision, plan.threads, plan.calib_dir, plan.max_batch) as engine:
                 progress(f"parity: {backend} {precision}")
                 result = check_parity(reference, engine, inputs)
-                update_json(tmp / PARITY_JSON, {f"{backend}/{precision}": result.to_dict()})
+                update_json(tmp / PARITY_JSON, {f"{backend}/{precision}": parity_row(result, measured_on(tmp, engine))})
                 parities.append(result)
                 progress(f"bench: {backend} {precision}")
                 fps += bench(tmp, engine, plan.batches, plan.runs, plan.warmup)

@@ -58,8 +58,10 @@ class DeployReport:
     notes: tuple[str, ...] = ()
 
     @property
-    def passed(self) -> bool:
-        return all(p.passed for p in self.parity)
+    def passed(self) -> bool | None:
+        """Every parity gate passed; None (not verified) when no row is left for this model (a later command
+        replaced the model or graph the run compared and dropped its rows)."""
+        return all(p.passed for p in self.parity) if self.parity else None
 
     def to_dict(self, directory: str | Path | None = None) -> dict[str, Any]:
         return {"passed": self.passed, "model": self.model, "onnx": self.onnx, "engines": list(self.engines),
@@ -118,7 +120,7 @@ def profile_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
-    lines = [f"# Deployment report: {'PASSED' if report.passed else 'FAILED'}", ""]
+    lines = [f"# Deployment report: {verdict(report.passed)}", ""]
     if report.model:
         lines += ["## Model", "", *(f"- {k}: {v}" for k, v in report.model.items()), ""]
     if report.onnx:
@@ -139,6 +141,11 @@ def render_markdown(report: DeployReport, files: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verdict(passed: bool | None) -> str:
+    return "NOT VERIFIED (no parity rows for this model: run `deploy-nas parity`)" if passed is None else (
+        "PASSED" if passed else "FAILED")
+
+
 def summary_of(directory: str | Path) -> tuple[str, list[Table], list[str]]:
     """(headline, [parity table, speed table], note lines) of a deployment directory's report.json."""
     import json
@@ -146,7 +153,7 @@ def summary_of(directory: str | Path) -> tuple[str, list[Table], list[str]]:
     directory = Path(directory)
     report = json.loads((directory / REPORT_JSON).read_text())
     m = report["model"]
-    headline = (f"{'PASSED' if report['passed'] else 'FAILED'}: {m.get('family')} subnet {m.get('config_id')} "
+    headline = (f"{verdict(report['passed'])}: {m.get('family')} subnet {m.get('config_id')} "
                 f"({m.get('arch')}), {m.get('params', 0) / 1e6:.3f}M params, {m.get('gmacs', 0):.4f} GMAC, "
                 f"{m.get('img_size')}px")
     notes = [f"note: {n}" for n in report["notes"]]
