@@ -235,7 +235,7 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
     if space is None:
         raise DeployNASError("this supernet has no search space; pass --space")
     latency = BackendLatency(request.backend, request.precision, request.threads)
-    checked = check_resume(Path(out), resume, space, supernet.family)  # named before the data is read
+    checked = check_resume(Path(out), resume, space, supernet.family, latency)  # named before the data is read
     data = search_data(space, request.data_dir, trained_classes(supernet))
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
     constraints = SearchConstraints(request.budget_ms, request.params_range, request.flops_range)
@@ -351,6 +351,7 @@ def _demo_into(out: Path, supernet: Any, space: Any, plan: dict[str, Any], accur
     summary = {
         "supernet": accuracy,
         "search": {"budget_ms": budget, "latency_range_ms": [fast, slow], "threads": DEMO_THREADS,
+                   "latency": result["latency"],
                    "predictor": result["predictor"]["held_out"],
                    "timing_repeatability": result["predictor"]["repeatability"],
                    **{m: {k: result[m]["winner"][k] for k in keys} for m in ("evolution", "random")}},

@@ -10,6 +10,12 @@ measured on the backend that will serve the model.
 3. The top candidates of each method are measured directly; the winner is the most accurate whose measured
    latency meets the budget. Outputs: best.json (a config `deploy-nas run` accepts), pareto.json, pareto.png.
 
+Latencies hold for the backend, precision and threads they were measured with: latency.json records them (threads
+as resolved: the cores used when none were given), pareto.json repeats them, and a resume under other settings is
+refused (LatencySettingsMismatch) before anything is measured. Params / FLOPs ranges are checked against the space's
+min and max subnets, and against a bounded number of random draws, before anything is measured or written
+(UnmetConstraints); so is the first population, before anything is written.
+
 Distributed (`torchrun --nproc_per_node N -m deploy_nas.search ...`): each population is scored in shards, one per
 rank, and the scores are all-gathered, so every rank keeps the same cache and breeds the same next generation
 (the RNG streams are seeded per generation). Latency is measured on rank 0 alone, so that ranks do not compete for
@@ -34,10 +40,23 @@ from deploy_nas.errors import MALFORMED, DeployNASError, brief
 from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
 from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic, write_text_atomic
-from deploy_nas.search.evolution import Evolution, EvolutionConfig, finite_number, log_row_problem, random_search
+from deploy_nas.search.evolution import (
+    Evolution,
+    EvolutionConfig,
+    NoFeasibleConfig,
+    finite_number,
+    first_population_rng,
+    log_row_problem,
+    random_search,
+    sample_feasible,
+)
 from deploy_nas.search.predictor import LatencyPredictor, repeatability
 
-LOG_FILE, MEASURED_FILE = "generations.jsonl", "measured.json"
+LOG_FILE, MEASURED_FILE, SETTINGS_FILE = "generations.jsonl", "measured.json", "latency.json"
+# Counting a subnet's FLOPs materializes and traces it (a third of a second for the tests' tiny space): a draw for a
+# population is given up on once the FLOPs of this many distinct subnets were counted and none met the constraints.
+# A FLOPs range that fewer than about 1 in 50 subnets meet would make every population cost that much again.
+FLOPS_PROBE = 50
 
 
 class InfeasibleBudget(DeployNASError):
@@ -46,6 +65,14 @@ class InfeasibleBudget(DeployNASError):
 
 class DamagedSearchOutput(DeployNASError):
     """A search's output directory cannot be resumed: its log or its measured latencies are damaged."""
+
+
+class LatencySettingsMismatch(DeployNASError):
+    """A resume would measure latency under other settings (backend, precision, threads) than the search did."""
+
+
+class UnmetConstraints(DeployNASError):
+    """The params / FLOPs ranges (with the latency budget) admit no subnet of the space, or none a draw finds."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,68 @@ class SearchSetup:
     finalists: int = 5  # per method, measured directly at the end
     max_checks: int = 20  # per method, at most this many measured while looking for one that meets the budget
     evolution: EvolutionConfig = EvolutionConfig()
+
+
+def latency_settings(latency: Any) -> dict[str, Any] | None:
+    """What latencies measured by `latency` hold for: {"backend", "precision", "threads"}, threads as the engines
+    resolve them (the usable cores when none are given; torch's own thread count on the torch backend). None for a
+    latency function that does not describe itself (`describe()`, as BackendLatency does): nothing to record."""
+    describe = getattr(latency, "describe", None)
+    if describe is None:
+        return None
+    d = describe()
+    threads = d.get("threads")
+    if threads is None and d["backend"] == "torch":  # TorchEngine leaves torch's thread count as it is
+        import torch
+
+        resolved = torch.get_num_threads()
+    else:
+        from deploy_nas.export.backends.base import usable_threads
+
+        resolved = usable_threads(threads)
+    return {"backend": d["backend"], "precision": d["precision"], "threads": int(resolved)}
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    threads = settings["threads"]
+    return f"{settings['backend']} {settings['precision']} with {threads} thread{'s' if threads != 1 else ''}"
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    fix = "mend it or search into a new --out"
+    try:
+        saved = json.loads(path.read_bytes().decode(), object_pairs_hook=_unique_keys)
+    except _KeyTwice as err:
+        raise DamagedSearchOutput(f"{path} is damaged: {brief(err.args[0])} is given twice; {fix}") from None
+    except (ValueError, RecursionError, OSError) as err:
+        raise DamagedSearchOutput(f"{path} is damaged ({type(err).__name__}); {fix}") from None
+    if not (isinstance(saved, dict) and set(saved) == {"backend", "precision", "threads"}
+            and isinstance(saved["backend"], str) and isinstance(saved["precision"], str)
+            and isinstance(saved["threads"], int) and not isinstance(saved["threads"], bool) and saved["threads"] >= 1):
+        raise DamagedSearchOutput(f"{path} is damaged: {brief(saved)} is not the latency settings (backend, "
+                                  f"precision, threads) of a search; {fix}")
+    return saved
+
+
+def check_latency_settings(out: Path, resume: bool, settings: dict[str, Any] | None) -> bool:
+    """Refuse (LatencySettingsMismatch) to resume the search in OUT under other latency settings than those it
+    recorded. Returns whether OUT holds measurements or generations with no settings recorded: a search written
+    before they were (no latency.json). Nothing tells what such a search measured on, so it is resumed, its
+    latencies taken as measured under `settings` (which are then recorded, and pareto.json says so): refusing would
+    strand every interrupted search of an older version, and the user resuming it knows it best."""
+    out = Path(out)
+    if not resume or not out.is_dir():
+        return False
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        return any((out / name).is_file() for name in (LOG_FILE, MEASURED_FILE))
+    saved = _read_settings(path)
+    if settings is not None and saved != settings:  # None: a latency function that cannot say; nothing to compare
+        raise LatencySettingsMismatch(
+            f"{out} holds a search whose latencies were measured on {describe_settings(saved)}; this one would "
+            f"measure on {describe_settings(settings)}: resume with the same --backend, --precision and --threads "
+            "as that search, or search into a new --out")
+    return False
 
 
 def subnet_top1(supernet: Any, cfg: Any, split: Any) -> float:
@@ -82,6 +171,7 @@ class Search:
         self._gmacs: dict[str, float] = {}
         self.scored_here = 0  # val top-1 evaluations this rank ran
         self.predictor = LatencyPredictor(space, family_of(space).cost_features)
+        self.settings = latency_settings(latency)  # what the latencies measured here hold for
 
     # ---------------------------------------------------------------------------------------------- pieces
     def measure(self, cfg: Any) -> float:
@@ -121,9 +211,11 @@ class Search:
         return [self._val[c.id] for c in cfgs]
 
     def feasible(self, cfg: Any) -> bool:
+        return self.predictor(cfg) <= self.constraints.latency_budget_ms and self.in_ranges(cfg)
+
+    def in_ranges(self, cfg: Any) -> bool:
+        """Whether `cfg` meets the params and FLOPs ranges (params first: counting FLOPs is the costly check)."""
         c = self.constraints
-        if self.predictor(cfg) > c.latency_budget_ms:
-            return False
         if c.params_range is not None:
             n = self.supernet.param_count(cfg)
             if not c.params_range[0] <= n <= c.params_range[1]:
@@ -131,6 +223,56 @@ class Search:
         if c.flops_range is not None and not c.flops_range[0] <= self.gmacs(cfg) <= c.flops_range[1]:
             return False
         return True
+
+    def _ranges(self) -> list[tuple[str, tuple[float, float], Callable[[Any], float], Callable[[float], str]]]:
+        """The ranges given: (option, (low, high), the measure of a config, how a value of it is shown)."""
+        c, ranges = self.constraints, []
+        if c.params_range is not None:
+            ranges.append(("--params-range", c.params_range, self.supernet.param_count, lambda v: f"{v:,}"))
+        if c.flops_range is not None:
+            ranges.append(("--flops-range", c.flops_range, self.gmacs, lambda v: f"{v:g}"))
+        return ranges
+
+    def check_ranges(self) -> None:
+        """Refuse params / FLOPs ranges that no subnet meets, before anything is measured or written: a range
+        outside what the space spans (its min and max subnets have the fewest and the most params and MACs), or one
+        inside it that no random draw meets within bounded work (FLOPS_PROBE FLOPs counts, or `max_tries` draws
+        when only params, which cost nothing to count, are constrained). The draws are the first population's, so
+        the FLOPs counted here are not counted again."""
+        ranges = self._ranges()
+        if not ranges:
+            return
+        ends = [self.space.sample(None, "min"), self.space.sample(None, "max")]
+        spans = []
+        for flag, (low, high), measure, show in ranges:
+            values = [measure(cfg) for cfg in ends]
+            lo, hi = min(values), max(values)
+            unit = _unit(flag)
+            if high < lo or low > hi:
+                raise UnmetConstraints(f"{flag} {show(low)}..{show(high)}{unit} is outside what this space spans "
+                                       f"({show(lo)}..{show(hi)}{unit}, from its min to its max subnet); choose a "
+                                       "range that overlaps it")
+            spans.append(f"{show(lo)}..{show(hi)}{unit}")
+        drawn: list[Any] = []
+
+        def in_ranges(cfg: Any) -> bool:
+            drawn.append(cfg)
+            return self.in_ranges(cfg)
+
+        start = len(self._gmacs)
+        try:
+            sample_feasible(self.space, first_population_rng(self.setup.evolution.seed), in_ranges, 1,
+                            self.setup.evolution.max_tries, give_up=lambda: len(self._gmacs) - start >= FLOPS_PROBE)
+        except NoFeasibleConfig:
+            seen = []
+            for flag, (low, high), measure, show in ranges:
+                counted = [self._gmacs[c.id] for c in drawn if c.id in self._gmacs] if flag == "--flops-range" \
+                    else [measure(c) for c in drawn]
+                seen.append(f"{flag} {show(low)}..{show(high)}{_unit(flag)}" + (
+                    f" (the {len(counted)} counted: {show(min(counted))}..{show(max(counted))})" if counted else ""))
+            raise UnmetConstraints(f"none of {len(drawn)} distinct random subnets meets {' and '.join(seen)}, "
+                                   f"although the space spans {' and '.join(spans)}: too few subnets meet the "
+                                   "range(s) for a search to draw its populations from; widen them") from None
 
     def gmacs(self, cfg: Any) -> float:
         from deploy_nas.flops import count_flops
@@ -212,6 +354,13 @@ class Search:
         if checked is None:
             checked = self.world.run_on_main(lambda: check_resume(out, resume, self.space, self.supernet.family))
         saved, rows = checked
+        # True: a search from before the settings were recorded, resumed under these (see check_latency_settings)
+        unrecorded = self.world.run_on_main(lambda: check_latency_settings(out, resume, self.settings)) \
+            and self.settings is not None
+        if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):
+            raise DeployNASError(f"space {self.space.name!r} cannot be evolved (no mutate/crossover); "
+                                 "its family searches another way")
+        self.check_ranges()  # before anything is measured
         known = {**saved, **(known or {})} if saved is not None else known
         predictor = self.fit_predictor(known)
         self.log(f"predictor: Kendall tau {_tau(predictor['held_out']['kendall_tau'])}, "
@@ -221,13 +370,27 @@ class Search:
             self.log(f"timing repeatability: the even passes against the odd ones over {repeat['n']} subnets, "
                      f"Kendall tau {_tau(repeat['kendall_tau'])}, "
                      f"median difference {repeat['median_diff_percent']:.1f}%")
-        self._write(out, MEASURED_FILE, self._measured)
-        evo = self._evolve(out, rows)
+        if unrecorded:
+            self.log(f"note: {out} records no latency settings (a search from before they were recorded); its "
+                     f"measured latencies are taken as measured on {describe_settings(self.settings)}")
+        evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
+                        fitness_many=self.val_top1_many)
+        if rows:  # the directory holds the search already: the new measurements are kept before the replay
+            self._write_measured(out)
+            self._restore(evo, rows)
+        if not evo.population:  # drawn before anything is written: constraints nothing meets leave no files
+            self._sample_first(evo)
+        self._write_measured(out)
+        self._evolve(out, evo, rows)
         rand = random_search(self.space, self.val_top1, self.feasible, len(evo.scores), self.setup.evolution.seed,
                              fitness_many=self.val_top1_many)
         result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
-                  "predictor": predictor, "evolution": self.finalists(evo.scores), "random": self.finalists(rand),
-                  "ranks": self.world.size, "scored_per_rank": self.world.gather(self.scored_here)}
+                  "latency": self.settings, "predictor": predictor, "evolution": self.finalists(evo.scores),
+                  "random": self.finalists(rand), "ranks": self.world.size,
+                  "scored_per_rank": self.world.gather(self.scored_here)}
+        if unrecorded:
+            result["latency_note"] = ("resumed from a search that recorded no latency settings: the latencies it "
+                                      "had measured are taken as measured under these")
         self._write(out, MEASURED_FILE, self._measured)
         self._write(out, "best.json", result["evolution"]["winner"]["config"])
         self._write(out, "pareto.json", result)
@@ -239,22 +402,39 @@ class Search:
         if self.world.main:
             write_json_atomic(out / name, obj)
 
-    def _evolve(self, out: Path, rows: list[dict[str, Any]] | None) -> Evolution:
-        """Evolve from the generations of a resumed search (`rows`, checked by `_read_log`), logging each new one."""
+    def _write_measured(self, out: Path) -> None:
+        """The measured latencies, and (first) the settings they hold for."""
+        if self.settings is not None:
+            self._write(out, SETTINGS_FILE, self.settings)
+        self._write(out, MEASURED_FILE, self._measured)
+
+    def _sample_first(self, evo: Evolution) -> None:
+        """The first population, or UnmetConstraints: when counting FLOPs, given up on after FLOPS_PROBE counts
+        that met nothing."""
+        start = len(self._gmacs)
+        try:
+            evo.sample_first(give_up=lambda: len(self._gmacs) - start >= FLOPS_PROBE)
+        except NoFeasibleConfig as err:
+            ranges = "".join(f" and {flag} {show(low)}..{show(high)}{_unit(flag)}"
+                             for flag, (low, high), _, show in self._ranges())
+            raise UnmetConstraints(
+                f"none of {err.distinct} distinct random subnets meets a predicted latency within "
+                f"{self.constraints.latency_budget_ms:g} ms{ranges}; loosen the constraints (raise "
+                "--latency-budget-ms" + (" or widen the ranges" if ranges else "") + ")") from None
+
+    def _restore(self, evo: Evolution, rows: list[dict[str, Any]]) -> None:
+        """Replay the generations of a resumed search (`rows`, checked by `_read_log`)."""
         from deploy_nas.spaces import load_config
 
-        if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):
-            raise DeployNASError(f"space {self.space.name!r} cannot be evolved (no mutate/crossover); "
-                                 "its family searches another way")
-        evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
-                        fitness_many=self.val_top1_many)
+        evo.restore(rows, lambda d: load_config(d, self.supernet.family))
+        self.log(f"resumed after generation {evo.generation - 1}")
+        if evo.generation > (asked := self.setup.evolution.generations):
+            self.log(f"the log holds {evo.generation} generations, more than the {asked} asked for: none runs, "
+                     "and the results use all of them")
+
+    def _evolve(self, out: Path, evo: Evolution, rows: list[dict[str, Any]] | None) -> Evolution:
+        """Run the generations still to run, logging each new one after those of a resumed search (`rows`)."""
         log_path = out / LOG_FILE
-        if rows:
-            evo.restore(rows, lambda d: load_config(d, self.supernet.family))
-            self.log(f"resumed after generation {evo.generation - 1}")
-            if evo.generation > (asked := self.setup.evolution.generations):
-                self.log(f"the log holds {evo.generation} generations, more than the {asked} asked for: none runs, "
-                         "and the results use all of them")
         if self.world.main:
             make_dirs(out)
             # the log restarts from what was restored: a last line the interruption cut goes, so that the rows
@@ -273,16 +453,19 @@ class Search:
         return evo
 
 
-def check_resume(out: Path, resume: bool, space: Any, family: str
+def check_resume(out: Path, resume: bool, space: Any, family: str, latency: Any = None
                  ) -> tuple[dict[str, float] | None, list[dict[str, Any]] | None]:
     """OUT checked as a search output (new, or with --resume one holding a search's files), and a resumed search's
-    measured latencies and logged generations, each checked (None where there are none). Cheap: callers run it
-    before reading any data."""
+    measured latencies and logged generations, each checked (None where there are none). `latency`: the latency
+    function the resumed search would measure with, refused when OUT's latencies were measured under other settings
+    (`check_latency_settings`; `Search.run` checks that too). Cheap: callers run it before reading any data."""
     from deploy_nas.spaces import load_config
 
-    check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE))
+    check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE, SETTINGS_FILE))
     if not resume:
         return None, None
+    if latency is not None:
+        check_latency_settings(out, resume, latency_settings(latency))
     saved = _read_measured(out / MEASURED_FILE) if (out / MEASURED_FILE).is_file() else None
     rows = _read_log(out / LOG_FILE, lambda d: space.validate(load_config(d, family))) \
         if (out / LOG_FILE).is_file() else None
@@ -358,6 +541,10 @@ def _read_log(path: Path, load: Callable[[dict], Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _unit(flag: str) -> str:
+    return " GMAC" if flag == "--flops-range" else " parameters"
+
+
 def _defined(value: float) -> float | None:
     """A statistic that ties leave undefined (NaN) as None: JSON has no NaN."""
     return None if math.isnan(value) else value
@@ -412,7 +599,8 @@ def search_table(result: dict[str, Any]) -> Any:
     p = result["predictor"]["held_out"]
     r = result["predictor"].get("repeatability")
     repeat = f"; timings repeat with Kendall tau {_tau(r['kendall_tau'])} between passes" if r else ""
-    table = Table(f"search under {result['budget_ms']:.3f} ms (latency predictor: "
+    on = f" on {describe_settings(result['latency'])}" if result.get("latency") else ""
+    table = Table(f"search under {result['budget_ms']:.3f} ms{on} (latency predictor: "
                   f"Kendall tau {_tau(p['kendall_tau'])}, "
                   f"{p['mape_percent']:.1f}% mean abs error on {p['n']} held-out subnets{repeat})",
                   ("method", "config", "evaluated", "val top-1", "test top-1", "latency ms", "of budget",
@@ -425,5 +613,6 @@ def search_table(result: dict[str, Any]) -> Any:
     return table
 
 
-__all__ = ["DamagedSearchOutput", "EvolutionConfig", "InfeasibleBudget", "Search", "SearchConstraints", "SearchSetup",
-           "check_resume", "pareto_front", "search_table", "subnet_top1"]
+__all__ = ["DamagedSearchOutput", "EvolutionConfig", "InfeasibleBudget", "LatencySettingsMismatch", "Search",
+           "SearchConstraints", "SearchSetup", "UnmetConstraints", "check_latency_settings", "check_resume",
+           "latency_settings", "pareto_front", "search_table", "subnet_top1"]

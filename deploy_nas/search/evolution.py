@@ -42,19 +42,46 @@ class EvolutionConfig:
                    crossovers=population - population // 2, generations=generations, seed=seed)
 
 
+def first_population_rng(seed: int) -> random.Random:
+    """The stream an evolution of this seed draws its first population from."""
+    return random.Random(seed * 7919 - 1)
+
+
+class NoFeasibleConfig(DeployNASError):
+    """Random draws found no config that meets the constraints."""
+
+    def __init__(self, message: str, draws: int, distinct: int):
+        super().__init__(message)
+        self.draws, self.distinct = draws, distinct
+
+
 def sample_feasible(space: Any, rng: random.Random, feasible: Feasible, n: int, max_tries: int,
-                    seen: set[str] | None = None) -> list[Any]:
-    """`n` distinct feasible random configs."""
+                    seen: set[str] | None = None, give_up: Callable[[], bool] | None = None) -> list[Any]:
+    """`n` distinct feasible random configs (fewer when `max_tries` draws find fewer; at least one, or
+    NoFeasibleConfig). `give_up()`, asked after each draw rejected while none has been found yet, ends the search
+    for a first one early (a caller whose feasibility check is costly bounds its work that way)."""
     out, seen = [], set(seen or ())
-    for _ in range(max_tries):
-        if len(out) == n:
-            return out
+    rejected: set[str] = set()  # a feasibility check is not repeated for a config drawn again
+    draws = 0
+    if n <= 0:
+        return out
+    while draws < max_tries:
+        draws += 1
         cfg = space.sample(rng)
-        if cfg.id not in seen and feasible(cfg):
+        if cfg.id in seen or cfg.id in rejected:
+            continue
+        if feasible(cfg):
             seen.add(cfg.id)
             out.append(cfg)
+            if len(out) == n:
+                return out
+            continue
+        rejected.add(cfg.id)
+        if not out and give_up is not None and give_up():
+            break
     if not out:
-        raise DeployNASError(f"no config meeting the constraints in {max_tries} random draws; loosen them")
+        raise NoFeasibleConfig(f"no config meeting the constraints in {draws} random draws ({len(rejected)} distinct "
+                               "configs); loosen them", draws, len(rejected))
     return out
 
 
@@ -77,6 +104,18 @@ class Evolution:
     def top(self, k: int) -> list[tuple[Any, float]]:
         return sorted(self.scores.values(), key=lambda cs: (-cs[1], cs[0].id))[:k]
 
+    def first_rng(self) -> random.Random:
+        return first_population_rng(self.config.seed)
+
+    def sample_first(self, give_up: Callable[[], bool] | None = None) -> list[Any]:
+        """Draw the first population (`step` does when there is none; a caller may do it ahead, before it writes
+        anything, so that constraints nothing meets end the search with no output): NoFeasibleConfig if no draw
+        meets the constraints."""
+        c = self.config
+        self.population = sample_feasible(self.space, self.first_rng(), self.feasible, c.population, c.max_tries,
+                                          give_up=give_up)
+        return self.population
+
     def rng(self) -> random.Random:
         return random.Random(self.config.seed * 7919 + self.generation)  # resumable: one stream per generation
 
@@ -84,8 +123,7 @@ class Evolution:
         """Evaluate the current population (sampling the first one), then breed the next."""
         c = self.config
         if not self.population:
-            first = random.Random(c.seed * 7919 - 1)
-            self.population = sample_feasible(self.space, first, self.feasible, c.population, c.max_tries)
+            self.sample_first()
         self.evaluate(self.population)
         parents = [cfg for cfg, _ in self.top(c.parents)]
         children = self._children(parents, self.rng())
