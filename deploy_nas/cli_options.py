@@ -300,6 +300,7 @@ def supernet_source(params: dict[str, Any]) -> Any:
                           params.pop("space"), tuple(params.pop("import_options")), aliases)
 
 
+REPLACED_WHOLE = ("supernet_dir", "dense_dir", "base")  # inputs other commands rewrite as a whole: no output inside
 INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir", "base")
 
 
@@ -324,7 +325,8 @@ def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, .
             if new:  # the flag that may replace OUT: --force, --resume, or (owning its output) the command itself
                 inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
                 check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
-                                 flag=command if force is None else f"--{force.replace('_', '-')}", resumes=resumes)
+                                 flag=command if force is None else f"--{force.replace('_', '-')}", resumes=resumes,
+                                 replaced_whole=[kw.get(p) for p in REPLACED_WHOLE])
             for name in replaces:
                 check_replaceable(Path(out) / name, command)
             # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks

@@ -263,11 +263,13 @@ def _is_ancestor_or_same(a: Path, b: Path) -> bool:
 
 
 def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
-                     flag: str = "--force", resumes: Sequence[str] = ()) -> Path:
+                     flag: str = "--force", resumes: Sequence[str] = (),
+                     replaced_whole: Sequence[str | Path | None] = ()) -> Path:
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
     directory that only holds what deploy-nas wrote. Fails before any slow work starts. `resumes`: `force` is a
     resume flag, and a non-empty `out` must hold one of these files: a resume is no --force for a directory with
-    nothing to resume (an empty or absent one starts from the beginning)."""
+    nothing to resume (an empty or absent one starts from the beginning). `replaced_whole`: input directories
+    that other commands replace as a whole (a supernet directory, a dense model); `out` may not lie inside one."""
     out = Path(out)
     resolved = _resolve(out)
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
@@ -281,7 +283,8 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
         source = _resolve(Path(given))
         if _is_ancestor_or_same(resolved, source):
             raise OutputPathError(f"refusing to write output {out}: it holds the input {given}; choose another path")
-        if source.is_dir() and _is_ancestor_or_same(source, resolved):  # e.g. a supernet dir: train replaces it whole
+    for given in replaced_whole:  # e.g. a supernet directory: `train --resume` replaces it whole, with what is inside
+        if given is not None and Path(given).is_dir() and _is_ancestor_or_same(_resolve(Path(given)), resolved):
             raise OutputPathError(f"refusing to write output {out} inside the input directory {given} (a command "
                                   "that rewrites that directory would take the output with it); choose a path "
                                   "outside it")

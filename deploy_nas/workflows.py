@@ -327,13 +327,13 @@ def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
         f"test top-1; OpenVINO fp32 latency ({DEMO_THREADS} thread) {fast:.3f} to {slow:.3f} ms -> budget "
         f"{budget} ms")
     with atomic_dir(out, force=True) as tmp:
-        summary, result = _demo_into(tmp, supernet, space, plan, accuracy, generations, log, progress)
+        summary, result = _demo_into(tmp, out, supernet, space, plan, accuracy, generations, log, progress)
     return {"summary": summary, "search": result, "deploy_dir": out / "deploy"}
 
 
-def _demo_into(out: Path, supernet: Any, space: Any, plan: dict[str, Any], accuracy: dict[str, float],
+def _demo_into(out: Path, final: Path, supernet: Any, space: Any, plan: dict[str, Any], accuracy: dict[str, float],
                generations: int | None, log: Log, progress: Callable[[str], None]) -> tuple[dict, dict]:
-    """The demo's search, deployment and report, written into `out` (a fresh directory)."""
+    """The demo's search, deployment and report, written into `out` (a fresh directory renamed to `final`)."""
     import json
 
     from deploy_nas.export.pipeline import RunPlan, run
@@ -345,7 +345,8 @@ def _demo_into(out: Path, supernet: Any, space: Any, plan: dict[str, Any], accur
     result = run_search(supernet, space, out / "search", demo_search_request(budget, generations),
                         known=plan["known"], log=log)
     winner = resolve_config(result["evolution"]["winner"]["config"], supernet.family, space)
-    run(materialize(supernet, winner), out / "deploy", RunPlan(targets=DEMO_TARGETS), progress, force=True)
+    run(materialize(supernet, winner), out / "deploy", RunPlan(targets=DEMO_TARGETS), progress, force=True,
+        report_as=final / "deploy")
     deployed = json.loads((out / "deploy" / "report.json").read_text())
     keys = ("config", "val_top1", "test_top1", "latency_ms", "meets_budget")
     summary = {

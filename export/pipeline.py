@@ -712,8 +712,10 @@ Progress = Callable[[str], None]
 
 @one_command()
 def run(model: Any, out: str | Path, plan: RunPlan, progress: Progress = lambda step: None,
-        force: bool = False):
+        force: bool = False, report_as: str | Path | None = None):
     """extract -> onnx -> build -> parity -> bench -> report, into `out` (replaced as a whole at the end).
+    `report_as`: where `out` will be once a caller's own temporary directory is renamed into place (the demo's);
+    the report's paths name it.
 
     Returns the DeployReport. A failed parity gate still writes the whole directory, then raises ParityError.
     """
@@ -728,7 +730,7 @@ def run(model: Any, out: str | Path, plan: RunPlan, progress: Progress = lambda 
         progress("extract: dense model")
         (tmp / DENSE_DIR).mkdir()
         write_dense(model, tmp / DENSE_DIR)
-        report = _run_stages(tmp, plan, progress, out)
+        report = _run_stages(tmp, plan, progress, Path(report_as) if report_as is not None else out)
         progress("report")
         _write_reports(tmp, report)
     failed = [p for p in report.parity if not p.passed]

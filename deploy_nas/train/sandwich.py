@@ -257,7 +257,7 @@ class SandwichTrainer:
                                   f"{reason(err, 100)}); train into a new directory instead of --resume") from None
         if epoch < 0 or step < 0:
             raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
-        if (ema is None) != (self.config.ema_decay is None):  # an EMA begun at step 0 cannot be added or dropped
+        if (ema is None) != (not self.config.ema_decay):  # an EMA begun at step 0 cannot be added or dropped
             given = "without --ema-decay" if ema is not None else f"with --ema-decay {self.config.ema_decay}"
             raise CheckpointError(f"{path} was trained {'with' if ema is not None else 'without'} an EMA of the "
                                   f"weights, this run {given}; resume with the setting it started with, or train "

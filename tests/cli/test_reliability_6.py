@@ -125,3 +125,30 @@ def test_info_takes_a_deployment_directory(tmp_path):
     assert run("extract", "--config", "min", "--out", tmp_path / "dep" / "dense").returncode == 0
     r = run("info", tmp_path / "dep")
     assert r.returncode == 0 and "GMAC" in r.stdout, r.stderr
+
+
+def test_a_resume_with_ema_decay_0_as_it_started_continues(tmp_path):
+    sn = tmp_path / "sn"
+    assert run(*TINY_TRAIN, "--ema-decay", "0", "--out", sn).returncode == 0
+    r = run(*TINY_TRAIN[:3], "--epochs", "2", "--max-steps", "2", "--batch-size", "8", "--ema-decay", "0",
+            "--resume", "--out", sn)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_demos_deployment_report_names_its_final_place(tmp_path):
+    """The demo builds its directory beside its place: the deployment report inside named the temporary one."""
+    import json
+
+    from deploy_nas.export.pipeline import RunPlan
+    from deploy_nas.export.pipeline import run as deploy
+    from deploy_nas.io import atomic_dir
+    from deploy_nas.materialize import materialize
+    from deploy_nas.supernets import default_supernet
+
+    supernet, space = default_supernet()
+    final = tmp_path / "demo"
+    with atomic_dir(final, force=True) as tmp:
+        deploy(materialize(supernet, space.sample(None, "min")), tmp / "deploy",
+               RunPlan(targets=(("onnxruntime", "fp32"),), batches=(1,)), force=True, report_as=final / "deploy")
+    text = (final / "deploy" / "report.json").read_text()
+    assert ".tmp" not in text and json.loads(text)["onnx"]["path"] == str(final / "deploy" / "model.onnx")
