@@ -68,7 +68,7 @@ def test_resume_never_stands_in_for_force(tmp_path):
     before = sorted(p.name for p in dense.iterdir())
     train = ("train", "--space", "autoformer-tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "8")
     search = ("search", "--backend", "torch", "--latency-budget-ms", "5", "--population", "4", "--measure", "8")
-    for args, needs in ((train, "train_state.pt"), (search, "generations.jsonl or measured.json")):
+    for args, needs in ((train, "train_state.pt"), (search, "generations.jsonl or measured.json or latency.json")):
         line = one_error_line(run(*args, "--out", dense, "--resume"))
         assert line.endswith(f"holds nothing to resume (no {needs}); pass the directory of the interrupted run, or "
                              "choose a new path")
