@@ -117,12 +117,7 @@ def describe_settings(settings: dict[str, Any]) -> str:
 
 def _read_settings(path: Path) -> dict[str, Any]:
     fix = "mend it or search into a new --out"
-    try:
-        saved = json.loads(path.read_bytes().decode(), object_pairs_hook=_unique_keys)
-    except _KeyTwice as err:
-        raise DamagedSearchOutput(f"{path} is damaged: {brief(err.args[0])} is given twice; {fix}") from None
-    except (ValueError, RecursionError, OSError) as err:
-        raise DamagedSearchOutput(f"{path} is damaged ({type(err).__name__}); {fix}") from None
+    saved = _read_json(path, "", fix)
     if not (isinstance(saved, dict) and set(saved) == {"backend", "precision", "threads"}
             and isinstance(saved["backend"], str) and isinstance(saved["precision"], str)
             and isinstance(saved["threads"], int) and not isinstance(saved["threads"], bool) and saved["threads"] >= 1):
@@ -479,6 +474,16 @@ class _KeyTwice(Exception):
     pass
 
 
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """A search file's JSON, or DamagedSearchOutput naming it (`what` precedes a key given twice; `fix`: what to do)."""
+    try:
+        return json.loads(path.read_bytes().decode(), object_pairs_hook=_unique_keys)
+    except _KeyTwice as err:
+        raise DamagedSearchOutput(f"{path} is damaged: {what}{brief(err.args[0])} is given twice; {fix}") from None
+    except (ValueError, RecursionError, OSError) as err:  # not UTF-8 / not JSON / nested too deep / unreadable
+        raise DamagedSearchOutput(f"{path} is damaged ({type(err).__name__}); {fix}") from None
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) < len(keys):
@@ -489,12 +494,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _read_measured(path: Path) -> dict[str, float]:
     """A resumed search's measured latencies (ms) by config id, each a finite number > 0."""
     fix = "remove it to measure again, or start a new search"
-    try:
-        saved = json.loads(path.read_bytes().decode(), object_pairs_hook=_unique_keys)
-    except _KeyTwice as err:
-        raise DamagedSearchOutput(f"{path} is damaged: entry {brief(err.args[0])} is given twice; {fix}") from None
-    except (ValueError, RecursionError, OSError) as err:  # not UTF-8 / not JSON / nested too deep / unreadable
-        raise DamagedSearchOutput(f"{path} is damaged ({type(err).__name__}); {fix}") from None
+    saved = _read_json(path, "entry ", fix)
     if not isinstance(saved, dict):
         raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not latencies by config "
                                   f"id; {fix}")
