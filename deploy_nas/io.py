@@ -26,6 +26,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,40 @@ def load_safetensors(path: str | Path) -> dict:
     return load_file(path)
 
 
+# The sha256 of each file one command has hashed, keyed by the file's identity and stat (a file replaced or written
+# since is hashed again): the dense files are checked by several steps of a command (the graph's record, the
+# engine's, the rows' records, the manifest), and hashing a large model's weights once is enough. None outside one.
+_DIGESTS: ContextVar[dict[tuple, str] | None] = ContextVar("deploy_nas_digests", default=None)
+
+
+@contextlib.contextmanager
+def one_command() -> Iterator[None]:
+    """Within it (a command: export, build, parity, bench, run; nested ones share it) each file is hashed once."""
+    if _DIGESTS.get() is not None:
+        yield
+        return
+    token = _DIGESTS.set({})
+    try:
+        yield
+    finally:
+        _DIGESTS.reset(token)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256 (inside `one_command`, once per file and stat)."""
+    cache = _DIGESTS.get()
+    key = None
+    if cache is not None:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key in cache:
+            return cache[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    if cache is not None:
+        cache[key] = h.hexdigest()
     return h.hexdigest()
 
 

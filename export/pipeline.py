@@ -26,12 +26,9 @@ without a record is dropped: a sidecar that matches the dense files says nothing
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ import numpy as np
 
 from deploy_nas.errors import DeployNASError, ExportError, ParityError
 from deploy_nas.export.backends import BuildConfig, Engine, backend_class, get_backend
-from deploy_nas.io import write_json_atomic
+from deploy_nas.io import one_command, sha256_file, write_json_atomic
 
 DENSE_DIR, ONNX_FILE = "dense", "model.onnx"
 PARITY_JSON, BENCH_JSON, MANIFEST_JSON = "parity.json", "bench.json", "manifest.json"
@@ -82,38 +79,6 @@ def check_request(backend: str, precision: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- digests
-
-# The sha256 of each file one command has hashed, keyed by the file's identity and stat (a file replaced or written
-# since is hashed again): the dense files are checked by several steps of a command (the graph's record, the
-# engine's, the rows' records), and hashing a large model's weights once is enough. None outside a command.
-_DIGESTS: ContextVar[dict[tuple, str] | None] = ContextVar("deploy_nas_digests", default=None)
-
-
-@contextlib.contextmanager
-def one_command() -> Iterator[None]:
-    """Within it (a command: export, build, parity, bench, run; nested ones share it) each file is hashed once."""
-    if _DIGESTS.get() is not None:
-        yield
-        return
-    token = _DIGESTS.set({})
-    try:
-        yield
-    finally:
-        _DIGESTS.reset(token)
-
-
-def _sha256(path: Path) -> str:
-    from deploy_nas.io import sha256_file
-
-    cache = _DIGESTS.get()
-    if cache is None:
-        return sha256_file(path)
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if key not in cache:
-        cache[key] = sha256_file(path)
-    return cache[key]
-
 
 # ------------------------------------------------------------------------------------------------------ stages
 
@@ -161,7 +126,7 @@ def dense_digests(d: Path) -> dict[str, str]:
     """{file: sha256} of a dense model's spec and weights (hashed once per command)."""
     from deploy_nas.dense import SPEC_FILE, WEIGHTS_FILE
 
-    return {name: _sha256(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
+    return {name: sha256_file(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
 
 
 def build_config(out: str | Path, precision: str, threads: int | None = None, calib_dir: str | Path | None = None,
@@ -201,7 +166,7 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
         recorded, exported_from = record["sha256"], record.get("exported_from")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise ExportError(f"{source} has no readable record of its export ({side.name}); {again}") from None
-    digest = _sha256(source)
+    digest = sha256_file(source)
     if recorded != digest:
         raise ExportError(f"{source} is not the graph {side.name} records (replaced or modified since its export); "
                           f"{again}")
@@ -289,7 +254,7 @@ def _engine_graph(engine: Engine) -> str | None:
         return meta["onnx_sha256"]
     source = getattr(engine, "source", None)  # onnxruntime runs the file itself
     if isinstance(source, (str, Path)) and str(source) and Path(source).is_file():
-        return _sha256(Path(source))
+        return sha256_file(Path(source))
     return None
 
 
@@ -624,7 +589,7 @@ class _Current:
         if report is None or self.report_dense(report) != self.dense:
             return False, None
         files, rel = report["manifest"]["files"], path.relative_to(self.out).as_posix()
-        if not path.is_file() or files.get(rel, {}).get("sha256") != _sha256(path):
+        if not path.is_file() or files.get(rel, {}).get("sha256") != sha256_file(path):
             return False, None
         onnx = report.get("onnx")
         graph = (onnx.get("sha256") if isinstance(onnx, dict) else None) or files.get(ONNX_FILE, {}).get("sha256")
