@@ -261,7 +261,7 @@ def batch_sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple
     sizes = csv(int)(ctx, param, value)
     if not sizes or min(sizes) < 1:  # the largest batch is bounded by the memory its input needs (`run`, `bench`)
         raise click.BadParameter(f"{brief(str(value), 60)!r}: give one or more batch sizes >= 1, e.g. 1,8")
-    return sizes
+    return tuple(dict.fromkeys(sizes))  # each once: `1,1` measured twice would leave two rows of one key
 
 
 batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=batch_sizes,
@@ -301,6 +301,9 @@ def supernet_source(params: dict[str, Any]) -> Any:
 
 
 REPLACED_WHOLE = ("supernet_dir", "dense_dir", "base")  # inputs other commands rewrite as a whole: no output inside
+# The training states of the directories `train --resume` and `slim search --resume` replace whole (train.STATE_FILE,
+# train.slim.OFFICIAL_CHECKPOINT; named here so that the CLI's checks import no torch): no output inside one either.
+RESUMED_WHOLE = ("train_state.pt", "ckpt.pth")
 INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "calib_dir", "data_dir", "base")
 
 
@@ -326,7 +329,7 @@ def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, .
                 inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
                 check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
                                  flag=command if force is None else f"--{force.replace('_', '-')}", resumes=resumes,
-                                 replaced_whole=[kw.get(p) for p in REPLACED_WHOLE])
+                                 replaced_whole=[kw.get(p) for p in REPLACED_WHOLE], resumed_whole=RESUMED_WHOLE)
             for name in replaces:
                 check_replaceable(Path(out) / name, command)
             # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,6 +204,11 @@ def _image_files(root: Path) -> list[Path]:
     files = sorted(_walk_images(root))
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point at a folder of images")
+    loose = [p for p in files if p.parent == root]
+    if loose and len(loose) < len(files):  # class folders, and images beside them: ImageFolder ignores those
+        print(f"note: ignored {len(loose)} image(s) directly in {root} beside its class folders (as torchvision's "
+              f"ImageFolder does), e.g. {loose[0].name}; move them into a class folder to use them", file=sys.stderr)
+        files = [p for p in files if p.parent != root]
     return files
 
 
@@ -250,7 +257,7 @@ def _class_of(path: Path, root: Path) -> str:
     `root/a/x/1.png` is class "a", so `root/a/x/` and `root/b/x/` stay two classes), "" for one directly under
     `root` (so a flat train/ and a flat val/ have the same one class, whatever their folders are called)."""
     parts = path.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else ""
+    return unicodedata.normalize("NFC", parts[0]) if len(parts) > 1 else ""
 
 
 def class_names(classes: list[str] | tuple[str, ...], limit: int = 80) -> str:
@@ -283,8 +290,10 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
     (`num_classes`)."""
     data_dir = Path(data_dir)
     files = {name: _image_files(data_dir / name) for name in names}  # each folder walked once
-    if classes is not None:
-        classes, reference = list(classes), owner
+    trained = classes is not None  # the classes a supernet was trained on, not a split's own
+    reference: str | Path
+    if classes is not None:  # one Unicode form, as the folders' (a folder copied from macOS is NFD)
+        classes, reference = [unicodedata.normalize("NFC", c) for c in classes], owner
     else:
         ref = "train" if (data_dir / "train").is_dir() else names[0]
         reference = data_dir / ref
@@ -294,7 +303,7 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
                         f"{num_classes}; use data with at most {num_classes} classes")
     for name in names:  # every split's folders first: a stray class is named before hours of decoding
         _check_classes(data_dir / name, _classes_of(files[name], data_dir / name), classes, reference,
-                       trained=reference == owner)
+                       trained=trained)
     return {name: _load_images(data_dir / name, files[name], img_size, in_chans, classes) for name in names}
 
 
@@ -331,7 +340,7 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit:
     if limit and len(files) > limit:  # evenly spread over the sorted files: every class folder, not the first few
         files = [files[i * len(files) // limit] for i in range(limit)]
     found = _classes_of(files, root)
-    classes = found if classes is None else list(classes)
+    classes = found if classes is None else [unicodedata.normalize("NFC", c) for c in classes]
     _check_classes(root, found, classes, reference if reference is not None else "the class list given")
     return _load_images(root, files, img_size, in_chans, classes)
 
@@ -358,13 +367,24 @@ def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, cl
 
 
 def _eight_bit(im):
-    """A 16-bit grayscale image (PIL mode I;16, a 16-bit PNG) scaled to 8 bits: PIL's convert() clips it, so all
-    but its darkest 1/256 turned white."""
+    """A grayscale image of more than 8 bits scaled to 8: PIL's convert() clips 16-bit ones (all but the darkest
+    1/256 turned white) and a float one (all black). 16-bit PNGs (mode I;16) and 16-bit PGMs and TIFFs (mode I,
+    values within 0..65535) are scaled by 1/257, float images (mode F) with values in 0..1 by 255; a 32-bit
+    integer image beyond 16 bits, or a float one outside 0..1, has no one meaning of white: a ValueError."""
     from PIL import Image
 
-    if not im.mode.startswith("I;16"):
+    if not (im.mode.startswith("I") or im.mode == "F"):
         return im
-    return Image.fromarray(np.rint(np.asarray(im, dtype=np.float32) / 257.0).astype(np.uint8), "L")
+    a = np.asarray(im, dtype=np.float64)
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode == "F":
+        if not (np.isfinite(a).all() and 0.0 <= low and high <= 1.0):
+            raise ValueError(f"a float image with values {low:g}..{high:g}, not 0..1; save it as 8 or 16 bits")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
+    if low < 0 or high > 65535:
+        raise ValueError(f"a 32-bit integer image with values {low:g}..{high:g}, beyond 16 bits; save it as 8 or "
+                         "16 bits")
+    return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
 
 
 def _eval_transform(im, img_size: int) -> np.ndarray:

@@ -65,6 +65,14 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
 
 
+def command(*args: Any) -> str:
+    """A deploy-nas command line to suggest in a message, quoted for a POSIX shell (a path with a space or a quote
+    pastes as one argument)."""
+    import shlex
+
+    return shlex.join(["deploy-nas", *(str(a) for a in args)])
+
+
 def reason(err: BaseException, limit: int = 120) -> str:
     """An exception's message for a one-line error: its whitespace (the newlines and tabs of torch's load_state_dict
     report) collapsed, then shortened as `brief` does."""

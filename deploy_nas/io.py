@@ -294,14 +294,23 @@ def _is_ancestor_or_same(a: Path, b: Path) -> bool:
 
 def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
                      flag: str = "--force", resumes: Sequence[str] = (),
-                     replaced_whole: Sequence[str | Path | None] = ()) -> Path:
+                     replaced_whole: Sequence[str | Path | None] = (), resumed_whole: Sequence[str] = ()) -> Path:
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
     directory that only holds what deploy-nas wrote. Fails before any slow work starts. `resumes`: `force` is a
     resume flag, and a non-empty `out` must hold one of these files: a resume is no --force for a directory with
-    nothing to resume (an empty or absent one starts from the beginning). `replaced_whole`: input directories
-    that other commands replace as a whole (a supernet directory, a dense model); `out` may not lie inside one."""
+    nothing to resume (an empty or absent one starts from the beginning), nor for one holding a sub-directory (a
+    resumed directory is replaced whole, and none writes one: it is another command's output). `replaced_whole`:
+    input directories that other commands replace as a whole (a supernet directory, a dense model); `out` may not
+    lie inside one. `resumed_whole`: the state files (written by deploy-nas) of a directory a `--resume` replaces
+    whole without --force; `out` may not lie inside a directory holding one, input of this command or not."""
     out = Path(out)
     resolved = _resolve(out)
+    for parent in resolved.parents:
+        held = [name for name in resumed_whole if (parent / name).is_file() and written_here(parent / name)]
+        if held:
+            raise OutputPathError(f"refusing to write output {out} inside {parent}, a directory that `--resume` "
+                                  f"replaces whole ({held[0]} is its training state): the output would go with it; "
+                                  "choose a path outside it")
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
                  (Path.home().resolve(), "your home directory or one of its parents")]
     for place, what in protected:
@@ -326,6 +335,10 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
         if resumes and not any((out / name).is_file() for name in resumes):
             raise OutputPathError(f"{flag}: {out} holds nothing to resume (no {' or '.join(resumes)}); pass the "
                                   "directory of the interrupted run, or choose a new path")
+        nested = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()) if resumes else []
+        if nested:
+            raise OutputPathError(f"{flag} replaces {out} whole, and it holds {nested[0]}/, which no training run "
+                                  f"writes (another command's output?); move it out of {out}, then resume")
         foreign = foreign_entries(out)
         if foreign:
             raise OutputPathError(f"refusing to replace {out}: it holds files deploy-nas did not write "
@@ -345,16 +358,19 @@ def _nonempty(d: Path) -> bool:
 
 @contextlib.contextmanager
 def output_lock(out: str | Path) -> Iterator[None]:
-    """Hold the advisory lock of output `out` (re-entrant in one process); another holder fails at once."""
+    """Hold the advisory lock of output `out` (re-entrant in one process); another holder fails at once. The lock
+    is keyed on the resolved path and lies beside it, never inside: `.`, `sub/..` and a symlink to a directory name
+    the one lock of the directory they reach."""
     out = Path(out)
     key = str(out.resolve())
     if key in _HELD:
         yield
         return
-    parent = out.parent
+    real = Path(key)
+    parent = real.parent
     with _as_output_error(out):
         created = make_dirs(parent)
-    lock = parent / f".{out.name.encode()[:80].decode(errors='ignore')}.{TAG}-lock"
+    lock = parent / f".{_lock_stem(real.name)}.{TAG}-lock"
     fd = _acquire(lock, out)
     _HELD.add(key)
     try:
@@ -365,6 +381,15 @@ def output_lock(out: str | Path) -> Iterator[None]:
             lock.unlink()
         os.close(fd)
         remove_if_unused(created)  # a failed write leaves no empty parents behind
+
+
+def _lock_stem(name: str) -> str:
+    """The output's name in its lock's name: whole when short, else its first 60 bytes and a digest of all of it (a
+    file name has at most 255 bytes; two long names with one prefix must not share a lock)."""
+    raw = name.encode(errors="surrogateescape")
+    if len(raw) <= 80:
+        return name
+    return f"{raw[:60].decode(errors='ignore')}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 def _acquire(lock: Path, out: Path) -> int:

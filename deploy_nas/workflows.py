@@ -6,6 +6,7 @@ them, so importing this module needs none.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -132,6 +133,10 @@ def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path 
         if given:
             raise InvalidSubnetConfig(f"--dense takes a dense model directory, already extracted and folded; do not "
                                       f"combine it with {', '.join(given)}")
+        from deploy_nas.export.pipeline import dense_dir as dense_of
+
+        with contextlib.suppress(DeployNASError):  # a deployment directory stands for its dense/, as elsewhere
+            dense_dir = dense_of(dense_dir)
         return load_dense(dense_dir)
     if config is None:
         raise InvalidSubnetConfig("missing option --config (or --dense DIR)")

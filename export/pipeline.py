@@ -14,15 +14,16 @@ Each stage reads what the earlier ones wrote, so the CLI commands can be run one
 Every file is written under a temporary name and renamed; `run` builds the whole directory under a temporary
 name and renames it at the end, so an interrupted run leaves nothing under `out/`.
 
-Every parity and bench row records what it measured (`measured_on`: the sha256 of the dense model's files, and for
-an engine run from an ONNX graph that graph's sha256). Each command that writes into a deployment keeps only the
-rows of the model the directory holds now (`refresh`): rows measured on other dense files, or on another graph of
-them than model.onnx's sidecar records, are dropped from parity.json and bench.json with a note naming the commands
-that measure them again, and a report.json whose model or graph was replaced since `run` is rewritten for the model
-there now. A row written before rows carried the record is kept only when `run`'s report.json vouches for it: the
-manifest copy in it records the very parity.json/bench.json and dense files there now (the row file is then the
-one that run wrote, for this model); the row gets the record of that run's dense files and graph. Any other row
-without a record is dropped: a sidecar that matches the dense files says nothing of rows measured before it.
+Every parity and bench row records what it measured (`measured_on`: the sha256 of the dense model's files, for
+an engine run from an ONNX graph that graph's sha256, and for a saved engine its files' sha256). Each command that
+writes into a deployment keeps only the rows of the model the directory holds now (`refresh`): rows measured on
+other dense files, on another graph of them than model.onnx's sidecar records, or on an engine since built again
+(other calibration data, say), are dropped from parity.json and bench.json with a note naming the commands that
+measure them again, and a report.json whose model, graph or engines were replaced since `run` is rewritten for
+what is there now. A row written before rows carried the record is kept only when `run`'s report.json vouches for
+it: the manifest copy in it records the very parity.json/bench.json and dense files there now (the row file is then
+the one that run wrote, for this model); the row gets the record of that run's dense files and graph. Any other
+row without a record is dropped: a sidecar that matches the dense files says nothing of rows measured before it.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy_nas.errors import DeployNASError, ExportError, ParityError
+from deploy_nas.errors import DeployNASError, ExportError, ParityError, command
 from deploy_nas.export.backends import BuildConfig, Engine, backend_class, get_backend
 from deploy_nas.io import one_command, sha256_file, write_json_atomic
 
@@ -59,7 +60,7 @@ def dense_dir(out: str | Path) -> Path:
     if (out / DENSE_DIR / SPEC_FILE).is_file():
         return out / DENSE_DIR
     raise ExportError(f"no dense model in {out} (expected {out / DENSE_DIR / SPEC_FILE}); "
-                      f"create it with `deploy-nas extract --out {out / DENSE_DIR}` or `deploy-nas run`")
+                      f"create it with `{command('extract', '--out', out / DENSE_DIR)}` or `deploy-nas run`")
 
 
 def onnx_path(out: str | Path) -> Path:
@@ -145,7 +146,7 @@ def build(out: str | Path, backend: str, precision: str = "fp32", threads: int |
         return get_backend("torch").build(dense_dir(out), config)
     source = onnx_path(out)
     if not source.is_file():
-        raise ExportError(f"{source} not found; run `deploy-nas export onnx {out}` first")
+        raise ExportError(f"{source} not found; run `{command('export', 'onnx', out)}` first")
     check_onnx_record(source, out)
     engine = get_backend(backend).build(source, config)
     if backend != "onnxruntime":  # it saves nothing
@@ -160,7 +161,7 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
     the dense files were recorded is checked for the graph alone.) Returns the graph's sha256."""
     from deploy_nas.export.onnx import sidecar_path
 
-    side, again = sidecar_path(source), f"export it again with `deploy-nas export onnx {out}`"
+    side, again = sidecar_path(source), f"export it again with `{command('export', 'onnx', out)}`"
     try:
         record = json.loads(side.read_text())
         recorded, exported_from = record["sha256"], record.get("exported_from")
@@ -170,11 +171,15 @@ def check_onnx_record(source: Path, out: str | Path) -> str:
     if recorded != digest:
         raise ExportError(f"{source} is not the graph {side.name} records (replaced or modified since its export); "
                           f"{again}")
-    if exported_from is not None:
-        d = dense_dir(out)
-        if not isinstance(exported_from, dict) or exported_from != dense_digests(d):
-            raise ExportError(f"{source} was exported from another dense model than {d} holds now (extracted again "
-                              f"since?); {again}, then build its engines again")
+    d = dense_dir(out)
+    if exported_from is None:
+        if not _Current.of(out).run_vouches_graph(digest):
+            raise ExportError(f"{side} does not record the dense model {source.name} was exported from (an older "
+                              f"version's export, or export_onnx called by hand), and no report of `deploy-nas run` "
+                              f"ties it to the one in {d}; {again}")
+    elif not isinstance(exported_from, dict) or exported_from != dense_digests(d):
+        raise ExportError(f"{source} was exported from another dense model than {d} holds now (extracted again "
+                          f"since?); {again}, then build its engines again")
     return digest
 
 
@@ -184,7 +189,7 @@ def check_engine_source(engine: Engine, out: str | Path, backend: str, precision
     too, so this holds with model.onnx deleted): an IR left from an earlier export would be timed and compared as
     this model's. Engines built before these records were kept are checked for what they record."""
     meta = getattr(engine, "meta", {})
-    source, rebuild = onnx_path(out), f"`deploy-nas export {backend} {out} --precision {precision}`"
+    source, rebuild = onnx_path(out), f"`{command('export', backend, out, '--precision', precision)}`"
     if meta.get("onnx_sha256") is not None and source.is_file():  # the graph's record ties it to the dense model
         if meta["onnx_sha256"] != check_onnx_record(source, out):
             raise ExportError(f"the {backend} {precision} engine in {out} was built from another model.onnx than the "
@@ -193,8 +198,8 @@ def check_engine_source(engine: Engine, out: str | Path, backend: str, precision
     exported_from = meta.get("exported_from")  # no graph left: the engine's own record of the dense model
     if exported_from is not None and exported_from != dense_digests(dense_dir(out)):
         raise ExportError(f"the {backend} {precision} engine in {out} was built from another dense model than "
-                          f"{dense_dir(out)} holds now (extracted again since?); export it again with `deploy-nas "
-                          f"export onnx {out}`, then {rebuild}")
+                          f"{dense_dir(out)} holds now (extracted again since?); export it again with "
+                          f"`{command('export', 'onnx', out)}`, then {rebuild}")
     return engine
 
 
@@ -231,19 +236,35 @@ def parity(out: str | Path, engine: Engine, reference: Engine, data_dir: str | P
     record = measured_on(out, engine) if write else None  # the files as they are when it is measured
     result = check_parity(reference, engine, parity_batch(spec, data_dir))
     if record is not None:
-        update_json(Path(out) / PARITY_JSON, {f"{result.backend}/{result.precision}": parity_row(result, record)})
+        update_json(Path(out) / PARITY_JSON, {f"{result.backend}/{result.precision}": parity_row(result, record,
+                                                                                                 data_dir)})
     return gate(result)
 
 
 def measured_on(out: str | Path, engine: Engine) -> dict[str, Any]:
     """What a parity or bench row of `engine` (built from out's files) measured: the sha256 of out's dense files
-    (the torch reference, and the model every engine lowers) and, for an engine run from an ONNX graph, that graph's
-    sha256 (a saved engine's build.json records the graph it was built from)."""
+    (the torch reference, and the model every engine lowers), for an engine run from an ONNX graph that graph's
+    sha256 (a saved engine's build.json records the graph it was built from), and for a saved engine the sha256 of
+    its files (build.json's `files`): an engine built again from the same graph with other settings (int8 with
+    other calibration data, another runtime version) is another engine, its rows measured on the one it replaced."""
     record: dict[str, Any] = {"dense": dense_digests(dense_dir(out))}
     graph = _engine_graph(engine)
     if graph is not None:
         record["onnx_sha256"] = graph
+    files = _engine_files(getattr(engine, "meta", None)) if engine.name in SAVED_ENGINES else None
+    if files is not None:
+        record["engine_files"] = files
     return record
+
+
+SAVED_ENGINES = ("openvino", "tensorrt")  # the backends whose engines live in out/<backend>/<precision>/
+
+
+def _engine_files(meta: Any) -> dict[str, str] | None:
+    """{file: sha256} of a saved engine, as its build.json records them (None: not a saved engine's record)."""
+    files = meta.get("files") if isinstance(meta, dict) else None
+    ok = isinstance(files, dict) and files and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    return dict(files) if ok else None
 
 
 def _engine_graph(engine: Engine) -> str | None:
@@ -258,9 +279,11 @@ def _engine_graph(engine: Engine) -> str | None:
     return None
 
 
-def parity_row(result: Any, record: dict[str, Any]) -> dict[str, Any]:
-    """The parity.json entry of a ParityResult, with the record of what it measured (`measured_on`)."""
-    return {**result.to_dict(), MEASURED_ON: record}
+def parity_row(result: Any, record: dict[str, Any], data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The parity.json entry of a ParityResult, with the record of what it measured (`measured_on`) and on which
+    images (`data`: the folder given, else the embedded digits; seeded random inputs follow them)."""
+    data = str(Path(data_dir).resolve()) if data_dir is not None else "embedded digits"
+    return {**result.to_dict(), "data": data, MEASURED_ON: record}
 
 
 @one_command()
@@ -290,6 +313,7 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
               threads: int | None = None):
     """`deploy-nas parity`: the saved engine of `out` against its dense torch model, recorded in out/parity.json;
     ParityError (carrying the result) after the record when a gate fails."""
+    check_compared(backend)
     with build(out, "torch", threads=threads) as reference, open_engine(out, backend, precision, threads) as engine:
         return parity(out, engine, reference, data_dir)
 
@@ -347,33 +371,40 @@ def _remeasure(out: Path, name: str, rows: Sequence[Any]) -> list[str]:
             if isinstance(r.get("batch"), int) and not isinstance(r["batch"], bool):
                 batches.add(r["batch"])
     verb = "parity" if name == PARITY_JSON else "bench"
-    return [f"`deploy-nas {verb} {out} --backend {b} --precision {p}"
+    return [f"`{command(verb, out, '--backend', b, '--precision', p)}"
             + (f" --batch {','.join(map(str, sorted(batches)))}`" if verb == "bench" and batches else "`")
-            for (b, p), batches in wanted.items()]
+            for (b, p), batches in wanted.items() if not (verb == "parity" and b == "torch")]
 
 
-def _dropped_words(out: Path, name: str, rows: Sequence[Any]) -> str:
+def _dropped_words(now: _Current, name: str, rows: Sequence[Any]) -> str:
     def label(r: Any) -> str:
         if not isinstance(r, dict):
             return "a damaged row"
         return f"{r.get('backend')}/{r.get('precision')}" + (f" batch {r['batch']}" if name == BENCH_JSON else "")
 
+    def of_old_graph(r: Any) -> bool:  # a saved engine's row that no longer matches the dense model or the graph
+        record = r.get(MEASURED_ON) if isinstance(r, dict) else None
+        return isinstance(record, dict) and r.get("backend") in SAVED_ENGINES and not now.holds(
+            {MEASURED_ON: {k: v for k, v in record.items() if k != "engine_files"}})
+
+    out = now.out
     labels = [label(r) for r in rows]
     shown = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
     unrecorded = sum(not isinstance(r, dict) or MEASURED_ON not in r for r in rows)
-    why = [f"{len(rows) - unrecorded} measured on another dense model or ONNX graph than {out} holds now"] * bool(
-        len(rows) - unrecorded) + [f"{unrecorded} from before rows recorded what they measured, not tied to the model "
-                                   "there now by `run`'s report.json"] * bool(unrecorded)
+    why = [f"{len(rows) - unrecorded} measured on another dense model, ONNX graph or engine build than {out} holds "
+           "now"] * bool(len(rows) - unrecorded) + [
+        f"{unrecorded} from before rows recorded what they measured, not tied to the model there now by `run`'s "
+        "report.json"] * bool(unrecorded)
     again = _remeasure(out, name, rows)
-    rebuild = any(isinstance(r, dict) and r.get("backend") in ("openvino", "tensorrt") for r in rows)
     return (f"dropped {len(rows)} row(s) of {out / name} ({shown}): {'; '.join(why)}"
             + (f"; measure them again with {', '.join(again)}" if again else "")
-            + (" (an engine built from an earlier graph asks to be built again first)" if rebuild else ""))
+            + (" (an engine built from an earlier graph asks to be built again first)"
+               if any(of_old_graph(r) for r in rows) else ""))
 
 
 def _say_dropped(now: _Current, name: str, rows: Sequence[Any]) -> None:
     if rows:
-        print(f"note: {_dropped_words(now.out, name, rows)}", file=sys.stderr, flush=True)
+        print(f"note: {_dropped_words(now, name, rows)}", file=sys.stderr, flush=True)
 
 
 class _Row:
@@ -400,6 +431,8 @@ def _file_rows(now: _Current, name: str) -> list[dict[str, Any]]:
     rows = list(data.values()) if isinstance(data, dict) else data if isinstance(data, list) else []
     shown = []
     for r in rows:
+        if name == PARITY_JSON and isinstance(r, dict) and r.get("backend") == "torch":
+            continue  # torch against itself (older versions let `parity --backend torch` write it): no evidence
         try:  # a row in a form no command writes is left out of the report, never a traceback
             if name == PARITY_JSON:
                 parity_table([r])
@@ -415,11 +448,13 @@ REWRITTEN = "rewritten by a later command"  # how a report.json that `run` no lo
 
 
 def _refresh_report(now: _Current) -> None:
-    """report.json + report.md when the dense model or the ONNX graph that `run` reported was replaced since (its
-    model, graph, engines and rows are then of files the directory no longer holds): rewritten for the model there
-    now, its graph (the sidecar's), the run's engines and notes that still hold, and the rows parity.json and
-    bench.json hold for it, with a note saying what was dropped. A report rewritten so is kept up to date by every
-    later command; the run's own report is left as `run` wrote it while it holds."""
+    """report.json + report.md when the dense model, the ONNX graph or an engine that `run` reported was replaced
+    since (its model, graph, engines and rows are then of files the directory no longer holds), or when parity.json
+    or bench.json no longer hold the rows it shows (a later `parity` or `bench` measured again: a parity failed on
+    other data, say): rewritten for the model there now, its graph (the sidecar's), the run's engines and notes that
+    still hold, and the rows parity.json and bench.json hold for it, with a note saying what changed. A report
+    rewritten so is kept up to date by every later command; the run's own report is left as `run` wrote it while
+    all it shows holds."""
     from deploy_nas.export.report import DeployReport, write_report
 
     report = now.run_report()
@@ -431,7 +466,10 @@ def _refresh_report(now: _Current) -> None:
     graph_same = run_graph is None or now.graph is None or run_graph == now.graph
     notes = [n for n in _listed(report, "notes") if isinstance(n, str)] if dense_same else []
     rewritten = any(n.startswith(REWRITTEN) for n in notes)
-    if dense_same and graph_same and not rewritten:
+    rebuilt = [e for e in _listed(report, "engines") if not now.holds_engine(e)]
+    parity, fps = _file_rows(now, PARITY_JSON), _file_rows(now, BENCH_JSON)
+    remeasured = not (_same_rows(_listed(report, "parity"), parity) and _same_rows(_listed(report, "fps"), fps))
+    if dense_same and graph_same and not rebuilt and not rewritten and not remeasured:
         return
     from deploy_nas.export.onnx import sidecar_path
 
@@ -446,23 +484,44 @@ def _refresh_report(now: _Current) -> None:
     notes = [n for n in notes if not onnx or n != onnx.get("simplify_note")]  # the graph's note comes anew
     if new_onnx and isinstance(new_onnx.get("simplify_note"), str):
         notes.insert(0, new_onnx["simplify_note"])
-    if not (dense_same and graph_same):  # what the report described was replaced: say what is dropped
-        def of_torch(r: Any) -> bool:  # what stays true when only the graph was replaced
-            return dense_same and isinstance(r, dict) and r.get("backend") == "torch"
+    if not (dense_same and graph_same) or rebuilt:  # what the report described was replaced: say what is dropped
+        def stays(r: Any) -> bool:  # a row that stays true: torch's when only the graph was replaced, and the rows
+            # of engines not rebuilt when only engines were
+            if not (dense_same and isinstance(r, dict)):
+                return False
+            return r.get("backend") == "torch" or graph_same and (r.get("backend"), r.get("precision")) not in {
+                (e.get("backend"), e.get("precision")) for e in rebuilt if isinstance(e, dict)}
 
-        parities = sum(not of_torch(r) for r in _listed(report, "parity"))
-        speeds = sum(not of_torch(r) for r in _listed(report, "fps"))
+        parities = sum(not stays(r) for r in _listed(report, "parity"))
+        speeds = sum(not stays(r) for r in _listed(report, "fps"))
+        names = sorted({f"{e.get('backend')} {e.get('precision')}" for e in rebuilt if isinstance(e, dict)})
+        what = ("dense model" if not dense_same else "ONNX graph" if not graph_same else
+                f"{' and '.join(names)} engine{'s' * (len(names) > 1)}")
         notes = [n for n in notes if not n.startswith(REWRITTEN)] + [
-            f"{REWRITTEN}: the {'ONNX graph' if dense_same else 'dense model'} this report described was replaced "
-            f"since, and its {parities} parity and {speeds} speed row(s) were dropped; it shows the model "
+            f"{REWRITTEN}: the {what} this report described {'were' if what.endswith('engines') else 'was'} "
+            f"replaced since, and its {parities} parity and {speeds} speed row(s) were dropped; it shows the model "
             f"{now.out} holds now with the rows parity.json and bench.json hold for it (each later export, parity "
-            f"and bench keeps it so); measure others with `deploy-nas parity {now.out} --backend ...` and "
-            f"`deploy-nas bench {now.out} --backend ...`"]
+            f"and bench keeps it so); measure others with `{command('parity', now.out)} --backend ...` and "
+            f"`{command('bench', now.out)} --backend ...`"]
+    elif not rewritten:  # only rows changed: measured again, or more of them
+        notes.append(f"{REWRITTEN}: parity or speed rows were measured in {now.out} after `run`; this report shows "
+                     "the rows parity.json and bench.json hold now (each later export, parity and bench keeps it so)")
     engines = [] if not dense_same else [  # graph replaced: the torch engine alone still holds
-        e for e in _listed(report, "engines") if graph_same or isinstance(e, dict) and e.get("backend") == "torch"]
-    write_report(now.out, DeployReport(model=model, onnx=new_onnx, engines=tuple(engines),
-                                       parity=tuple(_Row(r) for r in _file_rows(now, PARITY_JSON)),
-                                       fps=tuple(_Row(r) for r in _file_rows(now, BENCH_JSON)), notes=tuple(notes)))
+        e for e in _listed(report, "engines") if e not in rebuilt and (
+            graph_same or isinstance(e, dict) and e.get("backend") == "torch")]
+    write_report(now.out, DeployReport(model=model, onnx=new_onnx, engines=tuple(engines + now.saved_engines(
+        parity + fps, engines)), parity=tuple(_Row(r) for r in parity), fps=tuple(_Row(r) for r in fps),
+        notes=tuple(notes)))
+
+
+def _same_rows(shown: list[Any], held: list[dict[str, Any]]) -> bool:
+    """Whether a report's rows are the rows a row file holds (their records of what they measured, and on which
+    images, aside: the report's rows from `run` are its results without them)."""
+    def key(r: Any) -> str:
+        return json.dumps({k: v for k, v in r.items() if k not in (MEASURED_ON, "data")} if isinstance(r, dict) else r,
+                          sort_keys=True, default=str)
+
+    return sorted(map(key, shown)) == sorted(map(key, held))
 
 
 def _listed(report: dict[str, Any], key: str) -> list[Any]:
@@ -532,15 +591,54 @@ class _Current:
         record = _read_json(sidecar_path(onnx_path(out)), {}) if onnx_path(out).is_file() else {}
         record = record if isinstance(record, dict) else {}
         graph = record.get("sha256")
-        of_these = record.get("exported_from") in (None, dense)  # a sidecar from before the record: the graph alone
-        return cls(out, dense, graph if isinstance(graph, str) and of_these else None, prefix)
+        now = cls(out, dense, graph if isinstance(graph, str) else None, prefix)
+        of_these = record.get("exported_from") == dense or (  # a sidecar from before the record: run's report
+            record.get("exported_from") is None and now.run_vouches_graph(graph))
+        return now if of_these else cls(out, dense, None, prefix)
 
-    def holds(self, record: Any) -> bool:
-        """Whether a row's record is of the dense model there now (and of its graph, where the row ran one)."""
+    def holds(self, row: dict[str, Any]) -> bool:
+        """Whether a row's record is of the dense model there now (and of its graph, where the row ran one, and of
+        the saved engine there now, where it ran one: an engine directory deleted since is judged without it, as a
+        deleted graph is)."""
+        record = row.get(MEASURED_ON)
         if not isinstance(record, dict) or record.get("dense") != self.dense:
             return False
         graph = record.get("onnx_sha256")
-        return graph is None or self.graph is None or graph == self.graph
+        if not (graph is None or self.graph is None or graph == self.graph):
+            return False
+        files = record.get("engine_files")
+        now = self.engine_files(row.get("backend"), row.get("precision")) if files is not None else None
+        return now is None or files == now
+
+    def holds_engine(self, info: Any) -> bool:
+        """Whether an engine a report lists (its info) is the saved engine there now, where it records its files
+        (a report from before engines recorded them, or an engine directory deleted since, is not judged)."""
+        if not isinstance(info, dict) or _engine_files(info) is None:
+            return True
+        now = self.engine_files(info.get("backend"), info.get("precision"))
+        return now is None or now == _engine_files(info)
+
+    def saved_engines(self, rows: list[dict[str, Any]], listed: list[Any]) -> list[dict[str, Any]]:
+        """What a rewritten report lists of the saved engines the rows were measured on and `listed` lacks (built
+        after `run`): each one's build.json, where it is."""
+        from deploy_nas.export.backends.base import BUILD_JSON
+
+        have = {(e.get("backend"), e.get("precision")) for e in listed if isinstance(e, dict)}
+        found = []
+        for key in dict.fromkeys((r.get("backend"), r.get("precision")) for r in rows):
+            d = self.out / str(key[0]) / str(key[1])
+            meta = _read_json(d / BUILD_JSON, None) if self.engine_files(*key) is not None else None
+            if key not in have and isinstance(meta, dict):
+                found.append({**meta, "backend": key[0], "precision": key[1], "dir": str(d)})
+        return found
+
+    def engine_files(self, backend: Any, precision: Any) -> dict[str, str] | None:
+        """{file: sha256} that out/<backend>/<precision>/build.json records now (None: no saved engine there)."""
+        from deploy_nas.export.backends.base import BUILD_JSON, PRECISIONS
+
+        if backend not in SAVED_ENGINES or precision not in PRECISIONS:
+            return None
+        return _engine_files(_read_json(self.out / backend / precision / BUILD_JSON, None))
 
     def sort(self, path: Path, rows: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[Any]]:
         """(kept (key, row) pairs, dropped rows) of a row file's rows. With no dense model nothing is judged."""
@@ -554,7 +652,7 @@ class _Current:
             if isinstance(row, dict) and MEASURED_ON not in row and vouched:
                 graph = run_graph if row.get("backend") != "torch" else None
                 row = {**row, MEASURED_ON: {"dense": self.dense, **({"onnx_sha256": graph} if graph else {})}}
-            if isinstance(row, dict) and self.holds(row.get(MEASURED_ON)):
+            if isinstance(row, dict) and self.holds(row):
                 kept.append((key, row))
             else:
                 dropped.append(row)
@@ -580,6 +678,14 @@ class _Current:
         files = report["manifest"]["files"]
         return {n: files.get(f"{self.dense_prefix}{n}", {}).get("sha256") for n in (SPEC_FILE, WEIGHTS_FILE)}
 
+    def run_vouches_graph(self, digest: Any) -> bool:
+        """Whether `run`'s report.json ties the graph of sha256 `digest` to the dense files there now (its manifest
+        copy records both): what ties a sidecar from before sidecars recorded the dense model to it."""
+        report = self.run_report()
+        if report is None or self.dense is None or self.report_dense(report) != self.dense:
+            return False
+        return isinstance(digest, str) and report["manifest"]["files"].get(ONNX_FILE, {}).get("sha256") == digest
+
     def vouched_by_run(self, path: Path) -> tuple[bool, str | None]:
         """For rows written before rows recorded what they measured: whether `run`'s report.json proves that the
         row file `path` is the very one it wrote for the dense files there now (a later command never rewrote
@@ -599,8 +705,19 @@ class _Current:
 # ------------------------------------------------------------------------------------------------------- run
 
 
+def check_compared(backend: str) -> None:
+    """torch runs the dense model itself: the reference of every parity check, never one compared with it (a
+    torch row would compare the model with itself and say PASSED for nothing deployed)."""
+    if backend == "torch":
+        raise DeployNASError("torch is the reference every engine is compared with, not an engine to compare; "
+                             "choose onnxruntime, openvino or tensorrt (torch's speed: `deploy-nas bench --backend "
+                             "torch`)")
+
+
 def plan_targets(backends: Sequence[str], precisions: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Every backend at every precision it builds (each backend must build at least one of them)."""
+    for b in backends:
+        check_compared(b)
     for p in precisions:
         BuildConfig(precision=p).validate()
     targets: list[tuple[str, str]] = []
@@ -644,7 +761,7 @@ class RunPlan:
     simplify: bool = True
     calib_dir: Path | None = None
     data_dir: Path | None = None
-    max_batch: int = 32
+    max_batch: int | None = None  # the engines' largest batch (TensorRT's profile): 32, or the largest of `batches`
     cross_check_module: bool = True  # also convert the nn.Module straight to OpenVINO and compare
     model_info: dict[str, Any] = field(default_factory=dict)
 
@@ -658,13 +775,15 @@ class RunPlan:
         if not self.targets:
             raise DeployNASError("nothing to deploy: pass at least one --backend")
         for backend, precision in self.targets:
-            if backend == "torch":
-                raise DeployNASError("torch is the reference every run measures; pick another --backend")
+            check_compared(backend)
             check_request(backend, precision)
         if any(b < 1 for b in self.batches) or not self.batches:
             raise DeployNASError(f"batch sizes must be >= 1, got {list(self.batches)}")
-        if max(self.batches) > self.max_batch:
-            raise DeployNASError(f"batch {max(self.batches)} > --max-batch {self.max_batch}; raise --max-batch")
+        if self.max_batch is None:
+            self.max_batch = max(32, *self.batches)
+        elif max(self.batches) > self.max_batch:
+            raise DeployNASError(f"batch {max(self.batches)} > max_batch {self.max_batch}; raise max_batch or leave "
+                                 "it unset (the largest batch)")
         if self.calib_dir is not None and any(p == "int8" for _, p in self.targets):
             from deploy_nas.data import load_image_folder
 
@@ -720,10 +839,11 @@ def _run_stages(tmp: Path, plan: RunPlan, progress: Progress, out: Path):
         engines.append(_moved(reference.info(), tmp, out))
         for backend, precision in plan.targets:
             progress(f"build: {backend} {precision}")
-            with build(tmp, backend, precision, plan.threads, plan.calib_dir, plan.max_batch) as engine:
+            with build(tmp, backend, precision, plan.threads, plan.calib_dir, plan.max_batch or 32) as engine:
                 progress(f"parity: {backend} {precision}")
                 result = check_parity(reference, engine, inputs)
-                update_json(tmp / PARITY_JSON, {f"{backend}/{precision}": parity_row(result, measured_on(tmp, engine))})
+                update_json(tmp / PARITY_JSON, {f"{backend}/{precision}": parity_row(
+                    result, measured_on(tmp, engine), plan.data_dir)})
                 parities.append(result)
                 progress(f"bench: {backend} {precision}")
                 fps += bench(tmp, engine, plan.batches, plan.runs, plan.warmup)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from deploy_nas.errors import BackendUnavailable, DeployNASError, ExportError, brief
+from deploy_nas.errors import BackendUnavailable, DeployNASError, ExportError, brief, command
 from deploy_nas.export.backends.runner import Runner, infer_runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -80,6 +80,11 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def build_record(self) -> dict[str, Any]:
+        """The settings a saved engine's build.json records: all but out_dir (where it was written, often a
+        temporary directory renamed since; build.json sits in the engine's directory)."""
+        return {k: v for k, v in self.to_dict().items() if k != "out_dir"}
 
 
 class Engine(abc.ABC):
@@ -197,7 +202,7 @@ class Backend(abc.ABC):
 
         d = Path(artifact_dir)
         d = d if (d / main_file).is_file() else d / self.name / config.precision
-        rebuild = f"build it with `deploy-nas export {self.name} OUT --precision {config.precision}`"
+        rebuild = f"build it with `{command('export', self.name, d.parent.parent, '--precision', config.precision)}`"
         if not (d / main_file).is_file() or not (d / BUILD_JSON).is_file():
             raise ExportError(f"no {self.name} artifacts ({main_file} + {BUILD_JSON}) in {d}; {rebuild}")
         try:

@@ -305,18 +305,22 @@ class OpenVinoBackend(Backend):
         from deploy_nas.io import temp_dir
 
         tmp = temp_dir("openvino") if out is None else None
-        xml = save_ir(ov_model, out or Path(tmp.name) / "ir", config, hint, meta)
-        return OpenVinoEngine(xml, config.precision, hint, config.threads, meta, tmp)
+        record = save_ir(ov_model, out or Path(tmp.name) / "ir", config, hint, meta)
+        xml = (out or Path(tmp.name) / "ir") / XML
+        return OpenVinoEngine(xml, config.precision, hint, config.threads, meta if out is None else record, tmp)
 
     def load(self, artifact_dir: str | Path, config: BuildConfig) -> OpenVinoEngine:
         """Compile a saved IR: `artifact_dir` is the <precision> directory or the out_dir above it."""
         config = self.check(config)
         d, meta = self.saved_artifacts(artifact_dir, config, XML)
-        return OpenVinoEngine(d / XML, meta["precision"], meta.get("precision_hint", "f32"), config.threads, meta)
+        hint, why = precision_hint(meta["precision"])  # of the precision on this CPU, never build.json's word for it
+        meta = {**meta, "precision_hint": hint, "hint_reason": why}
+        return OpenVinoEngine(d / XML, meta["precision"], hint, config.threads, meta)
 
 
-def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict[str, Any]) -> Path:
-    """model.xml/.bin + build.json in `out`, replaced as a whole."""
+def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """model.xml/.bin + build.json in `out`, replaced as a whole; returns what build.json records (a saved
+    engine's `meta`, as `load` reads it back: its files' sha256 tie parity and bench rows to this very build)."""
     import openvino as ov
 
     from deploy_nas.export.report import versions
@@ -325,7 +329,7 @@ def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict
     with atomic_dir(out, force=True) as tmp:
         ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        write_json_atomic(tmp / BUILD_JSON, {
-            "backend": "openvino", "precision": config.precision, "precision_hint": hint, "config": config.to_dict(),
-            "files": files, "versions": versions(("openvino", "nncf")), **meta})
-    return out / XML
+        record = {"backend": "openvino", "precision": config.precision, "precision_hint": hint,
+                  "config": config.build_record(), "files": files, "versions": versions(("openvino", "nncf")), **meta}
+        write_json_atomic(tmp / BUILD_JSON, record)
+    return record

@@ -191,7 +191,7 @@ class TensorRTBackend(Backend):
         meta = {**graph_source(onnx_path), "strongly_typed": True, "profile": [1, config.opt_batch, config.max_batch],
                 "tf32": config.precision != "fp32", "gpu": torch.cuda.get_device_name(torch.device(device))}
         if cache_path is not None:
-            save_engine(plan, cache, cache_path, self.artifact_dir(config), config, meta)
+            meta = save_engine(plan, cache, cache_path, self.artifact_dir(config), config, meta)
         return TensorRTEngine(plan, config.precision, device, meta)
 
     def load(self, artifact_dir: str | Path, config: BuildConfig) -> TensorRTEngine:
@@ -201,15 +201,17 @@ class TensorRTBackend(Backend):
 
 
 def save_engine(plan: bytes, cache: bytes, cache_path: Path, out: Path, config: BuildConfig,
-                meta: dict[str, Any]) -> None:
-    """model.engine + build.json (one directory, replaced atomically) and the shared timing cache."""
+                meta: dict[str, Any]) -> dict[str, Any]:
+    """model.engine + build.json (one directory, replaced atomically) and the shared timing cache; returns what
+    build.json records (the saved engine's `meta`, as `load` reads it back)."""
     from deploy_nas.export.report import versions
     from deploy_nas.io import atomic_dir, sha256_file, write_bytes_atomic, write_json_atomic
 
     with atomic_dir(out, force=True) as tmp:
         (tmp / ENGINE_FILE).write_bytes(plan)
-        write_json_atomic(tmp / BUILD_JSON, {"backend": "tensorrt", "precision": config.precision,
-                                             "config": config.to_dict(),
-                                             "files": {ENGINE_FILE: sha256_file(tmp / ENGINE_FILE)},
-                                             "versions": versions(("tensorrt", "torch")), **meta})
+        record = {"backend": "tensorrt", "precision": config.precision, "config": config.build_record(),
+                  "files": {ENGINE_FILE: sha256_file(tmp / ENGINE_FILE)}, "versions": versions(("tensorrt", "torch")),
+                  **meta}
+        write_json_atomic(tmp / BUILD_JSON, record)
     write_bytes_atomic(cache_path, cache)
+    return record

@@ -164,12 +164,16 @@ def test_missing_and_corrupt_artifacts_exit_2(tmp_path):
     assert r.returncode == 2 and "model.onnx has no readable record of its export" in r.stderr
     assert not (out / "openvino").exists()
     digest = sha256_file(out / "model.onnx")
-    (out / "model.onnx.json").write_text(json.dumps({"sha256": digest}))  # recorded, and still no ONNX model
+    (out / "model.onnx.json").write_text(json.dumps({"sha256": digest}))  # no record of the dense model it came from
+    r = run("export", "openvino", out)
+    assert r.returncode == 2 and "does not record the dense model model.onnx was exported from" in r.stderr
+    dense = {n: sha256_file(out / "dense" / n) for n in ("spec.json", "weights.safetensors")}
+    (out / "model.onnx.json").write_text(json.dumps({"sha256": digest, "exported_from": dense}))  # no ONNX model
     r = run("export", "openvino", out)
     assert r.returncode == 2 and "is not a valid ONNX model" in r.stderr
     assert not (out / "openvino").exists()
     r = run("parity", out, "--backend", "openvino", "--precision", "fp16")
-    assert r.returncode == 2 and "export openvino OUT --precision fp16" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"export openvino {out} --precision fp16" in r.stderr, r.stderr
     assert not (out / "parity.json").exists()
 
 

@@ -169,3 +169,40 @@ def test_rows_from_before_the_record(tmp_path, dense_max):
     assert "from before rows recorded what they measured" in r.stderr
     assert read(dep / "parity.json") == {} and read(dep / "bench.json") == []
     assert read(dep / "report.json")["parity"] == []
+
+
+@pytest.mark.openvino
+def test_an_engine_built_again_leaves_no_rows_of_the_one_it_replaced(tmp_path, calib_dir):
+    """An int8 engine built again from the same graph with other calibration data kept the parity and speed rows
+    (and run's report) of the engine it replaced: rows recorded the graph, not the engine. Rows now record the
+    saved engine's files (build.json's sha256), so a rebuild that writes the very same files keeps them."""
+    dep, dense = tmp_path / "dep", tmp_path / "dense"
+    ok("extract", "--config", "min", "--out", dense)
+    ok("run", "--dense", dense, "--out", dep, "--backend", "openvino", "--precision", "fp32,int8", "--batch", "1",
+       "--threads", "1")
+    old_int8 = read(dep / "openvino" / "int8" / "build.json")["files"]
+    assert read(dep / "parity.json")["openvino/int8"]["measured_on"]["engine_files"] == old_int8
+    assert "out_dir" not in read(dep / "openvino" / "int8" / "build.json")["config"]  # it named a temporary dir
+    parity_before = read(dep / "parity.json")
+
+    ok("export", "openvino", dep, "--precision", "fp32", "--threads", "1")  # the same files again: rows kept
+    assert read(dep / "parity.json") == parity_before
+
+    r = ok("export", "openvino", dep, "--precision", "int8", "--calib-data", calib_dir, "--threads", "1")
+    new_int8 = read(dep / "openvino" / "int8" / "build.json")["files"]
+    assert new_int8 != old_int8  # other calibration data, other scales
+    assert f"note: dropped 1 row(s) of {dep / 'parity.json'} (openvino/int8)" in r.stderr
+    assert "built from an earlier graph" not in r.stderr  # the graph is the same; only the engine is new
+    assert set(read(dep / "parity.json")) == {"openvino/fp32"}
+    assert {(b["backend"], b["precision"]) for b in read(dep / "bench.json")} == {("torch", "fp32"),
+                                                                                 ("openvino", "fp32")}
+    report = read(dep / "report.json")
+    assert [(p["backend"], p["precision"]) for p in report["parity"]] == [("openvino", "fp32")]
+    assert [(e["backend"], e["precision"]) for e in report["engines"]] == [("torch", "fp32"), ("openvino", "fp32")]
+    assert any("the openvino int8 engine this report described was replaced" in n for n in report["notes"])
+
+    ok("parity", dep, "--backend", "openvino", "--precision", "int8", "--threads", "1")
+    assert read(dep / "parity.json")["openvino/int8"]["measured_on"]["engine_files"] == new_int8
+    report = read(dep / "report.json")
+    assert ("openvino", "int8") in {(p["backend"], p["precision"]) for p in report["parity"]}
+    assert {"backend": "openvino", "precision": "int8", "files": new_int8}.items() <= report["engines"][-1].items()
