@@ -224,7 +224,8 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 @click.option("--space", default=None, help="Registered space or file (default: the family's default space).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Supernet directory to write.")
 @opt.train_data
-@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt, with the space and settings OUT "
+              "records (another value given is refused; more --epochs trains longer).")
 @click.option("--grad-projection-from", "grad_projection_from", type=click.IntRange(min=0), default=None,
               help="NASViT's gradient projection from this epoch on (--grad-projection --projection-from-epoch N).")
 @opt.dataclass_options(TrainConfig)
@@ -240,16 +241,18 @@ def train(family: str | None, space: str | None, data_dir: Path | None, out: Pat
     import json
 
     from deploy_nas.distributed import main_process, process_group_from_env
-    from deploy_nas.train import train_config, train_supernet
-    from deploy_nas.workflows import train_data, training_target
+    from deploy_nas.train import RecordedRun, resume_target, train_config, train_supernet
+    from deploy_nas.workflows import train_data
 
-    fam, chosen = training_target(family, space)
-    given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the family's recipe fills in the rest
+    run = RecordedRun.of(out, resume)  # the run a resume continues: its space and settings are the defaults
+    fam, chosen = resume_target(run, family, space)
+    given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the run's or family's recipe: the rest
     if grad_projection_from is not None:
         given.update(grad_projection=True, projection_from_epoch=grad_projection_from)
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
-        train_supernet(fam, chosen, out, train_config(fam, given), resume, train_data(chosen, data_dir), log=log)
+        train_supernet(fam, chosen, out, train_config(fam, given, run), resume, train_data(chosen, data_dir),
+                       log=log)
 
 
 @main.command("search")

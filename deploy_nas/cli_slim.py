@@ -35,7 +35,8 @@ def slim() -> None:
               help="Without masks in --base: one channel mask shared by all heads (official --uniform_search).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Directory for the searched model (supernet.json + weights, and ckpt.pth in the official layout).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt, with the space and settings OUT "
+              "records (another value given is refused; more --epochs searches longer).")
 @opt.dataclass_options(TrainConfig, exclude=MaskSearch.ignores, defaults=ViTSlimFamily.train_defaults)
 @opt.writes(force="resume", resumes=(STATE_FILE,))
 def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
@@ -45,15 +46,16 @@ def search(base: Path | None, space: str | None, data_dir: Path | None, mask: st
 
     The learning rate is constant, as the official search.py runs it: --min-lr follows --lr unless given."""
     from deploy_nas.distributed import main_process, process_group_from_env
-    from deploy_nas.train import train_config, train_supernet
+    from deploy_nas.train import RecordedRun, train_config, train_supernet
     from deploy_nas.train.slim import search_target
     from deploy_nas.workflows import train_data
 
-    fam, supernet, chosen = search_target(base, space, mask)
+    run = RecordedRun.of(out, resume)  # the run a resume continues: its space and settings are the defaults
+    fam, supernet, chosen = search_target(base, space, mask, run)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):
-        result = train_supernet(fam, chosen, out, train_config(fam, given), resume, train_data(chosen, data_dir),
+        result = train_supernet(fam, chosen, out, train_config(fam, given, run), resume, train_data(chosen, data_dir),
                                 log=log, supernet=supernet)
     if main_process():
         last = result["history"][-1] if result["history"] else {}

@@ -305,12 +305,6 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
     whole without --force; `out` may not lie inside a directory holding one, input of this command or not."""
     out = Path(out)
     resolved = _resolve(out)
-    for parent in resolved.parents:
-        held = [name for name in resumed_whole if (parent / name).is_file() and written_here(parent / name)]
-        if held:
-            raise OutputPathError(f"refusing to write output {out} inside {parent}, a directory that `--resume` "
-                                  f"replaces whole ({held[0]} is its training state): the output would go with it; "
-                                  "choose a path outside it")
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
                  (Path.home().resolve(), "your home directory or one of its parents")]
     for place, what in protected:
@@ -327,6 +321,12 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
             raise OutputPathError(f"refusing to write output {out} inside the input directory {given} (a command "
                                   "that rewrites that directory would take the output with it); choose a path "
                                   "outside it")
+    for parent in resolved.parents:
+        held = [name for name in resumed_whole if (parent / name).is_file() and written_here(parent / name)]
+        if held:
+            raise OutputPathError(f"refusing to write output {out} inside {parent}, a directory that `--resume` "
+                                  f"replaces whole ({held[0]} is its training state): the output would go with it; "
+                                  "choose a path outside it")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputPathError(f"output {out} is a file or a link; choose a directory path")
     if out.exists() and _nonempty(out):

@@ -347,8 +347,8 @@ def _demo_into(out: Path, final: Path, supernet: Any, space: Any, plan: dict[str
 
     budget, (fast, slow) = plan["budget_ms"], plan["range_ms"]
     # the budget was chosen from these two measurements: the search must judge feasibility by the same numbers
-    result = run_search(supernet, space, out / "search", demo_search_request(budget, generations),
-                        known=plan["known"], log=log)
+    request = demo_search_request(budget, generations)
+    result = run_search(supernet, space, out / "search", request, known=plan["known"], log=log)
     winner = resolve_config(result["evolution"]["winner"]["config"], supernet.family, space)
     run(materialize(supernet, winner), out / "deploy", RunPlan(targets=DEMO_TARGETS), progress, force=True,
         report_as=final / "deploy")
@@ -357,10 +357,12 @@ def _demo_into(out: Path, final: Path, supernet: Any, space: Any, plan: dict[str
     summary = {
         "supernet": accuracy,
         "search": {"budget_ms": budget, "latency_range_ms": [fast, slow], "threads": DEMO_THREADS,
+                   "population": request.population, "generations": request.generations,
                    "latency": result["latency"],
                    "predictor": result["predictor"]["held_out"],
                    "timing_repeatability": result["predictor"]["repeatability"],
-                   **{m: {k: result[m]["winner"][k] for k in keys} for m in ("evolution", "random")}},
+                   **{m: {**{k: result[m]["winner"][k] for k in keys}, "evaluated": result[m]["evaluated"]}
+                      for m in ("evolution", "random")}},
         "parity": {f"{p['backend']}/{p['precision']}": {"pass": p["passed"], "max_abs": max(
             o["max_abs"] for o in p["outputs"])} for p in deployed["parity"]},
         "bench": json.loads((out / "deploy" / "bench.json").read_text()),

@@ -8,8 +8,9 @@ is a trainer class `(supernet, space, TrainConfig, World)` with `fit`, `evaluate
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from deploy_nas.registry import Registry
 from deploy_nas.settings import setting
 
 STATE_FILE = "train_state.pt"
+RUN_SETTINGS = ("max_steps", "save_state", "device")  # where and how far one command runs, not how it trains
+GROWS_ON_RESUME = ("epochs",)  # a resume may raise it (a longer run: noted, and recorded in supernet.json)
 
 
 def _load_rules() -> None:
@@ -104,11 +107,147 @@ def project(g_sub: torch.Tensor, g_s: torch.Tensor) -> torch.Tensor:
     return (1 + a) * g_sub + g_s
 
 
-def train_config(family: Any, given: dict[str, Any]) -> TrainConfig:
+class RecipeMismatch(DeployNASError):
+    """A resume was given another training setting, family or space than the run it continues recorded."""
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What the run in `out` that a --resume continues recorded in its supernet.json: its family and space, and the
+    training settings it ran with. A resume goes on as the run started: those are its defaults, and another value
+    given for one is refused, except more --epochs (a longer run, noted and recorded under "train_changes")."""
+
+    out: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def of(cls, out: str | Path, resume: bool) -> RecordedRun | None:
+        """The record of the run a --resume continues; None when nothing is resumed (no training state in `out`)."""
+        from deploy_nas.supernets import read_supernet_meta
+
+        if not resume or not (Path(out) / STATE_FILE).is_file():
+            return None
+        return cls(Path(out), read_supernet_meta(out))
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The recipe the run recorded (supernet.json's "train", less RUN_SETTINGS), checked; None for a directory
+        of a version that did not record it."""
+        from deploy_nas.errors import CheckpointError, brief
+        from deploy_nas.supernets import SUPERNET_FILE
+
+        train = self.meta.get("train")
+        if train is None:
+            return None
+        hints = typing.get_type_hints(TrainConfig)
+        recipe = {f.name for f in fields(TrainConfig)} - set(RUN_SETTINGS)
+        bad = ([f"{k}={brief(v)}" for k, v in train.items() if k in recipe and not _fits(v, hints[k])]
+               if isinstance(train, dict) else [f"train={brief(train)}"])
+        if bad:
+            raise CheckpointError(f"{self.out / SUPERNET_FILE}: the training settings it records are malformed "
+                                  f"({', '.join(bad)}); train into a new directory instead of --resume")
+        return {k: v for k, v in train.items() if k in recipe}
+
+    @property
+    def earlier_changes(self) -> list[dict[str, Any]]:
+        """The settings earlier resumes changed (supernet.json's "train_changes"), each at its epoch and step."""
+        from deploy_nas.errors import CheckpointError, brief
+        from deploy_nas.supernets import SUPERNET_FILE
+
+        changes = self.meta.get("train_changes", [])
+        if not (isinstance(changes, list) and all(isinstance(c, dict) for c in changes)):
+            raise CheckpointError(f"{self.out / SUPERNET_FILE}: 'train_changes' must be a list of objects, got "
+                                  f"{brief(changes)}; train into a new directory instead of --resume")
+        return changes
+
+    def changes(self, given: Mapping[str, Any], ignores: tuple[str, ...] = ()) -> dict[str, list]:
+        """{setting: [recorded, given]} for the settings `given` changes that a resume may change (more --epochs);
+        RecipeMismatch naming every other one given with another value than recorded (`ignores`: settings the
+        training rule does not use, left to `train_config`'s own refusal)."""
+        recorded = self.settings or {}
+        diff = {k: [recorded[k], v] for k, v in given.items() if k in recorded and k not in ignores
+                and v != recorded[k]}
+        refused = {k: d for k, d in diff.items() if not (k in GROWS_ON_RESUME and d[1] > d[0])}
+        if refused:
+            shrink = " (--epochs may grow, to train longer, not shrink)" if "epochs" in refused else ""
+            raise RecipeMismatch(
+                f"{self.out} holds a run trained with {' '.join(_flag(k, old) for k, (old, _) in refused.items())}, "
+                f"this resume gives {' '.join(_flag(k, new) for k, (_, new) in refused.items())}: a resume continues "
+                f"the run with the settings it recorded{shrink}; leave {'it' if len(refused) == 1 else 'them'} out "
+                "(the recorded values are the defaults), or train into a new --out")
+        return {k: d for k, d in diff.items() if k not in refused}
+
+    def target(self) -> tuple[Any, Any] | None:
+        """(family, space) the run trained; None when its supernet.json records no space."""
+        from deploy_nas.errors import MALFORMED, CheckpointError, reason
+        from deploy_nas.family import FAMILIES
+        from deploy_nas.supernets import SUPERNET_FILE
+
+        fam = FAMILIES.get(self.meta["family"])
+        if self.meta.get("space") is None:
+            return None
+        try:
+            return fam, fam.space_from_dict(self.meta["space"])
+        except DeployNASError:
+            raise
+        except MALFORMED as err:
+            raise CheckpointError(f"{self.out / SUPERNET_FILE} does not describe the space it was trained on "
+                                  f"({type(err).__name__}: {reason(err, 120)}); train into a new directory instead "
+                                  "of --resume") from None
+
+    def check_target(self, family: Any, space: Any, flags: str) -> None:
+        """RecipeMismatch unless `family` and `space` (given with `flags`) are those the run trained."""
+        from deploy_nas.errors import brief
+
+        if family.name != self.meta["family"]:
+            raise RecipeMismatch(f"{self.out} holds the training of a supernet of family {brief(self.meta['family'])}, "
+                                 f"this run trains family {family.name!r}: resume it with its own family, or train "
+                                 "into a new --out")
+        recorded = self.target()
+        if recorded is not None and recorded[1] != space:
+            was, now = (brief(getattr(s, "name", None)) for s in (recorded[1], space))
+            raise RecipeMismatch(f"{self.out} was trained on space {was}, this resume gives {now}"
+                                 f"{' with other choices' if was == now else ''} ({flags}): leave {flags} out to "
+                                 "continue it on its own space (supernet.json records it), or train into a new --out")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a TrainConfig field's type (an int fits a float field; a bool only a bool field)."""
+    kinds = set(typing.get_args(hint) or (hint,))
+    return type(value) in (kinds | {int} if float in kinds else kinds)
+
+
+def _flag(name: str, value: Any) -> str:
+    """A setting as its option: --lr 0.004, --no-distill, no --ema-decay."""
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"no {flag}" if value is None else f"{flag} {value}"
+
+
+def resume_target(run: RecordedRun | None, family: str | None, space: str | None) -> tuple[Any, Any]:
+    """The (family, space) `deploy-nas train` trains (`workflows.training_target`); on a resume the run's own, and
+    a --family or --space given must be those."""
+    from deploy_nas.workflows import training_target
+
+    recorded = run.target() if run is not None else None
+    if recorded is not None and space is None and family in (None, recorded[0].name):
+        return recorded
+    fam, chosen = training_target(family, space)
+    if run is not None:
+        run.check_target(fam, chosen, "--space")
+    return fam, chosen
+
+
+def train_config(family: Any, given: dict[str, Any], run: RecordedRun | None = None) -> TrainConfig:
     """The family's training recipe (`Family.train_defaults`, e.g. NASViT's weak augmentation and gradient
     projection) under the settings the user gave, validated. A recipe with a constant rate (min_lr = lr) stays
-    constant at a --lr given without --min-lr."""
+    constant at a --lr given without --min-lr. On a resume (`run`) the recipe the run recorded is the default, and a
+    setting given with another value is refused (RecipeMismatch) unless a resume may change it (more --epochs)."""
     defaults = dict(getattr(family, "train_defaults", {}))
+    if run is not None:
+        run.changes(given, TRAIN_RULES.get(family.train_rule).ignores)
+        defaults.update(run.settings or {})
     if "lr" in given and "min_lr" not in given and defaults.get("min_lr", -1.0) == defaults.get("lr"):
         defaults["min_lr"] = given["lr"]
     config = TrainConfig(**{**defaults, **given}).validate()
@@ -143,13 +282,31 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
     trainer.trained_on = data_record(data["train"])
     if resume and trainer.resume(out):
         _check_same_data(Path(out), trainer.trained_on)
-        log({"resumed_from": str(out), "epoch": trainer.epoch})
+        log({"resumed_from": str(out), "epoch": trainer.epoch, **_resumed_recipe(trainer, RecordedRun.of(out, True))})
     history = trainer.fit(data["train"], data["val"], out, log=log)
     # without a test split (image folders with no DIR/test) nothing is reported as test accuracy
     result = {"history": history, "test_top1": trainer.evaluate(data["test"]) if "test" in data else None}
     log({"test_top1": result["test_top1"]} if result["test_top1"] is not None else
         {"test_top1": None, "note": "no test split (DIR/test): val top-1 is in the last epoch's row"})
     return result
+
+
+def _resumed_recipe(trainer: Any, run: RecordedRun) -> dict[str, str]:
+    """Check the trainer's settings against those the resumed run recorded (RecipeMismatch), carry the record of the
+    settings earlier resumes changed, add this resume's (at its epoch and step); the note for the log, if any."""
+    settings = run.settings
+    if settings is None:
+        return {"note": f"{run.out} records no training settings (a run of an older version): resumed with the "
+                        "settings given, the defaults for those left out"}
+    changes = run.changes(asdict(trainer.config), trainer.ignores)
+    now = [{"epoch": trainer.epoch, "step": trainer.step_count, **changes}] if changes else []
+    trainer.train_changes = [*run.earlier_changes, *now]
+    if not changes:
+        return {}
+    return {"note": f"resumed at epoch {trainer.epoch} (step {trainer.step_count}) with "
+                    f"{' '.join(_flag(k, new) for k, (_, new) in changes.items())} instead of the recorded "
+                    f"{' '.join(_flag(k, old) for k, (old, _) in changes.items())}: the learning-rate schedule spans "
+                    "the new number of epochs from here on (supernet.json records the change in train_changes)"}
 
 
 def _check_same_data(out: Path, record: dict[str, Any]) -> None:
@@ -172,4 +329,5 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
                     f"it started on (--data), or train into a new --out")
 
 
-__all__ = ["STATE_FILE", "TRAIN_RULES", "TrainConfig", "World", "lr_at", "project", "train_config", "train_supernet"]
+__all__ = ["STATE_FILE", "TRAIN_RULES", "RecipeMismatch", "RecordedRun", "TrainConfig", "World", "lr_at", "project",
+           "resume_target", "train_config", "train_supernet"]

@@ -60,6 +60,7 @@ class SandwichTrainer:
                     if config.ema_decay else None)
         self.step_count, self.epoch = 0, 0
         self.trained_on: dict[str, Any] | None = None  # supernet.json's record of the data (`data.data_record`)
+        self.train_changes: list[dict[str, Any]] = []  # settings resumes changed, each at its epoch and step
 
     # --------------------------------------------------------------------------------------------- one step
     def configs_for_step(self, step: int) -> list[Any]:
@@ -228,7 +229,8 @@ class SandwichTrainer:
 
         weights = family_of(self.model).supernet_from_meta(self.model.meta())  # a CPU copy for the directory
         weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
-        record = {} if self.trained_on is None else {"trained_on": self.trained_on}
+        record = {**({} if self.trained_on is None else {"trained_on": self.trained_on}),
+                  **({"train_changes": self.train_changes} if self.train_changes else {})}
         save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch, **record},
                       force=True, also=self.write_extra)
 

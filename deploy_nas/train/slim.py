@@ -113,10 +113,11 @@ def mask_sparsity(model: Any) -> dict[str, float]:
 TRAIN_RULES.register("slim", MaskSearch)
 
 
-def search_target(base: Path | None, space: str | None, mask: str | None) -> tuple[Any, Any, Any]:
+def search_target(base: Path | None, space: str | None, mask: str | None, run: Any = None) -> tuple[Any, Any, Any]:
     """(family, the masked DeiT to search in, or None to build one from the space seeded, its space): the DeiT
     file `base` (masks of the `mask` variant added at their initial values if it has none), else the space `space`
-    (default vitslim-tiny) with `mask`."""
+    (default vitslim-tiny) with `mask`. On a resume (`run`, a `train.RecordedRun`) the run's own space, and one
+    given must be that."""
     from dataclasses import replace
 
     from deploy_nas.family import FAMILIES
@@ -124,10 +125,16 @@ def search_target(base: Path | None, space: str | None, mask: str | None) -> tup
     from deploy_nas.supernets.vitslim import FAMILY, SlimImportOptions
 
     fam = FAMILIES.get(FAMILY)
-    if base is not None:
+    recorded = run.target() if run is not None and (base, space, mask) == (None, None, None) else None
+    if recorded is not None:
+        supernet, chosen = None, recorded[1]
+    elif base is not None:
         if space is not None:
             raise DeployNASError("give --base (a DeiT checkpoint) or --space (a DeiT built from scratch), not both")
-        supernet, found = fam.load_official(base, SlimImportOptions(mask=mask))
-        return fam, supernet, found
-    chosen = load_space(space or fam.default_space, FAMILY)
-    return fam, None, replace(chosen, mask=mask) if mask else chosen
+        supernet, chosen = fam.load_official(base, SlimImportOptions(mask=mask))
+    else:
+        chosen = load_space(space or fam.default_space, FAMILY)
+        supernet, chosen = None, replace(chosen, mask=mask) if mask else chosen
+    if run is not None:
+        run.check_target(fam, chosen, "--base/--space/--head-search/--uniform-search")
+    return fam, supernet, chosen
