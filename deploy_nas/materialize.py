@@ -30,5 +30,18 @@ def materialize(supernet: Any, cfg: Any, *, calib: Any = None) -> nn.Module:
     trained_on = getattr(supernet, "trained_on", None)  # what the labels mean travels with the model (spec.json)
     if trained_on is not None:
         spec = replace(spec, source={**spec.source, "trained_on": trained_on})
-    model = build_dense(spec, apply_folds(sub.state, sub.folds))
+    state = apply_folds(sub.state, sub.folds)
+    check_finite(state, cfg)
+    model = build_dense(spec, state)
     return model.to(next(supernet.parameters()).device, torch.float32).eval()
+
+
+def check_finite(state: dict[str, torch.Tensor], cfg: Any) -> None:
+    """CheckpointError naming the dense weights that are not finite: the last line of defence of every family, so
+    that no NaN model is built, saved or deployed (a finite checkpoint can still overflow when folded: a huge
+    BatchNorm weight over a zero variance)."""
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(f"the dense model of subnet {getattr(cfg, 'id', '?')} would hold non-finite weights "
+                              f"(NaN or Inf): {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''} ({len(bad)}); the "
+                              "supernet's weights overflow when sliced and folded: check or re-export the checkpoint")

@@ -137,6 +137,9 @@ def _list(obj: dict[str, Any], name: str, conv) -> tuple:
 
 
 SampleKind = Literal["random", "min", "max"]
+# an official supernet YAML's keys -> (our field of its SEARCH_SPACE list, of its SUPERNET number)
+OFFICIAL_YAML = {"EMBED_DIM": ("embed_dim", "super_embed_dim"), "NUM_HEADS": ("num_heads", "super_num_heads"),
+                 "MLP_RATIO": ("mlp_ratio", "super_mlp_ratio"), "DEPTH": ("depth", "super_depth")}
 
 
 @dataclass(frozen=True)
@@ -162,12 +165,14 @@ class AutoFormerSpace(CheckedSpace):
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        check_sizes(f"space {self.name!r}", InvalidSubnetConfig, {"max_relative_position": 0},
-                    **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "extra")})
+        owner, sizes = f"space {self.name!r}", {f.name: f.type for f in fields(self) if f.name not in ("name", "extra")}
+        ints = {n: getattr(self, n) for n, kind in sizes.items() if "int" in str(kind)}  # int, tuple[int, ...]
+        check_sizes(owner, InvalidSubnetConfig, {"max_relative_position": 0}, integers=True, **ints)
+        check_sizes(owner, InvalidSubnetConfig, {}, **{n: getattr(self, n) for n in sizes if n not in ints})
         if self.patch_size > self.img_size:
             raise InvalidSubnetConfig(f"space {self.name!r}: patch_size {self.patch_size} > img_size {self.img_size}")
         for dim in ("embed_dim", "num_heads", "depth"):
-            object.__setattr__(self, dim, tuple(sorted(int(v) for v in getattr(self, dim))))
+            object.__setattr__(self, dim, tuple(sorted(getattr(self, dim))))
         object.__setattr__(self, "mlp_ratio", tuple(sorted(float(v) for v in self.mlp_ratio)))
         problems = []
         if max(self.embed_dim) > self.super_embed_dim:
@@ -244,16 +249,25 @@ class AutoFormerSpace(CheckedSpace):
 
     @classmethod
     def from_official_yaml(cls, obj: dict[str, Any], name: str, **sizes: Any) -> AutoFormerSpace:
-        """A space from the `SUPERNET` and `SEARCH_SPACE` sections of an official YAML file."""
-        try:
-            sup, sp = obj["SUPERNET"], obj["SEARCH_SPACE"]
-            return cls(name=name, embed_dim=tuple(sp["EMBED_DIM"]), num_heads=tuple(sp["NUM_HEADS"]),
-                       mlp_ratio=tuple(sp["MLP_RATIO"]), depth=tuple(sp["DEPTH"]),
-                       super_embed_dim=int(sup["EMBED_DIM"]), super_num_heads=int(sup["NUM_HEADS"]),
-                       super_depth=int(sup["DEPTH"]), super_mlp_ratio=float(sup["MLP_RATIO"]), **sizes)
-        except (KeyError, TypeError) as err:
-            raise InvalidSubnetConfig(f"not an AutoFormer supernet YAML (needs SUPERNET and SEARCH_SPACE with "
-                                      f"EMBED_DIM, NUM_HEADS, MLP_RATIO, DEPTH): missing {err}") from err
+        """A space from the `SUPERNET` (one number per key) and `SEARCH_SPACE` (a list of choices per key) sections
+        of an official YAML file, each value checked under the name the file gives it."""
+        values: dict[str, Any] = {}
+        for section, choices in (("SUPERNET", False), ("SEARCH_SPACE", True)):
+            sec = obj.get(section)
+            missing = [f"{section}.{k}" for k in OFFICIAL_YAML if not isinstance(sec, dict) or k not in sec]
+            if missing:
+                raise InvalidSubnetConfig(f"not an AutoFormer supernet YAML (needs SUPERNET and SEARCH_SPACE with "
+                                          f"EMBED_DIM, NUM_HEADS, MLP_RATIO, DEPTH): missing {', '.join(missing)}")
+            wrong = [f"{k} = {brief(sec[k])}" for k in OFFICIAL_YAML if isinstance(sec[k], list) != choices]
+            if wrong:
+                raise InvalidSubnetConfig(f"supernet YAML {section}: {'; '.join(wrong)} must be "
+                                          f"{'a list of choices, e.g. [192, 216, 240]' if choices else 'one number'}")
+            check_sizes(f"supernet YAML {section}", InvalidSubnetConfig, {}, integers=True,
+                        **{k: sec[k] for k in OFFICIAL_YAML if k != "MLP_RATIO"})
+            check_sizes(f"supernet YAML {section}", InvalidSubnetConfig, {}, MLP_RATIO=sec["MLP_RATIO"])
+            for key, (field_name, super_name) in OFFICIAL_YAML.items():
+                values[field_name if choices else super_name] = tuple(sec[key]) if choices else sec[key]
+        return cls(name=name, **values, **sizes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -57,6 +57,12 @@ def _list(value: Any, where: str, limit: int) -> list:
     return list(value)
 
 
+def _stage_choices(stages: Any, name: str) -> tuple[tuple[int, ...], ...]:
+    """Per stage the sorted distinct choices, integers as given (16.9 is refused, not cut to 16)."""
+    return tuple(tuple(sorted({_int(v, f"{name}[{s}][{i}]") for i, v in enumerate(stage)}))
+                 for s, stage in enumerate(stages))
+
+
 def pool_stride(pooling: str, n_in: int, n_out: int) -> int | None:
     """The stride of the pooling that takes `n_in` patch tokens to `n_out`, or None when none does.
 
@@ -198,13 +204,15 @@ class PSViTSpace(CheckedSpace):
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "widths", tuple(tuple(sorted({int(w) for w in s})) for s in self.widths))
-            object.__setattr__(self, "tokens", tuple(tuple(sorted({int(n) for n in s})) for s in self.tokens))
-            object.__setattr__(self, "cells", tuple(int(c) for c in self.cells))
+            for name in ("widths", "tokens"):
+                object.__setattr__(self, name, _stage_choices(getattr(self, name), name))
+            object.__setattr__(self, "cells", tuple(_int(c, f"cells[{s}]") for s, c in enumerate(self.cells)))
             unknown = [c for c in self.choices if c not in CHOICES]
             if unknown or isinstance(self.choices, str):
                 raise ValueError(f"choices {brief(self.choices)} must be a list of {', '.join(CHOICES)}")
             object.__setattr__(self, "choices", tuple(c for c in CHOICES if c in self.choices))
+            if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)):
+                raise ValueError(f"mlp_ratio {brief(self.mlp_ratio)} is not a number")
             object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
         except (TypeError, ValueError) as err:
             raise InvalidSubnetConfig(f"space {self.name!r}: widths and tokens must be lists of integer lists, "
@@ -228,8 +236,8 @@ class PSViTSpace(CheckedSpace):
             problems.append("every stage needs a width, a token count and 1 to 256 cells")
         if not set(self.choices) - {IDENTITY}:
             problems.append(f"choices = {brief(self.choices)} leaves no choice with a layer")
-        if not self.mlp_ratio > 0 or self.img_size % self.patch_size:
-            problems.append(f"mlp_ratio {self.mlp_ratio} must be > 0 and img_size a multiple of patch_size")
+        if not 0 < self.mlp_ratio < math.inf or self.img_size % self.patch_size:
+            problems.append(f"mlp_ratio {self.mlp_ratio} must be finite and > 0 and img_size a multiple of patch_size")
         if not isinstance(self.increasing, bool):  # "no" would read as true
             problems.append(f"increasing = {brief(self.increasing)} must be true or false")
         return problems or self._size_problems()

@@ -151,16 +151,19 @@ class S3Config(CanonicalConfig):
             raise InvalidSubnetConfig(f"an official S3 YAML has {', '.join(OFFICIAL_KEYS)}; missing "
                                       f"{missing or 'none'}, unknown {brief(unknown) if unknown else 'none'}")
         depths = [_int(d, _where("DEPTHS", s), 1, MAX_DEPTH) for s, d in enumerate(_seq(obj["DEPTHS"], "DEPTHS"))]
-        embed = _seq(obj["EMBED_DIM"], "EMBED_DIM")
+        embed = [_int(e, _where("EMBED_DIM", s)) for s, e in enumerate(_seq(obj["EMBED_DIM"], "EMBED_DIM"))]
         lists = {key: _official_lists(obj[key], key, depths) for key in ("NUM_HEADS", "WINDOW_SIZE", "MLP_RATIO")}
+        # integers under the names the file gives them, before the head counts become widths (h * 32)
+        lists["NUM_HEADS"] = [[_int(h, _where("NUM_HEADS", s, b)) for b, h in enumerate(heads)]
+                              for s, heads in enumerate(lists["NUM_HEADS"])]
         for s, (width, heads) in enumerate(zip(embed, lists["NUM_HEADS"])):
             for b, h in enumerate(heads):
-                if isinstance(h, int) and isinstance(width, int) and h * OFFICIAL_HEAD_DIM != width:
+                if h * OFFICIAL_HEAD_DIM != width:
                     raise InvalidSubnetConfig(
                         f"{_where('NUM_HEADS', s, b)} = {h}: {h} heads x {OFFICIAL_HEAD_DIM} = "
                         f"{h * OFFICIAL_HEAD_DIM} != EMBED_DIM {width}; the official model's head dim is "
                         f"{OFFICIAL_HEAD_DIM}, so heads must be {width // OFFICIAL_HEAD_DIM or 1} for that width")
-        qkv = [[h * OFFICIAL_HEAD_DIM if isinstance(h, int) else h for h in heads] for heads in lists["NUM_HEADS"]]
+        qkv = [[h * OFFICIAL_HEAD_DIM for h in heads] for heads in lists["NUM_HEADS"]]
         return cls(depths=tuple(depths), embed_dim=tuple(embed), mlp_ratio=lists["MLP_RATIO"],
                    num_heads=lists["NUM_HEADS"], qkv_dim=qkv, window_size=lists["WINDOW_SIZE"])
 

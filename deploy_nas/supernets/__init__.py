@@ -49,6 +49,10 @@ def load_official(path: str | Path, family: str | None = None, options: Any = No
     fam = resolve_family(family, obj, str(path))
     if options is None:
         options = parse_import_options(fam.import_options, option_pairs, **given)
+    elif not isinstance(options, fam.import_options):
+        raise InvalidSubnetConfig(f"load_official's options for family {fam.name} must be "
+                                  f"{fam.import_options.__name__}(...), or None with option_pairs or keyword values; "
+                                  f"got {type(options).__name__}")
     return fam.from_checkpoint(obj, options, str(path))
 
 

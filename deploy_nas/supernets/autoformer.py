@@ -21,7 +21,13 @@ from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
 from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.autoformer import FAMILY, AutoFormerConfig, AutoFormerSpace
-from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
+from deploy_nas.supernets.checkpoint import (
+    check_state_dict,
+    extract_state_dict,
+    majority,
+    read_checkpoint,
+    stored_args,
+)
 from deploy_nas.supernets.elastic import (
     ElasticAttention,
     ElasticBlock,
@@ -277,7 +283,7 @@ def arch_from_state_dict(sd: dict[str, Tensor], change_qkv: bool = True, gp: boo
     return AutoFormerArch(
         embed_dim=E, depth=len(blocks), mlp_hidden=mlp, num_classes=dims["head.weight"][0],
         img_size=grid * conv[-1], patch_size=conv[-1], in_chans=conv[1],
-        head_dim=head_dim or (table_dim if relative else 64), table_dim=table_dim,
+        head_dim=head_dim if head_dim is not None else table_dim if relative else 64, table_dim=table_dim,
         max_relative_position=table_rows // 2 - 1, qkv_bias="blocks.0.attn.qkv.bias" in sd, abs_pos=pos is not None,
         relative_position=relative, change_qkv=change_qkv, gp=gp, pre_norm=pre_norm)
 
@@ -294,14 +300,51 @@ def space_for_arch(arch: AutoFormerArch) -> AutoFormerSpace | None:
 
 
 # --- the family ---------------------------------------------------------------------------------------------
+ARGS_FLAGS = ("change_qkv", "gp")  # the flags the official training's `args` record (its post_norm builds nothing)
+MAX_HEAD_DIM = 4096
+
+
 @dataclass(frozen=True)
 class AutoFormerImportOptions:
-    """What the official weights cannot tell (official runs: all on; head dim 64 unless the tables say otherwise)."""
+    """What the official weights cannot tell. `change_qkv`, `gp`: None (not given) takes what the checkpoint's
+    `args` record, else on, as in the official runs; `pre_norm` (official: on, whatever args.post_norm says); the
+    head dim is 64 unless the tables say otherwise."""
 
-    change_qkv: bool = True
-    gp: bool = True
+    change_qkv: bool | None = None
+    gp: bool | None = None
     pre_norm: bool = True
     head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        kinds = {**dict.fromkeys(ARGS_FLAGS, (bool, type(None))), "pre_norm": bool}
+        bad = [f"{name}={brief(getattr(self, name))}: expected true or false" for name, kind in kinds.items()
+               if not isinstance(getattr(self, name), kind)]
+        head_dim = self.head_dim
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int)
+                                     or not 1 <= head_dim <= MAX_HEAD_DIM):
+            bad.append(f"head_dim={brief(head_dim)}: expected 1..{MAX_HEAD_DIM} (or none: the tables' width)")
+        if bad:
+            raise InvalidSubnetConfig(f"import option {'; '.join(bad)}")
+
+
+def import_flags(options: AutoFormerImportOptions, obj: Any, source: str) -> dict[str, bool]:
+    """The flags the weights cannot tell: `change_qkv` and `gp` as given, else as the checkpoint's `args` record
+    them, else on (the official runs); a given value that contradicts `args` is refused, as the weights were trained
+    the way `args` says. `pre_norm` as given."""
+    args = stored_args(obj)
+    flags = {"pre_norm": options.pre_norm}
+    for name in ARGS_FLAGS:
+        given, recorded = getattr(options, name), args.get(name)
+        if recorded is not None and not isinstance(recorded, bool):  # not the official store_true flag
+            if given is None:
+                raise CheckpointError(f"{source}: its args record {name} = {brief(recorded)}, not true or false; "
+                                      f"give --import-option {name}=true|false as it was trained")
+            recorded = None
+        if given is not None and recorded is not None and given != recorded:
+            raise CheckpointError(f"import option {name}={str(given).lower()} contradicts {source}'s args, which "
+                                  f"record {name}={str(recorded).lower()} (how it was trained); drop the option")
+        flags[name] = next(v for v in (given, recorded, True) if v is not None)
+    return flags
 
 
 class AutoFormerFamily:
@@ -325,9 +368,9 @@ class AutoFormerFamily:
 
     def from_checkpoint(self, obj: Any, options: AutoFormerImportOptions, source: str = "checkpoint"
                         ) -> tuple[AutoFormerSupernet, AutoFormerSpace | None]:
+        flags = import_flags(options, obj, source)
         sd = extract_state_dict(obj, source)
-        arch = arch_from_state_dict(sd, change_qkv=options.change_qkv, gp=options.gp, pre_norm=options.pre_norm,
-                                    head_dim=options.head_dim)
+        arch = arch_from_state_dict(sd, head_dim=options.head_dim, **flags)
         model = AutoFormerSupernet(arch)
         check_state_dict(model, sd, FAMILY, "check the file is an official AutoFormer supernet and the import "
                                             "options (change_qkv, pre_norm) match how it was trained")

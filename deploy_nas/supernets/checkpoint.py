@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from None
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{path} is {size / 2**30:.1f} GiB, larger than any supernet checkpoint; refusing")
-    if kind == "safetensors" or path.suffix == ".safetensors":
+    if kind == "safetensors" or (kind == "unknown" and path.suffix == ".safetensors"):  # by content, then name
         try:
             return load_safetensors(path)
         except (SafetensorError, OSError, ValueError) as err:
@@ -68,8 +68,8 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"{path} is not a checkpoint: neither a torch file (zip or legacy pickle) nor "
                               f"safetensors (it starts with {brief(_head(path), 40)}); nothing in it was loaded")
     try:
-        with torch.serialization.safe_globals(_ALLOWED):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_ALLOWED), open(path, "rb") as f:  # a file: torch.load of a path
+            return torch.load(f, map_location="cpu", weights_only=True)  # would go by a .safetensors suffix
     except pickle.UnpicklingError as err:
         needs = re.search(r"GLOBAL ([\w.]+)", str(err))
         if needs:
@@ -101,14 +101,46 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{source}: entries {bad[:5]} are not tensors; expected a state dict")
+    odd = sorted(f"{brief(k)} ({why})" for k, v in obj.items() if (why := _unsupported(v)))
+    if odd:
+        raise CheckpointError(f"{source}: unsupported tensor kind/dtype: {', '.join(odd[:3])}"
+                              f"{' ...' if len(odd) > 3 else ''} ({len(odd)}); save the weights as dense CPU tensors "
+                              "(fp32, fp16, bf16 or fp64)")
     if all(k.startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
 
 
+def _unsupported(t: torch.Tensor) -> str | None:
+    """What makes a tensor one no model can load as weights (None: nothing): a sparse or other non-dense layout, the
+    meta device (shapes without data), or an fp8 dtype (its scales live outside the tensor)."""
+    if t.layout != torch.strided:
+        return str(t.layout).replace("torch.", "")
+    if t.is_meta:
+        return "meta device, no data"
+    if t.is_floating_point() and t.element_size() == 1:
+        return str(t.dtype).replace("torch.", "")
+    return None
+
+
+def stored_args(obj: Any) -> dict[str, Any]:
+    """The training arguments a checkpoint stores (`args`: an argparse Namespace read as inert data, or a dict);
+    empty when it stores none."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    return dict(vars(args)) if hasattr(args, "__dict__") else dict(args) if isinstance(args, dict) else {}
+
+
+def _finite_as_loaded(value: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether `value` is finite once cast to the dtype the model holds it in (fp64 1e300 becomes inf in fp32)."""
+    if not value.is_floating_point():
+        return True
+    return bool(torch.isfinite(value.to(like.dtype if like.is_floating_point() else value.dtype)).all())
+
+
 def check_state_dict(model: Any, sd: dict[str, torch.Tensor], family: str, hint: str) -> None:
     """Raise CheckpointError listing every missing, unexpected, misshapen, non-floating (where the model has
-    floating weights: an int64 tensor would be cast silently) and non-finite tensor of `sd` against `model`."""
+    floating weights: an int64 tensor would be cast silently), non-finite (judged as loaded: after the cast to the
+    model's dtype) tensor of `sd` against `model`, and every BatchNorm running variance with a negative value."""
     expected = model.state_dict()
     common = set(expected) & set(sd)
     problems = {
@@ -118,8 +150,9 @@ def check_state_dict(model: Any, sd: dict[str, torch.Tensor], family: str, hint:
                             for k in common if tuple(sd[k].shape) != tuple(expected[k].shape)),
         "not floating point": sorted(f"{k} ({str(sd[k].dtype).replace('torch.', '')})" for k in common
                                      if expected[k].is_floating_point() and not sd[k].is_floating_point()),
-        "non-finite (NaN or Inf)": sorted(k for k in common if sd[k].is_floating_point()
-                                          and not bool(torch.isfinite(sd[k]).all())),
+        "non-finite (NaN or Inf)": sorted(k for k in common if not _finite_as_loaded(sd[k], expected[k])),
+        "negative BatchNorm variance": sorted(k for k in common if k.endswith("running_var")
+                                              and sd[k].is_floating_point() and bool((sd[k] < 0).any())),
     }
     lines = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
              for name, keys in problems.items() if keys]

@@ -37,7 +37,7 @@ from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.spaces import SPACES, check_config_type
 from deploy_nas.spaces.vitslim import FAMILY, SlimConfig, SlimSpace
-from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
+from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint, stored_args
 
 PATCH_ZETA_INIT = 3.0  # official: tanh(3) = 0.995
 MAX_DEPTH = 1024  # deeper than any DeiT: a larger depth is refused before anything is sized by it
@@ -489,8 +489,7 @@ def with_masks(sd: dict[str, Tensor], arch: SlimArch) -> dict[str, Tensor]:
 
 def budgets_from(obj: Any) -> SlimConfig | None:
     """The budgets stored with a searched checkpoint (`args` of search.py/retrain.py, or our own dict)."""
-    args = obj.get("args") if isinstance(obj, dict) else None
-    values = vars(args) if hasattr(args, "__dict__") else args if isinstance(args, dict) else {}
+    values = stored_args(obj)
     budgets = {k: values[k] for k in ("budget_attn", "budget_mlp", "budget_patch") if k in values}
     if len(budgets) != 3:
         return None
