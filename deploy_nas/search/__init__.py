@@ -12,7 +12,11 @@ measured on the backend that will serve the model.
 
 Latencies hold for the backend, precision and threads they were measured with: latency.json records them (threads
 as resolved: the cores used when none were given), pareto.json repeats them, and a resume under other settings is
-refused (LatencySettingsMismatch) before anything is measured. Params / FLOPs ranges are checked against the space's
+refused (LatencySettingsMismatch) before anything is measured. So is a resume of another search (SearchSettingsMismatch,
+naming each setting it changes): search.json records the settings that decide the results (the supernet, image size,
+space, data, seed, population, budget, ranges, ...: `record`), and pareto.json repeats them; a search from before
+that record is resumed as one of the settings given, and says so. Each method's winner meets every constraint of the
+run (the ranges as well as the measured latency). Params / FLOPs ranges are checked against the space's
 min and max subnets, and against a bounded number of random draws, before anything is measured or written
 (UnmetConstraints); so is the first population, before anything is written.
 
@@ -24,6 +28,7 @@ the cores being timed, and broadcast; rank 0 alone writes the outputs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -51,6 +56,7 @@ from deploy_nas.search.evolution import (
     sample_feasible,
 )
 from deploy_nas.search.predictor import LatencyPredictor, repeatability
+from deploy_nas.search.record import COMPARED, RECORD_FILE, differences, search_record, space_part
 
 LOG_FILE, MEASURED_FILE, SETTINGS_FILE = "generations.jsonl", "measured.json", "latency.json"
 # Counting a subnet's FLOPs materializes and traces it (a third of a second for the tests' tiny space): a draw for a
@@ -67,7 +73,11 @@ class DamagedSearchOutput(DeployNASError):
     """A search's output directory cannot be resumed: its log or its measured latencies are damaged."""
 
 
-class LatencySettingsMismatch(DeployNASError):
+class SearchSettingsMismatch(DeployNASError):
+    """A resume would continue a search under other settings than it was started with (see `record`)."""
+
+
+class LatencySettingsMismatch(SearchSettingsMismatch):
     """A resume would measure latency under other settings (backend, precision, threads) than the search did."""
 
 
@@ -116,14 +126,24 @@ def describe_settings(settings: dict[str, Any]) -> str:
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
+    return _read_record(path, "the latency settings (backend, precision, threads) of a search", lambda saved: (
+        isinstance(saved, dict) and set(saved) == {"backend", "precision", "threads"}
+        and isinstance(saved["backend"], str) and isinstance(saved["precision"], str)
+        and isinstance(saved["threads"], int) and not isinstance(saved["threads"], bool) and saved["threads"] >= 1))
+
+
+def _read_record(path: Path, what: str, valid: Callable[[Any], bool]) -> Any:
+    """A search's record of its settings (latency.json, search.json), or DamagedSearchOutput naming it."""
     fix = "mend it or search into a new --out"
     saved = _read_json(path, "", fix)
-    if not (isinstance(saved, dict) and set(saved) == {"backend", "precision", "threads"}
-            and isinstance(saved["backend"], str) and isinstance(saved["precision"], str)
-            and isinstance(saved["threads"], int) and not isinstance(saved["threads"], bool) and saved["threads"] >= 1):
-        raise DamagedSearchOutput(f"{path} is damaged: {brief(saved)} is not the latency settings (backend, "
-                                  f"precision, threads) of a search; {fix}")
+    if not valid(saved):
+        raise DamagedSearchOutput(f"{path} is damaged: {brief(saved)} is not {what}; {fix}")
     return saved
+
+
+def _holds_search(out: Path) -> bool:
+    """Whether OUT holds measurements or generations: a search to resume."""
+    return any((out / name).is_file() for name in (LOG_FILE, MEASURED_FILE))
 
 
 def check_latency_settings(out: Path, resume: bool, settings: dict[str, Any] | None) -> bool:
@@ -137,7 +157,7 @@ def check_latency_settings(out: Path, resume: bool, settings: dict[str, Any] | N
         return False
     path = out / SETTINGS_FILE
     if not path.is_file():
-        return any((out / name).is_file() for name in (LOG_FILE, MEASURED_FILE))
+        return _holds_search(out)
     saved = _read_settings(path)
     if settings is not None and saved != settings:  # None: a latency function that cannot say; nothing to compare
         raise LatencySettingsMismatch(
@@ -145,6 +165,33 @@ def check_latency_settings(out: Path, resume: bool, settings: dict[str, Any] | N
             f"measure on {describe_settings(settings)}: resume with the same --backend, --precision and --threads "
             "as that search, or search into a new --out")
     return False
+
+
+def check_search_settings(out: Path, resume: bool, given: dict[str, Any]) -> bool:
+    """Refuse (SearchSettingsMismatch, naming each setting that differs) to resume the search in OUT under other
+    settings than its search.json records. `given`: this search's record (`record.search_record`), or the part of it
+    to compare now. Returns whether OUT holds a search that recorded none (written before the record was): it is
+    resumed as a search of the settings given, which are then recorded, and pareto.json says so (as for latency)."""
+    out = Path(out)
+    if not resume or not out.is_dir():
+        return False
+    recorded = _recorded(out)
+    if recorded is None:
+        return _holds_search(out)
+    changed = differences(recorded, given)
+    if changed:
+        raise SearchSettingsMismatch(f"{out} holds a search of other settings than these: {'; '.join(changed)}; "
+                                     f"resume with the options it recorded ({RECORD_FILE}), or search into a new --out")
+    return False
+
+
+def _recorded(out: Path) -> dict[str, Any] | None:
+    """OUT's record of its search's settings, checked; None when it has none."""
+    path = out / RECORD_FILE
+    if not path.is_file():
+        return None
+    return _read_record(path, "the settings record of a search",
+                        lambda saved: isinstance(saved, dict) and set(COMPARED) <= set(saved))
 
 
 def subnet_top1(supernet: Any, cfg: Any, split: Any) -> float:
@@ -167,6 +214,7 @@ class Search:
         self.scored_here = 0  # val top-1 evaluations this rank ran
         self.predictor = LatencyPredictor(space, family_of(space).cost_features)
         self.settings = latency_settings(latency)  # what the latencies measured here hold for
+        self.record: dict[str, Any] = {}  # the settings of the search (`record.search_record`), once `run` starts
 
     # ---------------------------------------------------------------------------------------------- pieces
     def measure(self, cfg: Any) -> float:
@@ -227,6 +275,10 @@ class Search:
         if c.flops_range is not None:
             ranges.append(("--flops-range", c.flops_range, self.gmacs, lambda v: f"{v:g}"))
         return ranges
+
+    def _shown_ranges(self) -> list[str]:
+        """The ranges given, as messages name them ("--params-range 1..2 parameters")."""
+        return [f"{flag} {show(low)}..{show(high)}{_unit(flag)}" for flag, (low, high), _, show in self._ranges()]
 
     def check_ranges(self) -> None:
         """Refuse params / FLOPs ranges that no subnet meets, before anything is measured or written: a FLOPs range
@@ -322,8 +374,9 @@ class Search:
         The top `finalists` are always measured (the Pareto plot shows them); when none of them fits, the ranking
         is walked further, up to `max_checks` measurements in all: the predictor is fitted on subnets all over the
         space, and a search pushes its best candidates against the budget, where a few percent of prediction error
-        decides."""
-        ranked = sorted(scores.values(), key=lambda cs: (-cs[1], cs[0].id))
+        decides. Only candidates within the params / FLOPs ranges are ranked: each was drawn under them, unless a
+        resume of a search that recorded no settings restored generations drawn under others."""
+        ranked = self._in_ranges(scores)
         budget = self.constraints.latency_budget_ms
         self.measure_many([cfg for cfg, _ in ranked[:self.setup.finalists]])  # the top ones, side by side
         rows = []
@@ -342,6 +395,19 @@ class Search:
         return {"finalists": rows, "winner": winner, "evaluated": len(scores), "measured": len(rows),
                 "points": points, "front": pareto_front(points)}
 
+    def _in_ranges(self, scores: dict[str, tuple[Any, float]]) -> list[tuple[Any, float]]:
+        """The best-scored candidates (as many as `finalists` may measure) that meet the params / FLOPs ranges, most
+        accurate first; UnmetConstraints when none does. Walked lazily: counting FLOPs is costly."""
+        ranked = sorted(scores.values(), key=lambda cs: (-cs[1], cs[0].id))
+        kept = list(itertools.islice((cs for cs in ranked if self.in_ranges(cs[0])),
+                                     max(self.setup.finalists, self.setup.max_checks)))
+        if not kept:
+            ranges = " and ".join(self._shown_ranges())
+            raise UnmetConstraints(f"none of the {len(scores)} subnets evaluated meets {ranges}: the logged "
+                                   "generations were drawn under other constraints (a resumed search that recorded no "
+                                   "settings); resume with more --generations, or search into a new --out")
+        return kept
+
     # ------------------------------------------------------------------------------------------------- run
     def run(self, out: str | Path, resume: bool = False, known: dict[str, float] | None = None,
             checked: tuple[dict[str, float] | None, list[dict[str, Any]] | None] | None = None) -> dict[str, Any]:
@@ -355,6 +421,9 @@ class Search:
         # True: a search from before the settings were recorded, resumed under these (see check_latency_settings)
         unrecorded = self.world.run_on_main(lambda: check_latency_settings(out, resume, self.settings)) \
             and self.settings is not None
+        self.record = search_record(self.supernet, self.space, self.data, self.constraints, self.setup)
+        # True: a search from before its settings were recorded, resumed as a search of these (check_search_settings)
+        unrecorded_search = self.world.run_on_main(lambda: check_search_settings(out, resume, self.record))
         if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):
             raise DeployNASError(f"space {self.space.name!r} cannot be evolved (no mutate/crossover); "
                                  "its family searches another way")
@@ -368,9 +437,7 @@ class Search:
             self.log(f"timing repeatability: the even passes against the odd ones over {repeat['n']} subnets, "
                      f"Kendall tau {_tau(repeat['kendall_tau'])}, "
                      f"median difference {repeat['median_diff_percent']:.1f}%")
-        if unrecorded:
-            self.log(f"note: {out} records no latency settings (a search from before they were recorded); its "
-                     f"measured latencies are taken as measured on {describe_settings(self.settings)}")
+        notes = self._unrecorded_notes(out, unrecorded, unrecorded_search)
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         if rows:  # the directory holds the search already: the new measurements are kept before the replay
@@ -384,11 +451,8 @@ class Search:
                              fitness_many=self.val_top1_many)
         result = {"budget_ms": self.constraints.latency_budget_ms, "constraints": asdict(self.constraints),
                   "latency": self.settings, "predictor": predictor, "evolution": self.finalists(evo.scores),
-                  "random": self.finalists(rand), "ranks": self.world.size,
-                  "scored_per_rank": self.world.gather(self.scored_here)}
-        if unrecorded:
-            result["latency_note"] = ("resumed from a search that recorded no latency settings: the latencies it "
-                                      "had measured are taken as measured under these")
+                  "random": self.finalists(rand), "settings": {**self.record, "generations": evo.generation},
+                  "ranks": self.world.size, "scored_per_rank": self.world.gather(self.scored_here), **notes}
         self._write(out, MEASURED_FILE, self._measured)
         self._write(out, "best.json", result["evolution"]["winner"]["config"])
         self._write(out, "pareto.json", result)
@@ -396,14 +460,31 @@ class Search:
             plot_pareto(result, out / "pareto.png")
         return result
 
+    def _unrecorded_notes(self, out: Path, latency: bool, settings: bool) -> dict[str, str]:
+        """Log, and return for pareto.json, what the resume of a search that recorded no latency settings (`latency`)
+        or no search settings (`settings`) takes as given."""
+        notes = {}
+        if latency:
+            self.log(f"note: {out} records no latency settings (a search from before they were recorded); its "
+                     f"measured latencies are taken as measured on {describe_settings(self.settings)}")
+            notes["latency_note"] = ("resumed from a search that recorded no latency settings: the latencies it had "
+                                     "measured are taken as measured under these")
+        if settings:
+            self.log(f"note: {out} records no search settings (a search from before they were recorded); it is "
+                     "continued as a search of the supernet, data, seed, population, budget and ranges given")
+            notes["settings_note"] = ("resumed from a search that recorded no settings: its generations and latencies "
+                                      "are taken as those of a search under these")
+        return notes
+
     def _write(self, out: Path, name: str, obj: Any) -> None:
         if self.world.main:
             write_json_atomic(out / name, obj)
 
     def _write_measured(self, out: Path) -> None:
-        """The measured latencies, and (first) the settings they hold for."""
+        """The measured latencies, and (first) the settings they hold for and those of the search."""
         if self.settings is not None:
             self._write(out, SETTINGS_FILE, self.settings)
+        self._write(out, RECORD_FILE, self.record)  # after latency.json: a resume needs one of the files it checks
         self._write(out, MEASURED_FILE, self._measured)
 
     def _sample_first(self, evo: Evolution) -> None:
@@ -413,8 +494,7 @@ class Search:
         try:
             evo.sample_first(give_up=lambda: len(self._gmacs) - start >= FLOPS_PROBE)
         except NoFeasibleConfig as err:
-            ranges = "".join(f" and {flag} {show(low)}..{show(high)}{_unit(flag)}"
-                             for flag, (low, high), _, show in self._ranges())
+            ranges = "".join(f" and {shown}" for shown in self._shown_ranges())
             raise UnmetConstraints(
                 f"none of {err.distinct} distinct random subnets meets a predicted latency within "
                 f"{self.constraints.latency_budget_ms:g} ms{ranges}; loosen the constraints (raise "
@@ -456,16 +536,20 @@ def check_resume(out: Path, resume: bool, space: Any, family: str, latency: Any 
     """OUT checked as a search output (new, or with --resume one holding a search's files), and a resumed search's
     measured latencies and logged generations, each checked (None where there are none). `latency`: the latency
     function the resumed search would measure with, refused when OUT's latencies were measured under other settings
-    (`check_latency_settings`; `Search.run` checks that too). Cheap: callers run it before reading any data."""
+    (`check_latency_settings`; `Search.run` checks that too). The log of a search that recorded another space is not
+    read against this one: `Search.run` refuses that resume, naming every setting that differs
+    (`check_search_settings`). Cheap: callers run it before reading any data."""
     from deploy_nas.spaces import load_config
 
-    check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE, SETTINGS_FILE))
+    out = check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE, SETTINGS_FILE))
     if not resume:
         return None, None
     if latency is not None:
         check_latency_settings(out, resume, latency_settings(latency))
+    recorded = _recorded(out) if out.is_dir() else None
+    check = (lambda cfg: cfg) if recorded is not None and differences(recorded, space_part(space)) else space.validate
     saved = _read_measured(out / MEASURED_FILE) if (out / MEASURED_FILE).is_file() else None
-    rows = _read_log(out / LOG_FILE, lambda d: space.validate(load_config(d, family))) \
+    rows = _read_log(out / LOG_FILE, lambda d: check(load_config(d, family)), recorded is None) \
         if (out / LOG_FILE).is_file() else None
     return saved, rows
 
@@ -508,10 +592,11 @@ def _read_measured(path: Path) -> dict[str, float]:
     return known
 
 
-def _read_log(path: Path, load: Callable[[dict], Any]) -> list[dict[str, Any]]:
+def _read_log(path: Path, load: Callable[[dict], Any], unrecorded: bool = False) -> list[dict[str, Any]]:
     """The generations of an interrupted search, each checked (`log_row_problem`, and each population config loaded
     with `load`). A last line that an interruption cut (no newline after it: each row is written whole with its
-    newline) is dropped; any other line that is not a whole generation is damage, refused naming the line."""
+    newline) is dropped; any other line that is not a whole generation is damage, refused naming the line.
+    `unrecorded`: the search recorded no settings, so a config the space refuses may be another space's search."""
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -537,6 +622,10 @@ def _read_log(path: Path, load: Callable[[dict], Any]) -> list[dict[str, Any]]:
                 load(cfg)
             except (DeployNASError, *MALFORMED) as err:
                 problem = f"population entry {i} is no config of this search ({brief(str(err), 200)})"
+                if unrecorded:  # no record tells a search of another space from a damaged line: name both
+                    raise DamagedSearchOutput(
+                        f"{path} line {number}: {problem}: the log is of a search of another --space or supernet "
+                        f"(resume with those, or search into a new --out), or the line is damaged ({fix})") from None
                 break
         if problem is not None:
             raise DamagedSearchOutput(f"{where}: {problem}; {fix}")
@@ -617,5 +706,5 @@ def search_table(result: dict[str, Any]) -> Any:
 
 
 __all__ = ["DamagedSearchOutput", "EvolutionConfig", "InfeasibleBudget", "LatencySettingsMismatch", "Search",
-           "SearchConstraints", "SearchSetup", "UnmetConstraints", "check_latency_settings", "check_resume",
-           "latency_settings", "pareto_front", "search_table", "subnet_top1"]
+           "SearchConstraints", "SearchSettingsMismatch", "SearchSetup", "UnmetConstraints", "check_latency_settings",
+           "check_resume", "check_search_settings", "latency_settings", "pareto_front", "search_table", "subnet_top1"]
