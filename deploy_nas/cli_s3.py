@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from deploy_nas import cli_options as opt
+from deploy_nas.errors import command
 from deploy_nas.search.space_evolution import EvolveSpaceRequest
 
 
@@ -46,5 +47,5 @@ def evolve_space(supernet_dir: Path, space: str | None, out: Path, force: bool, 
                       row["scored"], moved if "dimensions" in row else "")
     show(table)
     where = out / "supernet" if request["grow"] else supernet_dir
-    click.echo(f"final space: {out / 'final.json'}; search it with `deploy-nas search --supernet {where} --space "
-               f"{out / 'final.json'} --latency-budget-ms MS --out DIR`")
+    search = command("search", "--supernet", where, "--space", out / "final.json")
+    click.echo(f"final space: {out / 'final.json'}; search it with `{search} --latency-budget-ms MS --out DIR`")

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from deploy_nas import cli_options as opt
+from deploy_nas.errors import command
 from deploy_nas.supernets.vitslim import ViTSlimFamily
 from deploy_nas.train import STATE_FILE, TrainConfig
 from deploy_nas.train.slim import MaskSearch
@@ -60,8 +61,9 @@ def search(base: Path | None, space: str | None, data_dir: Path | None, mask: st
     if main_process():
         last = result["history"][-1] if result["history"] else {}
         small = ", ".join(f"{k[6:]} {v:.0%}" for k, v in last.items() if k.startswith("small_"))
-        click.echo(f"searched masks -> {out} (masks below 0.05: {small or 'n/a'}); prune with `deploy-nas slim "
-                   f"prune --checkpoint {out} --budget-attn B --budget-mlp B --budget-patch B --out DIR`")
+        click.echo(f"searched masks -> {out} (masks below 0.05: {small or 'n/a'}); prune with "
+                   f"`{command('slim', 'prune', '--checkpoint', out)} --budget-attn B --budget-mlp B --budget-patch B "
+                   "--out DIR`")
 
 
 @slim.command("prune")
@@ -120,7 +122,7 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
     from deploy_nas.console import show
 
     show(table)
-    click.echo(f"pruned -> {out} (deploy it with `deploy-nas run --dense {out} --out DIR`)")
+    click.echo(f"pruned -> {out} (deploy it with `{command('run', '--dense', out)} --out DIR`)")
 
 
 def _check_slim_dir(directory: Path) -> None:
