@@ -367,24 +367,24 @@ def _load_images(root: Path, files: list[Path], img_size: int, in_chans: int, cl
 
 
 def _eight_bit(im):
-    """A grayscale image of more than 8 bits scaled to 8: PIL's convert() clips 16-bit ones (all but the darkest
-    1/256 turned white) and a float one (all black). 16-bit PNGs (mode I;16) and 16-bit PGMs and TIFFs (mode I,
-    values within 0..65535) are scaled by 1/257, float images (mode F) with values in 0..1 by 255; a 32-bit
-    integer image beyond 16 bits, or a float one outside 0..1, has no one meaning of white: a ValueError."""
+    """A grayscale image of more than 8 bits scaled to 8, by what its mode and values say: a 16-bit PNG (mode I;16)
+    by 1/257 (PIL's convert() clipped it: all but its darkest 1/256 turned white); a 32-bit integer image (mode I:
+    16-bit PGMs and TIFFs) with values up to 255 as it is, up to 65535 by 1/257; a float image (mode F) with values
+    up to 1 by 255 (convert() made it black), up to 255 as it is. Negative values, or larger ones, have no one
+    meaning of white: a ValueError."""
     from PIL import Image
 
     if not (im.mode.startswith("I") or im.mode == "F"):
         return im
     a = np.asarray(im, dtype=np.float64)
     low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if im.mode == "F":
-        if not (np.isfinite(a).all() and 0.0 <= low and high <= 1.0):
-            raise ValueError(f"a float image with values {low:g}..{high:g}, not 0..1; save it as 8 or 16 bits")
-        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
-    if low < 0 or high > 65535:
-        raise ValueError(f"a 32-bit integer image with values {low:g}..{high:g}, beyond 16 bits; save it as 8 or "
-                         "16 bits")
-    return Image.fromarray(np.rint(a / 257.0).astype(np.uint8), "L")
+    top = 65535.0 if im.mode.startswith("I;16") else next(
+        (t for t in ((1.0, 255.0) if im.mode == "F" else (255.0, 65535.0)) if high <= t), None)
+    if top is None or low < 0 or not np.isfinite(a).all():
+        kind = "float" if im.mode == "F" else "32-bit integer"
+        raise ValueError(f"a {kind} image with values {low:g}..{high:g}, not 0..{255 if im.mode == 'I' else 1} or "
+                         f"0..{65535 if im.mode == 'I' else 255}; save it as 8 or 16 bits")
+    return Image.fromarray(np.rint(a * (255.0 / top)).astype(np.uint8), "L")
 
 
 def _eval_transform(im, img_size: int) -> np.ndarray:

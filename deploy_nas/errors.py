@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,18 @@ def check_params(owner: str, error: type[Exception], bound: int, sizes: str, fam
     if bound > MAX_PARAMS:
         raise error(f"{owner}: {sizes} make ~{bound:.3g} parameters, more than any {family} (at most "
                     f"{MAX_PARAMS:.3g})")
+
+
+def integral(value: Any) -> Any:
+    """`value` (a number or a list/tuple of them) with whole-number floats (192.0) and numpy integers as ints, the
+    way a file or an array writes an integer; anything else as it is, for `check_sizes` to refuse (16.9, True)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(integral(v) for v in value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer() or isinstance(value, numbers.Integral):
+        return int(value)
+    return value
 
 
 def check_sizes(owner: str, error: type[Exception], minimum: dict[str, int], integers: bool = False,

@@ -779,6 +779,7 @@ class RunPlan:
             check_request(backend, precision)
         if any(b < 1 for b in self.batches) or not self.batches:
             raise DeployNASError(f"batch sizes must be >= 1, got {list(self.batches)}")
+        self.batches = tuple(dict.fromkeys(self.batches))  # each once: a row per (backend, precision, batch)
         if self.max_batch is None:
             self.max_batch = max(32, *self.batches)
         elif max(self.batches) > self.max_batch:

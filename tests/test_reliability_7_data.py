@@ -23,7 +23,8 @@ def _png(path, value=0):
 
 def test_16_bit_and_float_images_of_other_modes_are_scaled_not_clipped(tmp_path):
     """A 16-bit PGM or TIFF opens as PIL mode I (not I;16) and came out all white; a float TIFF (mode F, 0..1) all
-    black. 32-bit values beyond 16 bits, or floats outside 0..1, have no one meaning of white: a typed error."""
+    black. Values up to 255 stay as they are in either mode; 32-bit values beyond 16 bits, or floats beyond 255,
+    have no one meaning of white: a typed error."""
     ramp = np.arange(32 * 32, dtype=np.float64).reshape(32, 32) / (32 * 32 - 1)
     eight = np.rint(ramp * 255).astype(np.uint8)
     (tmp_path / "a").mkdir()
@@ -34,9 +35,15 @@ def test_16_bit_and_float_images_of_other_modes_are_scaled_not_clipped(tmp_path)
         assert (im.mode, fm.mode) == ("I", "F")
     got = load_image_folder(tmp_path / "a", 32).images
     assert np.array_equal(got[0], got[1]) and np.abs(got[0] - got[2]).max() < 0.02  # each reads as its 8-bit copy
+    (tmp_path / "e").mkdir()  # values up to 255 in either mode: 8-bit values, as they are (as before)
+    Image.fromarray(eight).save(tmp_path / "e" / "8.png")
+    Image.fromarray(eight.astype(np.int32)).save(tmp_path / "e" / "i.tif")
+    Image.fromarray(eight.astype(np.float32)).save(tmp_path / "e" / "f.tif")
+    got = load_image_folder(tmp_path / "e", 32).images
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
     Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "b.tif")
-    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "c.tif")
-    for name, why in (("b.tif", "32-bit integer image with values 70000..70000"), ("c.tif", "values 3.5..3.5")):
+    Image.fromarray(np.full((8, 8), 300.5, np.float32)).save(tmp_path / "c.tif")
+    for name, why in (("b.tif", "32-bit integer image with values 70000..70000"), ("c.tif", "values 300.5..300.5")):
         folder = tmp_path / name.split(".")[0]
         folder.mkdir()
         (tmp_path / name).rename(folder / name)
@@ -99,3 +106,22 @@ def test_long_output_names_with_one_prefix_have_locks_of_their_own(tmp_path):
             locks = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith("-lock"))
     assert len(locks) == 2 and all(len(n.encode()) < 120 for n in locks)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith("-lock")]  # both released
+
+
+def test_a_run_recorded_with_nfd_class_names_resumes_on_its_own_folders(tmp_path):
+    """A review finding: the loader reads class names in NFC now, and `train --resume` compared them with an older
+    record's NFD names byte for byte: 'trained on ('bar', 'café'), this run's data is ('bar', 'café')'."""
+    import json
+    import shutil
+
+    from deploy_nas.supernets import DEFAULT_DIR
+    from deploy_nas.train import _check_same_data
+
+    out = tmp_path / "sn"
+    shutil.copytree(DEFAULT_DIR, out)
+    meta = json.loads((out / "supernet.json").read_text())
+    nfd = ["bar", unicodedata.normalize("NFD", "café")]
+    (out / "supernet.json").write_text(json.dumps({**meta, "trained_on": {"task": "image folders", "classes": nfd}}))
+    _check_same_data(out, {"task": "image folders", "classes": ["bar", unicodedata.normalize("NFC", "café")]})
+    with pytest.raises(DataError, match="was trained on image folders of 2 classes"):
+        _check_same_data(out, {"task": "image folders", "classes": ["bar", "tea"]})

@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from ..errors import MAX_SIZE, InvalidSubnetConfig, brief, check_sizes
+from ..errors import MAX_SIZE, InvalidSubnetConfig, brief, check_sizes, integral
 from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_config_type, space_from_fields
 
 FAMILY = "autoformer"
@@ -166,8 +166,10 @@ class AutoFormerSpace(CheckedSpace):
 
     def __post_init__(self) -> None:
         owner, sizes = f"space {self.name!r}", {f.name: f.type for f in fields(self) if f.name not in ("name", "extra")}
-        ints = {n: getattr(self, n) for n, kind in sizes.items() if "int" in str(kind)}  # int, tuple[int, ...]
+        ints = {n: integral(getattr(self, n)) for n, kind in sizes.items() if "int" in str(kind)}  # int, tuple[int]
         check_sizes(owner, InvalidSubnetConfig, {"max_relative_position": 0}, integers=True, **ints)
+        for name, value in ints.items():  # 192.0 or a numpy integer, as ints
+            object.__setattr__(self, name, value)
         check_sizes(owner, InvalidSubnetConfig, {}, **{n: getattr(self, n) for n in sizes if n not in ints})
         if self.patch_size > self.img_size:
             raise InvalidSubnetConfig(f"space {self.name!r}: patch_size {self.patch_size} > img_size {self.img_size}")
@@ -263,7 +265,7 @@ class AutoFormerSpace(CheckedSpace):
                 raise InvalidSubnetConfig(f"supernet YAML {section}: {'; '.join(wrong)} must be "
                                           f"{'a list of choices, e.g. [192, 216, 240]' if choices else 'one number'}")
             check_sizes(f"supernet YAML {section}", InvalidSubnetConfig, {}, integers=True,
-                        **{k: sec[k] for k in OFFICIAL_YAML if k != "MLP_RATIO"})
+                        **{k: integral(sec[k]) for k in OFFICIAL_YAML if k != "MLP_RATIO"})
             check_sizes(f"supernet YAML {section}", InvalidSubnetConfig, {}, MLP_RATIO=sec["MLP_RATIO"])
             for key, (field_name, super_name) in OFFICIAL_YAML.items():
                 values[field_name if choices else super_name] = tuple(sec[key]) if choices else sec[key]

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig, brief
+from ..errors import InvalidSubnetConfig, brief, integral
 from . import SPACES, CanonicalConfig, CheckedSpace, check_config_type, space_from_fields
 
 FAMILY = "nasvit"
@@ -38,8 +38,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: int = 1) -> int:
 
 
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = integral(value)  # 16.0 or a numpy integer as 16
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer")
     return value

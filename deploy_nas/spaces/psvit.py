@@ -30,7 +30,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig, brief
+from ..errors import InvalidSubnetConfig, brief, integral
 from . import SPACES, CanonicalConfig, CheckedSpace, check_config_type, space_from_fields
 
 FAMILY = "psvit"
@@ -43,8 +43,7 @@ SampleKind = Literal["random", "min", "max"]
 
 
 def _int(value: Any, where: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = integral(value)  # 16.0 or a numpy integer as 16
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 20:
         raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a positive integer")
     return value

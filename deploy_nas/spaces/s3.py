@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-from ..errors import InvalidSubnetConfig, brief
+from ..errors import InvalidSubnetConfig, brief, integral
 from . import PRESETS, SPACES, CanonicalConfig, CheckedSpace, Preset, check_config_type, space_from_fields
 
 FAMILY = "s3"
@@ -34,8 +34,7 @@ SampleKind = Literal["random", "min", "max"]
 
 
 def _int(value: Any, where: str, low: int = 1, high: int = MAX_WIDTH) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+    value = integral(value)  # 16.0 or a numpy integer as 16
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidSubnetConfig(f"{where} = {brief(value)} is not an integer in {low}..{high}")
     return value

@@ -317,7 +317,7 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
     from deploy_nas.supernets import SUPERNET_FILE, read_supernet_meta, trained_on_of
 
     before = trained_on_of(read_supernet_meta(out), out / SUPERNET_FILE)
-    if before is None or before == record:
+    if before is None or _one_form(before) == _one_form(record):
         return
 
     def what(r: dict[str, Any]) -> str:
@@ -327,6 +327,15 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
 
     raise DataError(f"{out} was trained on {what(before)}, this run's data is {what(record)}; resume with the data "
                     f"it started on (--data), or train into a new --out")
+
+
+def _one_form(record: dict[str, Any]) -> dict[str, Any]:
+    """A data record with its class names in one Unicode form (NFC, as the data loader reads folder names now; a
+    run recorded before may hold the NFD names of folders copied from macOS)."""
+    import unicodedata
+
+    classes = record.get("classes")
+    return {**record, "classes": [unicodedata.normalize("NFC", c) for c in classes]} if classes else record
 
 
 __all__ = ["STATE_FILE", "TRAIN_RULES", "RecipeMismatch", "RecordedRun", "TrainConfig", "World", "lr_at", "project",

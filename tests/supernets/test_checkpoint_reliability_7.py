@@ -240,3 +240,23 @@ def test_8c_an_s3_yaml_names_the_heads_the_user_wrote(tmp_path):
     assert config([3.0, 3]) == config([3, 3])  # a whole number written as a float is that number
     with pytest.raises(InvalidSubnetConfig, match=r"^NUM_HEADS\[0\]\[0\] \(stage 1, block 1\) = 3\.5 is not an int"):
         config([3.5, 3])
+
+
+def test_5_whole_number_floats_and_numpy_integers_are_integers_in_every_family(tmp_path):
+    """The integer checks above must not refuse what a file or an array writes for an integer (a review finding:
+    AutoFormer refused [192.0, 216.0] and numpy integers that it had taken before, while PSViT took 16.0)."""
+    import numpy as np
+
+    from deploy_nas.spaces.autoformer import AutoFormerSpace
+
+    doc = _autoformer_space(embed_dim=[float(e) for e in SPACES.get("autoformer-tiny").embed_dim], img_size=32.0)
+    (tmp_path / "space.json").write_text(json.dumps(doc))
+    space = load_space(tmp_path / "space.json", "autoformer")
+    assert space.embed_dim == SPACES.get("autoformer-tiny").embed_dim and type(space.embed_dim[0]) is int
+    assert type(space.img_size) is int
+    fields = {**SPACES.get("autoformer-tiny").to_dict(), "depth": tuple(np.int64(d) for d in (2, 3))}
+    built = AutoFormerSpace(**{k: v for k, v in fields.items() if k != "family"})
+    assert built.depth == (2, 3) and all(type(d) is int for d in built.depth)
+    psvit = _psvit_space(widths=[[16.0, 24], [32, 40], [48, 64]])
+    (tmp_path / "p.json").write_text(json.dumps(psvit))
+    assert load_space(tmp_path / "p.json", "psvit").to_dict()["widths"][0][0] == 16
