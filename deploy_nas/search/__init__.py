@@ -536,9 +536,9 @@ def check_resume(out: Path, resume: bool, space: Any, family: str, latency: Any 
     """OUT checked as a search output (new, or with --resume one holding a search's files), and a resumed search's
     measured latencies and logged generations, each checked (None where there are none). `latency`: the latency
     function the resumed search would measure with, refused when OUT's latencies were measured under other settings
-    (`check_latency_settings`; `Search.run` checks that too). The log of a search that recorded another space is not
-    read against this one: `Search.run` refuses that resume, naming every setting that differs
-    (`check_search_settings`). Cheap: callers run it before reading any data."""
+    (`check_latency_settings`; `Search.run` checks that too), and so is a search that recorded another space or
+    image size (`check_search_settings` on the part of the record the space decides; `Search.run` compares the
+    rest once the supernet and data are loaded). Cheap: callers run it before reading any data."""
     from deploy_nas.spaces import load_config
 
     out = check_output_dir(out, force=resume, flag="--resume", resumes=(LOG_FILE, MEASURED_FILE, SETTINGS_FILE))
@@ -546,10 +546,10 @@ def check_resume(out: Path, resume: bool, space: Any, family: str, latency: Any 
         return None, None
     if latency is not None:
         check_latency_settings(out, resume, latency_settings(latency))
+    check_search_settings(out, resume, space_part(space))
     recorded = _recorded(out) if out.is_dir() else None
-    check = (lambda cfg: cfg) if recorded is not None and differences(recorded, space_part(space)) else space.validate
     saved = _read_measured(out / MEASURED_FILE) if (out / MEASURED_FILE).is_file() else None
-    rows = _read_log(out / LOG_FILE, lambda d: check(load_config(d, family)), recorded is None) \
+    rows = _read_log(out / LOG_FILE, lambda d: space.validate(load_config(d, family)), recorded is None) \
         if (out / LOG_FILE).is_file() else None
     return saved, rows
 

@@ -52,7 +52,10 @@ def space_record(space: Any) -> dict[str, Any]:
 
 def data_record(data: dict[str, Any]) -> dict[str, Any]:
     """{"task", "classes", "val", "test", "sha256"}: the val and test splits the search scores on (a split absent,
-    as in a library call that scores nothing on it, counts None)."""
+    as in a library call that scores nothing on it, counts None). The sha256 is of image folders' pixels as loaded
+    (integer pixels through exact float steps: the same wherever the same Pillow decodes them); the embedded task is
+    told by its counts and the image size, its pixels being rendered by float kernels whose last bits may differ
+    from one CPU to another (sha256 None)."""
     h, counts, classes = hashlib.sha256(), {}, None
     for name in ("val", "test"):
         split = data.get(name)
@@ -66,7 +69,7 @@ def data_record(data: dict[str, Any]) -> dict[str, Any]:
             h.update(a.tobytes())
         h.update(json.dumps(list(split.classes or ())).encode())
     return {"task": "image folders" if classes else "embedded", "classes": list(classes) if classes else None,
-            **counts, "sha256": h.hexdigest()}
+            **counts, "sha256": h.hexdigest() if classes else None}
 
 
 def search_record(supernet: Any, space: Any, data: dict[str, Any], constraints: Any, setup: Any) -> dict[str, Any]:
@@ -108,7 +111,8 @@ def show(key: str, value: Any) -> str:
 
 def _show_data(d: dict[str, Any]) -> str:
     what = "the embedded task" if d["task"] == "embedded" else f"image folders of {len(d['classes'])} classes"
-    return f"{what} ({d['val']} val, {d['test']} test images; sha256 {d['sha256'][:_DIGITS]})"
+    digest = f"; sha256 {d['sha256'][:_DIGITS]}" if d.get("sha256") else ""
+    return f"{what} ({d['val']} val, {d['test']} test images{digest})"
 
 
 _SHOW = {
