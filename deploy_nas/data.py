@@ -252,12 +252,17 @@ def _walk_images(root: Path) -> list[Path]:
     return files
 
 
+def one_form(classes: list[str] | tuple[str, ...]) -> list[str]:
+    """Class names in one Unicode form (NFC): a folder copied from macOS has NFD names, the same classes."""
+    return [unicodedata.normalize("NFC", c) for c in classes]
+
+
 def _class_of(path: Path, root: Path) -> str:
     """An image's class: the folder directly under `root` that holds it, at any depth (torchvision's ImageFolder:
     `root/a/x/1.png` is class "a", so `root/a/x/` and `root/b/x/` stay two classes), "" for one directly under
     `root` (so a flat train/ and a flat val/ have the same one class, whatever their folders are called)."""
     parts = path.relative_to(root).parts
-    return unicodedata.normalize("NFC", parts[0]) if len(parts) > 1 else ""
+    return one_form([parts[0]])[0] if len(parts) > 1 else ""
 
 
 def class_names(classes: list[str] | tuple[str, ...], limit: int = 80) -> str:
@@ -292,8 +297,8 @@ def image_folder_splits(data_dir: str | Path, names: tuple[str, ...], img_size: 
     files = {name: _image_files(data_dir / name) for name in names}  # each folder walked once
     trained = classes is not None  # the classes a supernet was trained on, not a split's own
     reference: str | Path
-    if classes is not None:  # one Unicode form, as the folders' (a folder copied from macOS is NFD)
-        classes, reference = [unicodedata.normalize("NFC", c) for c in classes], owner
+    if classes is not None:  # in one Unicode form, as the folders' names are read
+        classes, reference = one_form(classes), owner
     else:
         ref = "train" if (data_dir / "train").is_dir() else names[0]
         reference = data_dir / ref
@@ -340,7 +345,7 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit:
     if limit and len(files) > limit:  # evenly spread over the sorted files: every class folder, not the first few
         files = [files[i * len(files) // limit] for i in range(limit)]
     found = _classes_of(files, root)
-    classes = found if classes is None else [unicodedata.normalize("NFC", c) for c in classes]
+    classes = found if classes is None else one_form(classes)
     _check_classes(root, found, classes, reference if reference is not None else "the class list given")
     return _load_images(root, files, img_size, in_chans, classes)
 

@@ -383,9 +383,8 @@ def _dropped_words(now: _Current, name: str, rows: Sequence[Any]) -> str:
         return f"{r.get('backend')}/{r.get('precision')}" + (f" batch {r['batch']}" if name == BENCH_JSON else "")
 
     def of_old_graph(r: Any) -> bool:  # a saved engine's row that no longer matches the dense model or the graph
-        record = r.get(MEASURED_ON) if isinstance(r, dict) else None
-        return isinstance(record, dict) and r.get("backend") in SAVED_ENGINES and not now.holds(
-            {MEASURED_ON: {k: v for k, v in record.items() if k != "engine_files"}})
+        return isinstance(r, dict) and MEASURED_ON in r and r.get("backend") in SAVED_ENGINES and not now.holds(
+            r, engine=False)
 
     out = now.out
     labels = [label(r) for r in rows]
@@ -596,17 +595,17 @@ class _Current:
             record.get("exported_from") is None and now.run_vouches_graph(graph))
         return now if of_these else cls(out, dense, None, prefix)
 
-    def holds(self, row: dict[str, Any]) -> bool:
-        """Whether a row's record is of the dense model there now (and of its graph, where the row ran one, and of
-        the saved engine there now, where it ran one: an engine directory deleted since is judged without it, as a
-        deleted graph is)."""
+    def holds(self, row: dict[str, Any], engine: bool = True) -> bool:
+        """Whether a row's record is of the dense model there now (and of its graph, where the row ran one, and,
+        with `engine`, of the saved engine there now, where it ran one: an engine directory deleted since is judged
+        without it, as a deleted graph is)."""
         record = row.get(MEASURED_ON)
         if not isinstance(record, dict) or record.get("dense") != self.dense:
             return False
         graph = record.get("onnx_sha256")
         if not (graph is None or self.graph is None or graph == self.graph):
             return False
-        files = record.get("engine_files")
+        files = record.get("engine_files") if engine else None
         now = self.engine_files(row.get("backend"), row.get("precision")) if files is not None else None
         return now is None or files == now
 
@@ -621,24 +620,26 @@ class _Current:
     def saved_engines(self, rows: list[dict[str, Any]], listed: list[Any]) -> list[dict[str, Any]]:
         """What a rewritten report lists of the saved engines the rows were measured on and `listed` lacks (built
         after `run`): each one's build.json, where it is."""
-        from deploy_nas.export.backends.base import BUILD_JSON
-
         have = {(e.get("backend"), e.get("precision")) for e in listed if isinstance(e, dict)}
         found = []
         for key in dict.fromkeys((r.get("backend"), r.get("precision")) for r in rows):
-            d = self.out / str(key[0]) / str(key[1])
-            meta = _read_json(d / BUILD_JSON, None) if self.engine_files(*key) is not None else None
-            if key not in have and isinstance(meta, dict):
-                found.append({**meta, "backend": key[0], "precision": key[1], "dir": str(d)})
+            meta = self.build_record(*key) if key not in have else None
+            if meta is not None:
+                found.append({**meta, "backend": key[0], "precision": key[1], "dir": str(self.out / key[0] / key[1])})
         return found
 
-    def engine_files(self, backend: Any, precision: Any) -> dict[str, str] | None:
-        """{file: sha256} that out/<backend>/<precision>/build.json records now (None: no saved engine there)."""
+    def build_record(self, backend: Any, precision: Any) -> dict[str, Any] | None:
+        """out/<backend>/<precision>/build.json when it records a saved engine's files (None: no saved engine)."""
         from deploy_nas.export.backends.base import BUILD_JSON, PRECISIONS
 
         if backend not in SAVED_ENGINES or precision not in PRECISIONS:
             return None
-        return _engine_files(_read_json(self.out / backend / precision / BUILD_JSON, None))
+        meta = _read_json(self.out / backend / precision / BUILD_JSON, None)
+        return meta if _engine_files(meta) is not None else None
+
+    def engine_files(self, backend: Any, precision: Any) -> dict[str, str] | None:
+        """{file: sha256} that out/<backend>/<precision>/build.json records now (None: no saved engine there)."""
+        return _engine_files(self.build_record(backend, precision))
 
     def sort(self, path: Path, rows: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[Any]]:
         """(kept (key, row) pairs, dropped rows) of a row file's rows. With no dense model nothing is judged."""

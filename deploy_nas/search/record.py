@@ -60,14 +60,14 @@ def data_record(data: dict[str, Any]) -> dict[str, Any]:
     for name in ("val", "test"):
         split = data.get(name)
         counts[name] = None if split is None else len(split)
-        if split is None:
+        if split is None or not split.classes:  # absent, or the embedded task: told by its counts, not its pixels
             continue
         classes = classes or split.classes
         for array in (split.images, split.labels):
             a = np.ascontiguousarray(array)
             h.update(f"{name}:{a.dtype}:{a.shape};".encode())
             h.update(a.tobytes())
-        h.update(json.dumps(list(split.classes or ())).encode())
+        h.update(json.dumps(list(split.classes)).encode())
     return {"task": "image folders" if classes else "embedded", "classes": list(classes) if classes else None,
             **counts, "sha256": h.hexdigest() if classes else None}
 

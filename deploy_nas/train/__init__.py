@@ -332,10 +332,10 @@ def _check_same_data(out: Path, record: dict[str, Any]) -> None:
 def _one_form(record: dict[str, Any]) -> dict[str, Any]:
     """A data record with its class names in one Unicode form (NFC, as the data loader reads folder names now; a
     run recorded before may hold the NFD names of folders copied from macOS)."""
-    import unicodedata
+    from deploy_nas.data import one_form
 
     classes = record.get("classes")
-    return {**record, "classes": [unicodedata.normalize("NFC", c) for c in classes]} if classes else record
+    return {**record, "classes": one_form(classes)} if classes else record
 
 
 __all__ = ["STATE_FILE", "TRAIN_RULES", "RecipeMismatch", "RecordedRun", "TrainConfig", "World", "lr_at", "project",
