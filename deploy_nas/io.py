@@ -232,11 +232,12 @@ def check_replaceable(path: Path, command: str) -> None:
 
 def foreign_entries(d: Path, limit: int = 5) -> list[str]:
     """What in directory `d` deploy-nas did not write (empty: `d` may be replaced). A directory is ours when its
-    marker lists the files in it and each sub-directory is ours; an empty directory owns nothing to lose."""
+    marker lists the files in it and each sub-directory is ours; an empty directory owns nothing to lose. A lock
+    file (a killed deploy-nas left it beside an output inside `d`) is deploy-nas's by its name."""
     written = _read_marker(d)
     foreign = []
     for p in sorted(d.iterdir()):
-        if p.name == MARKER:
+        if p.name == MARKER or p.name.endswith(f".{TAG}-lock"):
             continue
         if p.is_dir() and not p.is_symlink():
             if written is not None:

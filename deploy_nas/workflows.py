@@ -284,18 +284,37 @@ def demo_search_request(budget_ms: float, generations: int | None = None, seed: 
 DEMO_ENTRIES = {"report.json", "search", "deploy"}  # what the demo writes into its directory
 
 
+def _demo_files(out: Path) -> list[str]:
+    """The files (and links) under the demo directory `out`, as paths relative to it, without deploy-nas's markers
+    and locks: what its report.json lists as written by the demo."""
+    import os
+
+    from deploy_nas.io import MARKER, TAG
+
+    found = []
+    for root, dirs, files in os.walk(out):
+        here = Path(root)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        dirs[:] = sorted(d for d in dirs if d not in links)
+        found += [(here / name).relative_to(out).as_posix() for name in files + links
+                  if name != MARKER and not name.endswith(f".{TAG}-lock")]
+    return sorted(found)
+
+
 def check_demo_output(out: Path, force: bool = False) -> None:
     """The demo replaces its own earlier output without being asked (`make demo` runs it again), anything else
-    only with --force: a directory is the demo's when it holds no more than DEMO_ENTRIES and its report.json is
-    a demo report. (Files deploy-nas did not write are refused even with --force, when the directory is replaced.)"""
+    only with --force: a directory is the demo's when it holds no more than DEMO_ENTRIES, its report.json is a demo
+    report, and every file in it is one the report lists (an output another command wrote inside it, say
+    `export --out DEMO/deploy/int8`, is not the demo's to replace). (Files deploy-nas did not write are refused even
+    with --force, when the directory is replaced.)"""
     import json
 
-    from deploy_nas.errors import OutputPathError
-    from deploy_nas.io import MARKER
+    from deploy_nas.errors import OutputPathError, brief
+    from deploy_nas.io import MARKER, TAG
 
     if force or not out.is_dir():
         return
-    entries = {p.name for p in out.iterdir()} - {MARKER}
+    entries = {p.name for p in out.iterdir() if not p.name.endswith(f".{TAG}-lock")} - {MARKER}
     if not entries:
         return
     try:
@@ -306,6 +325,15 @@ def check_demo_output(out: Path, force: bool = False) -> None:
     if not ours:
         raise OutputPathError(f"output directory {out} is not empty and holds no earlier demo output; choose another "
                               "path, or pass --force to replace it")
+    listed = report.get("files")
+    if not isinstance(listed, list):
+        raise OutputPathError(f"{out} holds the output of an older demo, which does not list the files it wrote; "
+                              "pass --force to replace it (with whatever else is in it), or choose another path")
+    others = sorted(set(_demo_files(out)) - set(listed))
+    if others:
+        raise OutputPathError(f"{out} holds an earlier demo's output and files the demo did not write "
+                              f"({', '.join(brief(f, 60) for f in others[:3])}{', ...' if len(others) > 3 else ''}): "
+                              "another command's output? Move them out, or pass --force to replace them too")
 
 
 def demo(out: Path, generations: int | None = None, log: Log = lambda m: None,
@@ -367,6 +395,7 @@ def _demo_into(out: Path, final: Path, supernet: Any, space: Any, plan: dict[str
             o["max_abs"] for o in p["outputs"])} for p in deployed["parity"]},
         "bench": json.loads((out / "deploy" / "bench.json").read_text()),
     }
+    summary["files"] = sorted({*_demo_files(out), "report.json"})  # what a later demo may replace without --force
     write_json_atomic(out / "report.json", summary)
     return summary, result
 

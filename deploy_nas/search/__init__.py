@@ -421,7 +421,9 @@ class Search:
         # True: a search from before the settings were recorded, resumed under these (see check_latency_settings)
         unrecorded = self.world.run_on_main(lambda: check_latency_settings(out, resume, self.settings)) \
             and self.settings is not None
-        self.record = search_record(self.supernet, self.space, self.data, self.constraints, self.setup)
+        # digests of the supernet's weights and the data: computed once, on rank 0, and shared with the others
+        self.record = self.world.run_on_main(
+            lambda: search_record(self.supernet, self.space, self.data, self.constraints, self.setup))
         # True: a search from before its settings were recorded, resumed as a search of these (check_search_settings)
         unrecorded_search = self.world.run_on_main(lambda: check_search_settings(out, resume, self.record))
         if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):

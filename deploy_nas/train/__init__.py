@@ -66,7 +66,8 @@ class TrainConfig:
     ema_decay: float | None = setting(None, "keep an EMA of the weights (saved instead of the raw weights)")
     clip_grad: float | None = setting(5.0)
     seed: int = setting(0)
-    max_steps: int | None = setting(None, "stop after this many steps (smoke runs)")
+    max_steps: int | None = setting(None, "stop after this many steps (smoke runs; the epoch it stops in counts "
+                                          "as done, so a --resume starts the next one)")
     shift: int = setting(0, "augmentation: random translation by up to this many pixels")
     save_state: bool = setting(True, "keep train_state.pt beside the weights (needed by --resume)")
     device: str = setting("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")

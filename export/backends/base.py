@@ -201,7 +201,8 @@ class Backend(abc.ABC):
         import json
 
         d = Path(artifact_dir)
-        d = d if (d / main_file).is_file() else d / self.name / config.precision
+        if not (d / main_file).is_file() and (d.parent.name, d.name) != (self.name, config.precision):
+            d = d / self.name / config.precision  # the deployment directory above it
         rebuild = f"build it with `{command('export', self.name, d.parent.parent, '--precision', config.precision)}`"
         if not (d / main_file).is_file() or not (d / BUILD_JSON).is_file():
             raise ExportError(f"no {self.name} artifacts ({main_file} + {BUILD_JSON}) in {d}; {rebuild}")

@@ -36,7 +36,8 @@ def test_the_demo_replaces_only_its_own_earlier_output(tmp_path):
     check_demo_output(sn, force=True)  # --force: replaced (it holds only what deploy-nas wrote)
     earlier = tmp_path / "demo"
     (earlier / "search").mkdir(parents=True)
-    (earlier / "report.json").write_text(json.dumps({"supernet": {}, "search": {}, "parity": {}, "bench": []}))
+    (earlier / "report.json").write_text(json.dumps({"supernet": {}, "search": {}, "parity": {}, "bench": [],
+                                                        "files": ["report.json"]}))
     check_demo_output(earlier)  # an earlier demo's output: replaced without being asked (`make demo` twice)
     (earlier / "notes.txt").write_text("mine")
     with pytest.raises(OutputPathError, match="holds no earlier demo output"):
