@@ -264,7 +264,7 @@ def train(family: str | None, space: str | None, data_dir: Path | None, out: Pat
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT from its log.")
 @opt.dataclass_options(SearchRequest)
-@opt.writes(force="resume")  # what a resume needs, Search checks (its log files)
+@opt.writes(force="resume", in_place=True)  # what a resume needs, Search checks (its log files)
 def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None, out: Path, resume: bool,
                **request: Any) -> None:
     """Evolution (and a random baseline) for the most accurate subnet under a measured-latency budget.

@@ -301,6 +301,7 @@ def supernet_source(params: dict[str, Any]) -> Any:
 
 
 REPLACED_WHOLE = ("supernet_dir", "dense_dir", "base")  # inputs other commands rewrite as a whole: no output inside
+READ_WHOLE = ("data_dir", "calib_dir")  # image folders, read whole: an output inside would join the data
 # The training states of the directories `train --resume` and `slim search --resume` replace whole (train.STATE_FILE,
 # train.slim.OFFICIAL_CHECKPOINT; named here so that the CLI's checks import no torch): no output inside one either.
 RESUMED_WHOLE = ("train_state.pt", "ckpt.pth")
@@ -308,14 +309,15 @@ INPUT_PARAMS = ("checkpoint", "supernet_dir", "config", "space", "dense_dir", "c
 
 
 def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, ...] = (),
-           resumes: tuple[str, ...] = ()) -> Callable:
+           resumes: tuple[str, ...] = (), in_place: bool = False) -> Callable:
     """The command writes the directory given as `out`. A new output is checked before any work starts (empty,
     or with the `force` flag a directory holding only what deploy-nas wrote; never an input or an ancestor of one;
     `force=None`: the command owns its output, as the demo does); the output is locked against other writers for
     the whole command. `replaces`: the files a command on an existing directory rewrites there; each must be absent
     or written by deploy-nas (checked first; recorded as deploy-nas's afterwards). `resumes`: the files one of which
     a non-empty OUT must hold when the `force` flag is a resume flag: a resume never stands in for --force on a
-    directory that holds nothing to resume (an empty or absent OUT starts from the beginning)."""
+    directory that holds nothing to resume (an empty or absent OUT starts from the beginning). `in_place`: the
+    command writes its files into OUT rather than building OUT beside it and swapping it in."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -329,7 +331,8 @@ def writes(new: bool = True, force: str | None = "force", replaces: tuple[str, .
                 inputs = [kw[p] for p in INPUT_PARAMS if isinstance(kw.get(p), (str, Path)) and Path(kw[p]).exists()]
                 check_output_dir(out, True if force is None else bool(kw.get(force)), inputs,
                                  flag=command if force is None else f"--{force.replace('_', '-')}", resumes=resumes,
-                                 replaced_whole=[kw.get(p) for p in REPLACED_WHOLE], resumed_whole=RESUMED_WHOLE)
+                                 replaced_whole=[kw.get(p) for p in REPLACED_WHOLE], resumed_whole=RESUMED_WHOLE,
+                                 read_whole=[kw.get(p) for p in READ_WHOLE], swapped=not in_place)
             for name in replaces:
                 check_replaceable(Path(out) / name, command)
             # under torchrun rank 0 alone writes (and locks); if it fails, torchrun stops the other ranks

@@ -68,10 +68,13 @@ def brief(value: Any, limit: int = 60) -> str:
 
 def command(*args: Any) -> str:
     """A deploy-nas command line to suggest in a message, quoted for a POSIX shell (a path with a space or a quote
-    pastes as one argument)."""
+    pastes as one argument; a relative path that begins with a dash gets ./, or it would read as an option)."""
     import shlex
 
-    return shlex.join(["deploy-nas", *(str(a) for a in args)])
+    def shown(a: Any) -> str:
+        return f"./{a}" if isinstance(a, Path) and str(a).startswith("-") else str(a)
+
+    return shlex.join(["deploy-nas", *map(shown, args)])
 
 
 def reason(err: BaseException, limit: int = 120) -> str:

@@ -34,7 +34,21 @@ from deploy_nas.errors import OutputPathError, brief
 
 MARKER = ".deploy-nas"
 TAG = "deploy-nas"
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _pid_space() -> str:
+    """Who may judge from a pid whether a temporary's maker is alive: this host name, this boot of the machine and
+    this pid namespace (two containers with one host name, two machines with one name on a shared file system,
+    each see pids the other cannot)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "\0".join(parts)
+
+
+_HOST = hashlib.sha256(_pid_space().encode()).hexdigest()[:6]
 _HELD: set[str] = set()  # outputs this process holds the lock of (the CLI locks early, atomic_dir again)
 
 
@@ -120,7 +134,7 @@ def temp_dir(purpose: str) -> tempfile.TemporaryDirectory:
 
 
 def _owner(name: str) -> int | None:
-    """The pid in a temporary's name if this host made it, else None."""
+    """The pid in a temporary's name if a process of this host, boot and pid namespace made it, else None."""
     _, found, rest = name.partition(f"{TAG}-{_HOST}-")
     pid = rest.split("-", 1)[0]
     return int(pid) if found and pid.isdigit() else None
@@ -295,7 +309,8 @@ def _is_ancestor_or_same(a: Path, b: Path) -> bool:
 
 def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = (),
                      flag: str = "--force", resumes: Sequence[str] = (),
-                     replaced_whole: Sequence[str | Path | None] = (), resumed_whole: Sequence[str] = ()) -> Path:
+                     replaced_whole: Sequence[str | Path | None] = (), resumed_whole: Sequence[str] = (),
+                     read_whole: Sequence[str | Path | None] = (), swapped: bool = True) -> Path:
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
     directory that only holds what deploy-nas wrote. Fails before any slow work starts. `resumes`: `force` is a
     resume flag, and a non-empty `out` must hold one of these files: a resume is no --force for a directory with
@@ -303,7 +318,11 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
     resumed directory is replaced whole, and none writes one: it is another command's output). `replaced_whole`:
     input directories that other commands replace as a whole (a supernet directory, a dense model); `out` may not
     lie inside one. `resumed_whole`: the state files (written by deploy-nas) of a directory a `--resume` replaces
-    whole without --force; `out` may not lie inside a directory holding one, input of this command or not."""
+    whole without --force; `out` may not lie inside a directory holding one, input of this command or not.
+    `read_whole`: input directories read whole (image folders: an output inside would become part of the data).
+    `swapped`: the output is built beside `out` and swapped in (all but the search, which writes in place), which
+    a mount point cannot take. With `force`, temporaries and locks that killed deploy-nas runs left in `out` are
+    swept first (they are no user's files)."""
     out = Path(out)
     resolved = _resolve(out)
     protected = [(Path.cwd().resolve(), "the current directory or one of its parents"),
@@ -322,6 +341,10 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
             raise OutputPathError(f"refusing to write output {out} inside the input directory {given} (a command "
                                   "that rewrites that directory would take the output with it); choose a path "
                                   "outside it")
+    for given in read_whole:
+        if given is not None and Path(given).is_dir() and _is_ancestor_or_same(_resolve(Path(given)), resolved):
+            raise OutputPathError(f"refusing to write output {out} inside the input directory {given}: its files "
+                                  "are read as data, and the output's would join them; choose a path outside it")
     for parent in resolved.parents:
         held = [name for name in resumed_whole if (parent / name).is_file() and written_here(parent / name)]
         if held:
@@ -330,6 +353,9 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
                                   "choose a path outside it")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputPathError(f"output {out} is a file or a link; choose a directory path")
+    if swapped and out.is_dir() and os.path.ismount(out):
+        raise OutputPathError(f"output {out} is a mount point: deploy-nas builds an output beside its place and "
+                              "swaps it in, which a mount point cannot take; write into a new sub-directory of it")
     if out.exists() and _nonempty(out):
         if not force:
             raise OutputPathError(f"output directory {out} is not empty; choose another path or pass {flag}")
@@ -340,6 +366,7 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
         if nested:
             raise OutputPathError(f"{flag} replaces {out} whole, and it holds {nested[0]}/, which no training run "
                                   f"writes (another command's output?); move it out of {out}, then resume")
+        sweep(out)  # a killed run's temporaries in it are deploy-nas's, not the user's
         foreign = foreign_entries(out)
         if foreign:
             raise OutputPathError(f"refusing to replace {out}: it holds files deploy-nas did not write "
@@ -461,6 +488,29 @@ def _as_output_error(target: Path) -> Iterator[None]:
         where = err.filename or target
         raise OutputPathError(f"cannot write {target}: {err.strerror or err} ({brief(str(where), 120)}); "
                               "choose a writable location with free space") from None
+
+
+@contextlib.contextmanager
+def library_write(path: str | Path) -> Iterator[None]:
+    """Around a file written by a library (safetensors, torch.save, OpenVINO's save_model): a failure to write (a
+    full disk, a quota) comes out of them as their own types (SafetensorError, torch's and OpenVINO's RuntimeError)
+    and is an OutputPathError naming the file, like any failed write of ours. Wrap the write call alone: its input is
+    in memory, so what fails there is the writing."""
+    from deploy_nas.errors import DeployNASError, reason
+
+    path = Path(path)
+    try:
+        yield
+    except DeployNASError:
+        raise
+    except Exception as err:  # noqa: BLE001 (each library raises its own type for the same failure)
+        why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err, 100)
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
+        except OSError:
+            free = ""
+        raise OutputPathError(f"cannot write {path}: {why}{free}; choose a writable location with free space") \
+            from None
 
 
 @contextlib.contextmanager

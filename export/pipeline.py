@@ -127,6 +127,10 @@ def dense_digests(d: Path) -> dict[str, str]:
     """{file: sha256} of a dense model's spec and weights (hashed once per command)."""
     from deploy_nas.dense import SPEC_FILE, WEIGHTS_FILE
 
+    missing = [name for name in (SPEC_FILE, WEIGHTS_FILE) if not (d / name).is_file()]
+    if missing:
+        raise ExportError(f"{d / missing[0]} not found: the dense model in {d} is incomplete; extract it again "
+                          f"(`{command('extract', '--out', d, '--force')}` with its supernet and config)")
     return {name: sha256_file(d / name) for name in (SPEC_FILE, WEIGHTS_FILE)}
 
 

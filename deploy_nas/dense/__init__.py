@@ -38,12 +38,13 @@ def build_dense(spec: DenseSpec, state_dict: dict[str, torch.Tensor] | None = No
 
 def write_dense(model: nn.Module, directory: Path) -> None:
     """Write spec.json + weights.safetensors into an existing directory."""
-    from deploy_nas.io import write_text_atomic
+    from deploy_nas.io import library_write, write_text_atomic
 
     write_text_atomic(directory / SPEC_FILE, model.spec.to_json())
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # one metadata entry: safetensors writes its metadata map in an order that differs between processes
-    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": f"deploy_nas.dense/{FORMAT_VERSION}"})
+    with library_write(directory / WEIGHTS_FILE):
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": f"deploy_nas.dense/{FORMAT_VERSION}"})
 
 
 def save_dense(model: nn.Module, out: str | Path, force: bool = False) -> Path:

@@ -21,7 +21,7 @@ from deploy_nas.errors import (
     reason,
 )
 from deploy_nas.family import FAMILIES, Family, parse_import_options
-from deploy_nas.io import atomic_dir
+from deploy_nas.io import atomic_dir, library_write
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint
 
 SUPERNET_FILE, WEIGHTS_FILE = "supernet.json", "weights.safetensors"
@@ -76,7 +76,9 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
     meta = {**model.meta(), "space": space.to_dict() if space is not None else None, **(extra or {})}
     with atomic_dir(out, force) as tmp:
         (tmp / SUPERNET_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with library_write(tmp / WEIGHTS_FILE):
+            save_file(weights, str(tmp / WEIGHTS_FILE))
         if also is not None:
             also(tmp)
     return Path(out)

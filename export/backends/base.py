@@ -211,7 +211,10 @@ class Backend(abc.ABC):
             precision = meta["precision"]
         except (ValueError, KeyError, TypeError) as err:
             raise ExportError(f"{d / BUILD_JSON} is damaged ({type(err).__name__}); {rebuild}") from err
-        files = meta.get("files") or {}
+        files = meta.get("files")
+        if files is None or isinstance(files, dict) and main_file not in files:  # nothing ties the files to the build
+            raise ExportError(f"{d / BUILD_JSON} does not list {main_file} with its sha256 (edited, or written by an "
+                              f"older deploy-nas); {rebuild}")
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not isinstance(
                 precision, str):
             raise ExportError(f"{d / BUILD_JSON} is damaged (its precision or file list is not what a build "

@@ -324,10 +324,11 @@ def save_ir(ov_model: Any, out: Path, config: BuildConfig, hint: str, meta: dict
     import openvino as ov
 
     from deploy_nas.export.report import versions
-    from deploy_nas.io import atomic_dir, sha256_file, write_json_atomic
+    from deploy_nas.io import atomic_dir, library_write, sha256_file, write_json_atomic
 
     with atomic_dir(out, force=True) as tmp:
-        ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")
+        with library_write(tmp / XML):
+            ov.save_model(ov_model, str(tmp / XML), compress_to_fp16=config.precision == "fp16")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         record = {"backend": "openvino", "precision": config.precision, "precision_hint": hint,
                   "config": config.build_record(), "files": files, "versions": versions(("openvino", "nncf")), **meta}

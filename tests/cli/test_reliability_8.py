@@ -78,3 +78,140 @@ def test_the_rebuild_hint_names_the_deployment_whichever_directory_was_given(tmp
         get_backend("openvino").load(tmp_path / given, BuildConfig(precision="fp32"))
     assert f"in {tmp_path / 'dep' / 'openvino' / 'fp32'};" in str(err.value)
     assert f"export openvino {tmp_path / 'dep'} --precision fp32" in str(err.value)
+
+
+# ------------------------------------------------------------------- interruption, concurrency, the file system
+
+def _mounted(where, size="64k"):
+    """A fresh tmpfs of `size` at `where` (root only; the test skips where it cannot mount one). Unmount it after."""
+    import shutil
+    import subprocess
+
+    where.mkdir(parents=True)
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                                         str(where)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    return where
+
+
+def _unmount(where):
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_temporary_of_another_pid_namespace_is_not_swept(tmp_path):
+    """The sweep judged a temporary's maker by its pid alone: a live run in a container with the same host name
+    (another pid namespace, pid 400 there) lost its temporary to a run outside, and failed."""
+    import shutil
+    import subprocess
+    import sys
+
+    from deploy_nas.io import sweep
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    make = ("import sys; from pathlib import Path; from deploy_nas.io import temp_name; "
+            "d = Path(sys.argv[1]) / temp_name('A'); d.mkdir(); print(d.name)")
+    r = subprocess.run(["unshare", "-pf", "--mount-proc", "bash", "-c",
+                        'for i in $(seq 300); do /bin/true; done; "$0" -c "$1" "$2"; true', sys.executable, make,
+                        str(tmp_path)], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        pytest.skip(f"cannot make a pid namespace here: {r.stderr.strip()[-200:]}")
+    made = tmp_path / r.stdout.strip()
+    assert sweep(tmp_path) == [] and made.is_dir()  # whose it is, this namespace cannot tell: kept
+
+
+def test_force_on_a_directory_holding_a_killed_runs_temporary_sweeps_it(tmp_path):
+    """After `run --out outs/r` was killed, `extract --out outs --force` refused: the dead run's temporary and lock
+    were 'files deploy-nas did not write'."""
+    import os
+
+    from deploy_nas.io import _HOST, TAG
+
+    outs = tmp_path / "outs"
+    assert run("extract", "--config", "min", "--out", outs / "e").returncode == 0
+    dead = outs / f".r.{TAG}-{_HOST}-{2**22 + 7}-0badf00d.tmp"  # a pid above pid_max: no process has it
+    (dead / "dense").mkdir(parents=True)
+    (dead / "dense" / "weights.safetensors").write_bytes(b"half")
+    (outs / f".r.{TAG}-lock").write_text(str(os.getpid() + 2**22))
+    r = run("extract", "--config", "min", "--out", outs, "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not dead.exists() and (outs / "weights.safetensors").is_file()
+
+
+def test_an_output_that_is_a_mount_point_is_refused_before_the_work(tmp_path):
+    """`run --out vol` on a mount point (a docker volume) did all its work beside it, then failed to swap it in
+    with 'Device or resource busy ... choose a writable location with free space'."""
+    vol = _mounted(tmp_path / "vol", "8m")
+    try:
+        line = one_error_line(run("extract", "--config", "min", "--out", vol))
+        assert "mount point" in line and "sub-directory" in line
+        assert run("extract", "--config", "min", "--out", vol / "e").returncode == 0  # inside it: fine
+    finally:
+        _unmount(vol)
+
+
+def test_a_full_disk_is_a_one_line_output_error_with_nothing_left(tmp_path):
+    """On a full disk safetensors, torch.save and OpenVINO raised their own errors: a traceback and exit 1 (the
+    code of a failed parity gate)."""
+    small = _mounted(tmp_path / "small", "256k")  # the embedded max subnet's weights take ~1.8 MB
+    try:
+        line = one_error_line(run("extract", "--config", "max", "--out", small / "e"))
+        assert "cannot write" in line and "weights.safetensors" in line and "free there" in line, line
+        assert sorted(p.name for p in small.iterdir()) == []
+    finally:
+        _unmount(small)
+
+
+def test_an_output_inside_the_data_folder_is_refused(tmp_path):
+    """`search --data D --out D/val/s` wrote pareto.png into class folder s of D's val split: the resume (and every
+    later use of D) failed with 'class folder s that the supernet was not trained on'."""
+    data = tmp_path / "D"
+    for split in ("train", "val", "test"):
+        (data / split / "0").mkdir(parents=True)
+        (data / split / "0" / "a.png").write_bytes(b"refused before any image is read")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    line = one_error_line(run("search", "--data", data, "--latency-budget-ms", "5", "--generations", "1",
+                              "--population", "4", "--measure", "8", "--out", data / "val" / "s"))
+    assert "inside the input directory" in line and "read as data" in line
+    line = one_error_line(run("run", "--config", "min", "--calib-data", data / "val", "--out", data / "val" / "x"))
+    assert "inside the input directory" in line
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_a_suggested_command_keeps_a_path_that_begins_with_a_dash_a_path():
+    from pathlib import Path
+
+    from deploy_nas.errors import command
+
+    assert command("export", "onnx", Path("-dash")) == "deploy-nas export onnx ./-dash"
+    assert command("export", "onnx", Path("/abs/-x"), "--precision", "fp32") == \
+        "deploy-nas export onnx /abs/-x --precision fp32"
+
+
+def test_a_build_record_without_its_file_digests_is_not_taken_for_the_build(tmp_path):
+    """With `files` deleted from build.json, parity ran on a model.bin changed since the build and PASSED."""
+    from deploy_nas.errors import ExportError
+    from deploy_nas.export.backends import get_backend
+    from deploy_nas.export.backends.base import BuildConfig
+
+    dep = tmp_path / "dep"
+    assert run("run", "--config", "min", "--out", dep, "--backend", "openvino", "--batch", "1").returncode == 0
+    build = dep / "openvino" / "fp32" / "build.json"
+    record = json.loads(build.read_text())
+    del record["files"]
+    build.write_text(json.dumps(record))
+    with pytest.raises(ExportError, match="does not list model.xml with its sha256"):
+        get_backend("openvino").load(dep, BuildConfig(precision="fp32"))
+    line = one_error_line(run("parity", dep, "--backend", "openvino"))
+    assert "does not list model.xml" in line and "export openvino" in line
+
+
+def test_bench_on_a_deployment_whose_dense_weights_are_gone_names_them(tmp_path):
+    """`bench` printed the bare 'No such file or directory: .../dense/weights.safetensors'."""
+    dep = tmp_path / "dep"
+    assert run("run", "--config", "min", "--out", dep, "--backend", "onnxruntime", "--batch", "1").returncode == 0
+    (dep / "dense" / "weights.safetensors").unlink()
+    line = one_error_line(run("bench", dep, "--backend", "onnxruntime", "--batch", "1"))
+    assert "weights.safetensors not found" in line and "extract" in line
