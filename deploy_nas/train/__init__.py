@@ -66,8 +66,8 @@ class TrainConfig:
     ema_decay: float | None = setting(None, "keep an EMA of the weights (saved instead of the raw weights)")
     clip_grad: float | None = setting(5.0)
     seed: int = setting(0)
-    max_steps: int | None = setting(None, "stop after this many steps (smoke runs; the epoch it stops in counts "
-                                          "as done, so a --resume starts the next one)")
+    max_steps: int | None = setting(None, "stop after this many steps in all (smoke runs); an epoch it stops in "
+                                          "stays unfinished, and a --resume finishes it")
     shift: int = setting(0, "augmentation: random translation by up to this many pixels")
     save_state: bool = setting(True, "keep train_state.pt beside the weights (needed by --resume)")
     device: str = setting("cpu", "cpu or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)")
@@ -283,7 +283,9 @@ def train_supernet(family: Any, space: Any, out: Path, config: TrainConfig, resu
     trainer.trained_on = data_record(data["train"])
     if resume and trainer.resume(out):
         _check_same_data(Path(out), trainer.trained_on)
-        log({"resumed_from": str(out), "epoch": trainer.epoch, **_resumed_recipe(trainer, RecordedRun.of(out, True))})
+        # epoch: the epochs finished; epoch_step: the steps of the next one done (--max-steps stopped inside it)
+        log({"resumed_from": str(out), "epoch": trainer.epoch, "epoch_step": getattr(trainer, "epoch_step", 0),
+             **_resumed_recipe(trainer, RecordedRun.of(out, True))})
     history = trainer.fit(data["train"], data["val"], out, log=log)
     # without a test split (image folders with no DIR/test) nothing is reported as test accuracy
     result = {"history": history, "test_top1": trainer.evaluate(data["test"]) if "test" in data else None}
@@ -304,7 +306,8 @@ def _resumed_recipe(trainer: Any, run: RecordedRun) -> dict[str, str]:
     trainer.train_changes = [*run.earlier_changes, *now]
     if not changes:
         return {}
-    return {"note": f"resumed at epoch {trainer.epoch} (step {trainer.step_count}) with "
+    inside = f", {trainer.epoch_step} into the epoch" if getattr(trainer, "epoch_step", 0) else ""
+    return {"note": f"resumed at epoch {trainer.epoch} (step {trainer.step_count}{inside}) with "
                     f"{' '.join(_flag(k, new) for k, (_, new) in changes.items())} instead of the recorded "
                     f"{' '.join(_flag(k, old) for k, (old, _) in changes.items())}: the learning-rate schedule spans "
                     "the new number of epochs from here on (supernet.json records the change in train_changes)"}

@@ -59,6 +59,7 @@ class SandwichTrainer:
         self.ema = ({k: v.detach().clone() for k, v in supernet.state_dict().items()}
                     if config.ema_decay else None)
         self.step_count, self.epoch = 0, 0
+        self.epoch_step = 0  # the batches of epoch `epoch` (0-based: the number of finished ones) done
         self.trained_on: dict[str, Any] | None = None  # supernet.json's record of the data (`data.data_record`)
         self.train_changes: list[dict[str, Any]] = []  # settings resumes changed, each at its epoch and step
 
@@ -127,7 +128,11 @@ class SandwichTrainer:
 
     def fit(self, train: Any, val: Any | None = None, out: str | Path | None = None,
             log: Callable[[dict], None] = lambda row: None) -> list[dict]:
-        """Train for the configured epochs (from where a resumed state left off); returns one row per epoch."""
+        """Train for the configured epochs (from where a resumed state left off, inside an epoch too); returns one
+        row per epoch trained in. A stop at `max_steps` inside an epoch leaves it unfinished: its row says
+        "partial" and which of its steps were done (`epoch_step` of `steps_per_epoch`), the state saved records that
+        position with `epoch` still the number of finished epochs, and a resume trains the epoch's remaining
+        batches (the same seeded order), so stopping and resuming ends with the weights of the run not stopped."""
         c = self.config
         x_all, y_all = torch.from_numpy(train.images), torch.from_numpy(train.labels)
         steps_per_epoch = len(x_all) // c.batch_size
@@ -140,14 +145,21 @@ class SandwichTrainer:
         history = []
         while self.epoch < c.epochs:
             losses = []
-            for idx in self.batches(len(x_all), self.epoch):
-                if c.max_steps is not None and self.step_count >= c.max_steps:
+            for idx in self.batches(len(x_all), self.epoch)[self.epoch_step:]:
+                if self.stopped():
                     break
                 losses.append(self.train_step(x_all[idx], y_all[idx], total, steps_per_epoch))
+                self.epoch_step += 1
                 self._check_finite(losses[-1])
+            partial = self.epoch_step < steps_per_epoch
+            if partial and not losses:
+                break  # stopped at --max-steps before this call trained a step of the epoch: nothing new to save
             self._check_finite()
-            self.epoch += 1
-            row = {"epoch": self.epoch, "steps": self.step_count,
+            if not partial:
+                self.epoch, self.epoch_step = self.epoch + 1, 0
+            row = {"epoch": self.epoch + partial, "steps": self.step_count,
+                   **({"partial": True, "epoch_step": self.epoch_step, "steps_per_epoch": steps_per_epoch}
+                      if partial else {}),
                    "loss_max": float(np.mean([r["loss_max"] for r in losses])) if losses else None,
                    "loss_sub": float(np.mean([r["loss_sub"] for r in losses])) if losses else None}
             if val is not None:
@@ -157,9 +169,13 @@ class SandwichTrainer:
             log(row)
             if out is not None and self.world.rank == 0:
                 self.save(out)
-            if c.max_steps is not None and self.step_count >= c.max_steps:
+            if partial or self.stopped():
                 break
         return history
+
+    def stopped(self) -> bool:
+        """Whether --max-steps is reached."""
+        return self.config.max_steps is not None and self.step_count >= self.config.max_steps
 
     def _check_finite(self, step: dict | None = None) -> None:
         """A diverged run stops before it saves: the losses of a step, or (at the end of an epoch, before the save)
@@ -223,22 +239,29 @@ class SandwichTrainer:
     # ------------------------------------------------------------------------------------------- checkpoints
     def save(self, out: str | Path) -> None:
         """The supernet directory (weights: EMA when kept) plus train_state.pt to resume from, replacing `out` in
-        one rename: a kill at any moment leaves the last epoch's directory or this one, each with its state."""
+        one rename: a kill at any moment leaves the last save's directory or this one, each with its state. Saved
+        at each epoch's end, and where --max-steps stops inside an epoch (with the position in it)."""
         from deploy_nas.family import family_of
         from deploy_nas.supernets import save_supernet
 
         weights = family_of(self.model).supernet_from_meta(self.model.meta())  # a CPU copy for the directory
         weights.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
-        record = {**({} if self.trained_on is None else {"trained_on": self.trained_on}),
+        # "epoch": the epochs finished; "epoch_step": the batches of the next one done (a --max-steps stop inside it)
+        record = {"epoch": self.epoch, "epoch_step": self.epoch_step,
+                  **({} if self.trained_on is None else {"trained_on": self.trained_on}),
                   **({"train_changes": self.train_changes} if self.train_changes else {})}
-        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), "epoch": self.epoch, **record},
-                      force=True, also=self.write_extra)
+        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), **record}, force=True,
+                      also=self.write_extra)
 
     def write_extra(self, directory: Path) -> None:
         """What the supernet directory holds besides the supernet: train_state.pt (unless --no-save-state)."""
         if self.config.save_state:
-            torch.save({"epoch": self.epoch, "step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                        "model": self.model.state_dict(), "ema": self.ema}, directory / STATE_FILE)
+            from deploy_nas.io import library_write
+
+            with library_write(directory / STATE_FILE):  # a full disk: one OutputPathError, as for our own writes
+                torch.save({"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step_count,
+                            "optimizer": self.optimizer.state_dict(),
+                            "model": self.model.state_dict(), "ema": self.ema}, directory / STATE_FILE)
 
     def resume(self, out: str | Path) -> bool:
         """Load the state `save` wrote into `out`; False when there is none."""
@@ -251,14 +274,16 @@ class SandwichTrainer:
         state = read_checkpoint(path)  # an empty, cut or foreign file: a CheckpointError, nothing unpickled
         try:
             epoch, step = int(state["epoch"]), int(state["step"])
+            epoch_step = int(state.get("epoch_step", 0))  # a state of an older version: at an epoch's end
             ema = state["ema"] if state["ema"] is None else {k: v.to(self.device) for k, v in state["ema"].items()}
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
             raise CheckpointError(f"{path} is not the training state of this supernet and space ({type(err).__name__}: "
                                   f"{reason(err, 100)}); train into a new directory instead of --resume") from None
-        if epoch < 0 or step < 0:
-            raise CheckpointError(f"{path} records epoch {epoch}, step {step}; train into a new directory instead")
+        if epoch < 0 or step < 0 or not 0 <= epoch_step <= step:
+            raise CheckpointError(f"{path} records epoch {epoch}, step {step}, epoch step {epoch_step}; train into "
+                                  "a new directory instead")
         if (ema is None) != (not self.config.ema_decay):  # an EMA begun at step 0 cannot be added or dropped
             given = "without --ema-decay" if ema is not None else f"with --ema-decay {self.config.ema_decay}"
             raise CheckpointError(f"{path} was trained {'with' if ema is not None else 'without'} an EMA of the "
@@ -269,7 +294,7 @@ class SandwichTrainer:
         if bad:
             raise CheckpointError(f"{path} holds non-finite weights ({brief(bad)}): the run it saved had diverged; "
                                   "train into a new directory instead of --resume")
-        self.ema, self.epoch, self.step_count = ema, epoch, step
+        self.ema, self.epoch, self.epoch_step, self.step_count = ema, epoch, epoch_step, step
         return True
 
 

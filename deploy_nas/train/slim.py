@@ -100,7 +100,12 @@ class MaskSearch(SandwichTrainer):
                 "freeze_weights": self.config.freeze_weights, "epochs": self.config.epochs, "lr": self.config.lr,
                 "head_search": arch.mask == "head", "uniform_search": arch.mask == "uniform",
                 "model": getattr(self.space, "name", "deit"), "epoch": self.epoch}
-        torch.save({"model": state, "args": args, "epoch": self.epoch}, directory / OFFICIAL_CHECKPOINT)
+        # "epoch": the epochs finished; "epoch_step": the batches of the next one done (a --max-steps stop inside it)
+        from deploy_nas.io import library_write
+
+        with library_write(directory / OFFICIAL_CHECKPOINT):
+            torch.save({"model": state, "args": args, "epoch": self.epoch, "epoch_step": self.epoch_step},
+                       directory / OFFICIAL_CHECKPOINT)
 
 
 def mask_sparsity(model: Any) -> dict[str, float]:

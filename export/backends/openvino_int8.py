@@ -23,12 +23,13 @@ def quantize_int8(ov_model: Any, config: BuildConfig) -> tuple[Any, dict[str, An
     reference = compile_ir(ov_model, "f32", config.threads)(calib)[0]
     choices = (True, False) if config.smooth_quant is None else (bool(config.smooth_quant),)
     scores, models = {}, {}
-    kept = table_matmuls(ov_model)
+    kept, odd_bias = table_matmuls(ov_model), full_bias_matmuls(ov_model)
     for sq in choices:
-        models[sq] = nncf_quantize(ov_model, calib, sq, kept)
+        models[sq] = nncf_quantize(ov_model, calib, sq, kept, bias_correction=not odd_bias)
         scores[sq] = mean_cosine(compile_ir(models[sq], "f32", config.threads)(calib)[0], reference)
     best = max(choices, key=lambda sq: scores[sq])
     meta = {"method": "nncf.quantize", "model_type": "transformer", "smooth_quant": best, "kept_fp32": len(kept),
+            "bias_correction": not odd_bias,
             "calibration_mean_cosine": {("smooth_quant" if sq else "no_smooth_quant"): s for sq, s in scores.items()},
             "calibration": str(config.calib_dir) if config.calib_dir else "embedded", "calibration_images": len(calib)}
     return models[best], meta
@@ -56,17 +57,45 @@ def table_matmuls(ov_model: Any) -> list[str]:
     return names
 
 
-def nncf_quantize(ov_model: Any, calib: np.ndarray, smooth_quant: bool, kept: list[str] = ()) -> Any:
+def full_bias_matmuls(ov_model: Any) -> list[str]:
+    """The MatMuls whose output (reshaped or not) takes a constant Add that is no per-channel bias: NASViT's
+    talking-heads projection `proj_l` adds the attention bias of shape (1, heads, L, L) after it. NNCF's bias
+    correction takes that constant for the MatMul's bias and fails reshaping it to (1, heads, 1) ("cannot reshape
+    array of size 6480"), with the MatMul in the ignored scope too; such a model is quantized without it."""
+    def big_constant(value: Any) -> bool:
+        node = value.get_node()
+        while node.get_type_name() == "Convert" and node.input_value(0).get_node().get_type_name() == "Constant":
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant" and sum(d > 1 for d in node.get_output_shape(0)) >= 2
+
+    names = []
+    for node in ov_model.get_ordered_ops():
+        if node.get_type_name() != "MatMul":
+            continue
+        after = [t.get_node() for t in node.output(0).get_target_inputs()]
+        after += [t.get_node() for n in after if n.get_type_name() == "Reshape"
+                  for t in n.output(0).get_target_inputs()]
+        if any(n.get_type_name() == "Add" and any(big_constant(n.input_value(i)) for i in range(n.get_input_size()))
+               for n in after):
+            names.append(node.get_friendly_name())
+    return names
+
+
+def nncf_quantize(ov_model: Any, calib: np.ndarray, smooth_quant: bool, kept: list[str] = (),
+                  bias_correction: bool = True) -> Any:
     """int8 weights and activations, except the MatMuls named in `kept`; SmoothQuant off means alpha -1 for MatMul
-    (NNCF's "disabled")."""
+    (NNCF's "disabled"); `bias_correction` False: none (see full_bias_matmuls)."""
     # nncf imports torch.utils.cpp_extension, which warns about a missing CUDA runtime on CPU-only machines
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     nncf.set_log_level(logging.ERROR)
-    advanced = None if smooth_quant else AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
+    options = {} if smooth_quant else {
+        "smooth_quant_alphas": AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)}
+    if not bias_correction:
+        options["disable_bias_correction"] = True
+    advanced = AdvancedQuantizationParameters(**options) if options else None
     dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
     try:
         return nncf.quantize(ov_model.clone(), dataset, model_type=nncf.ModelType.TRANSFORMER,

@@ -215,3 +215,17 @@ def test_bench_on_a_deployment_whose_dense_weights_are_gone_names_them(tmp_path)
     (dep / "dense" / "weights.safetensors").unlink()
     line = one_error_line(run("bench", dep, "--backend", "onnxruntime", "--batch", "1"))
     assert "weights.safetensors not found" in line and "extract" in line
+
+
+def test_a_full_disk_while_training_is_a_one_line_output_error(tmp_path):
+    """torch.save of train_state.pt on a full disk: 'RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos', exit 1."""
+    small = _mounted(tmp_path / "small", "1500k")  # autoformer-tiny's weights (0.9 MB) fit, its state (2.7) not
+    try:
+        r = run("train", "--space", "autoformer-tiny", "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+                "--out", small / "sn")
+        line = one_error_line(r)
+        assert "cannot write" in line and "train_state.pt" in line and "free there" in line, line
+        assert sorted(p.name for p in small.iterdir()) == []
+    finally:
+        _unmount(small)

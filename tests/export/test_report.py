@@ -48,3 +48,18 @@ def test_summary_is_read_back_from_report_json(tmp_path, reference_engines, pari
     assert [t.title for t in tables] == ["parity vs the dense torch model", "speed"]
     assert [len(t.rows) for t in tables] == [1, 2]
     assert notes[0] == "note: a note" and notes[-1].startswith("report: ")
+
+
+def test_the_parity_table_shows_the_figures_its_gates_judged():
+    """An int8 row read `top-1 0.944 | ... top1>=0.95 | pass`: the gate had judged the tie-aware agreement (0.972),
+    the table printed the strict one, and the mean-cosine gate's figure was nowhere."""
+    row = {"backend": "openvino", "precision": "int8", "passed": True,
+           "tolerance": {"max_abs": None, "min_cosine": 0.9, "min_mean_cosine": 0.98, "min_top1": 0.95,
+                         "top1_tie": 0.1, "source": "default"},
+           "outputs": [{"name": "logits", "max_abs": 0.3, "max_rel": 0.2, "cosine_min": 0.93, "cosine_mean": 0.991,
+                        "top1": 0.944, "top1_tie_aware": 0.972, "top5": 0.9}]}
+    line = parity_table([row]).markdown_lines()[-1]
+    assert "0.972 (strict 0.944)" in line and "0.930000 (mean 0.991000)" in line
+    assert "cos mean>=0.98" in line and "top1>=0.95 (ties 0.1 std)" in line
+    same = {**row, "outputs": [{**row["outputs"][0], "top1_tie_aware": 0.944}]}
+    assert "strict" not in parity_table([same]).markdown_lines()[-1]

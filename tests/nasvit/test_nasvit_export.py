@@ -91,3 +91,24 @@ def test_onnxruntime_and_openvino_parity(model, tmp_path):
                 for o in p["outputs"])
     print(f"\nnasvit-tiny max@40 recalibrated: worst parity max abs {worst:.3g}")
     assert worst <= 1e-4
+
+
+@pytest.mark.openvino
+def test_an_int8_build_quantizes_past_the_attention_bias(graph):
+    """NNCF's bias correction took the (1, heads, L, L) attention bias added after the talking-heads projection for
+    that MatMul's bias and failed on every NASViT subnet ("cannot reshape array of size 1024 into shape (1,4,1)");
+    such a model is quantized without bias correction now, which build.json records."""
+    from deploy_nas.export.backends import get_backend
+    from deploy_nas.export.backends.base import BuildConfig
+    from deploy_nas.export.backends.openvino_backend import ir_from_onnx
+    from deploy_nas.export.backends.openvino_int8 import full_bias_matmuls
+
+    assert full_bias_matmuls(ir_from_onnx(graph[0]))  # the pattern is there
+    engine = get_backend("openvino").build(graph[0], BuildConfig(precision="int8", calib_size=8, threads=1,
+                                                                 smooth_quant=False))
+    assert engine.meta["int8"]["bias_correction"] is False
+    from deploy_nas.export.onnx import INPUT_NAME
+
+    with engine:
+        out = engine.infer({INPUT_NAME: images(2, size=40, seed=1).numpy()})
+    assert all(np.isfinite(v).all() and v.shape[0] == 2 for v in out.values())

@@ -19,6 +19,8 @@ from tests.cli.test_extract_info import run
 from tests.cli.test_reliability import one_error_line
 
 TINY = ("--epochs", "2", "--max-steps", "1", "--batch-size", "8")  # 2 epochs planned, stopped after 1 step
+# (a --max-steps stop leaves its epoch unfinished: supernet.json's "epoch" counts the finished ones, "epoch_step" the
+# steps of the next one done; tests/train/test_train_max_steps_resume.py)
 RECIPE = ("--lr", "0.004", "--num-random", "1", "--seed", "3")  # none of them the defaults
 
 
@@ -54,7 +56,7 @@ def test_a_resume_alone_continues_the_run_with_its_space_and_settings(sn):
     r = run("train", "--out", sn, "--resume", "--max-steps", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     meta = _meta(sn)
-    assert meta["epoch"] == 2 and meta["space"]["name"] == "autoformer-tiny"
+    assert (meta["epoch"], meta["epoch_step"]) == (0, 2) and meta["space"]["name"] == "autoformer-tiny"
     assert {k: meta["train"][k] for k in ("epochs", "batch_size", "lr", "num_random", "seed")} == {
         "epochs": 2, "batch_size": 8, "lr": 0.004, "num_random": 1, "seed": 3}
     assert "train_changes" not in meta and "note" not in _rows(r.stdout)[0]
@@ -89,11 +91,11 @@ def test_more_epochs_train_longer_with_a_note_and_a_record_of_the_change(sn):
     """More --epochs was taken silently and supernet.json said the whole run was scheduled over them."""
     r = run("train", "--out", sn, "--resume", "--epochs", "3", "--max-steps", "2")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert ("resumed at epoch 1 (step 1) with --epochs 3 instead of the recorded --epochs 2"
+    assert ("resumed at epoch 0 (step 1, 1 into the epoch) with --epochs 3 instead of the recorded --epochs 2"
             in _rows(r.stdout)[0]["note"])
     meta = _meta(sn)
-    assert (meta["epoch"], meta["train"]["epochs"]) == (2, 3)
-    assert meta["train_changes"] == [{"epoch": 1, "step": 1, "epochs": [2, 3]}]
+    assert (meta["epoch"], meta["epoch_step"], meta["train"]["epochs"]) == (0, 2, 3)
+    assert meta["train_changes"] == [{"epoch": 0, "step": 1, "epochs": [2, 3]}]
 
 
 def test_train_supernet_keeps_the_record_of_changes_and_refuses_another_recipe(tmp_path):
@@ -115,10 +117,10 @@ def test_train_supernet_keeps_the_record_of_changes_and_refuses_another_recipe(t
 
     train(False, epochs=2, max_steps=1)  # 2 steps an epoch: stopped inside the first
     assert "--epochs 3 instead of the recorded --epochs 2" in train(True, epochs=3, max_steps=3)[0]["note"]
-    assert "note" not in train(True, epochs=3, max_steps=5)[0]
+    assert "note" not in train(True, epochs=3, max_steps=5)[0]  # 2 epochs finished, 1 step into the third
     meta = _meta(out)
-    assert (meta["epoch"], meta["train"]["epochs"]) == (3, 3)
-    assert meta["train_changes"] == [{"epoch": 1, "step": 1, "epochs": [2, 3]}]
+    assert (meta["epoch"], meta["epoch_step"], meta["train"]["epochs"]) == (2, 1, 3)
+    assert meta["train_changes"] == [{"epoch": 0, "step": 1, "epochs": [2, 3]}]
     before = _files(out)
     with pytest.raises(RecipeMismatch, match="with --lr 0.002, this resume gives --lr 0.01: "):
         train(True, epochs=3, lr=0.01)
@@ -167,4 +169,5 @@ def test_slim_search_resume_continues_its_masks_and_l1_weights(tmp_path):
     r = run("slim", "search", "--out", sl, "--resume", "--max-steps", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     args = torch.load(sl / "ckpt.pth", weights_only=True)["args"]
-    assert (args["w1"], args["head_search"], args["epoch"]) == (0.001, True, 2)
+    assert (args["w1"], args["head_search"], args["epoch"]) == (0.001, True, 0)  # 2 steps: the first epoch unfinished
+    assert torch.load(sl / "ckpt.pth", weights_only=True)["epoch_step"] == 2
