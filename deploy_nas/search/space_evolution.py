@@ -35,11 +35,12 @@ scores again.
   reads untrained weights, not the space.
 * CHOICE (weights): without `grow`, choices never leave the supernet's sizes, so the final space runs on the
   supernet it started from (`deploy-nas search --supernet SN --space OUT/final.json`); with `grow`, a larger
-  supernet inherits every weight where the layouts put it (old subnets compute exactly as before) and the new
-  positions start from the official initialisation. Each step fine-tunes `finetune_epochs` epochs (default 1)
-  on the new space at a peak learning rate of `finetune_lr` (default 1e-4: on a converged s3-tiny supernet, the
-  demo's three steps ended at E-T 0.0873 with 1e-4 and at 0.0967 with 5e-4, from 0.0929; a warm restart at a
-  high rate undoes more of the training than one epoch recovers).
+  supernet (grown again in any step whose moves pass its sizes) inherits every weight where the layouts put it
+  (old subnets compute exactly as before) and the new positions start from the official initialisation. Each step
+  fine-tunes `finetune_epochs` epochs (default 1) on the new space at a peak learning rate of `finetune_lr`
+  (default 1e-4: on a converged s3-tiny supernet, the demo's three steps ended at E-T 0.0873 with 1e-4 and at
+  0.0967 with 5e-4, from 0.0929; a warm restart at a high rate undoes more of the training than one epoch
+  recovers).
 
 Outputs (built in a temporary directory that replaces OUT when the run ends: a killed or failed run leaves the old
 output, if any, as it was, and no partial one; its per-step results are in the printed log): evolution.json (per
@@ -290,7 +291,11 @@ class SpaceEvolution:
 
     def evolve(self, step: int) -> list[dict[str, Any]]:
         """Fit every dimension's slope on the current space, then move them all (the new space is self.space)."""
-        r, space = self.request, self.space
+        r = self.request
+        # the moves see the choices alone: the supernet's sizes that the last fine-tuning stored on the space would
+        # bound every move by them (each replace() checks them), growing the supernet in the first step only;
+        # `_fits` bounds the moves by the sizes without --grow, and `finetune` stores the (grown) sizes again
+        space = replace(self.space, super_stages=None)
         bases = [space.sample(random.Random(f"{r.seed}/bases/{step}/{i}")) for i in range(r.per_value)]
         rows, new = [], space
         for dim in space.dimensions():
@@ -305,8 +310,7 @@ class SpaceEvolution:
                          "slope": slope, "effect": effect, "action": action})
             self.log(f"  stage {dim[0] + 1} {dim[1]:<11} {list(values)}: slope {_fmt(slope)}, {action}")
         if new != space:  # other choices: another space, named so (final.json is not the registered space it began as)
-            new = replace(new, name=f"{self.start_name}-evolved-{step}")
-        self.space = new
+            self.space = replace(new, name=f"{self.start_name}-evolved-{step}")
         return rows
 
     def _fits(self, space: Any) -> None:

@@ -299,7 +299,10 @@ class S3Space(CheckedSpace):
     # --- validation -------------------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> S3Config:
         """`cfg` if every value is a choice of its stage (a window >= the stage's map counts as global attention,
-        like any choice >= the map); else InvalidSubnetConfig naming the field, the value and the allowed set."""
+        like any choice >= the map; an MLP ratio counts as a choice giving the same MLP width at the config's stage
+        width, int(width x ratio) as the official code truncates it: the same network; a checkpoint's point space
+        holds a ratio read back from its MLP width, not always the one its YAML writes, e.g. 3.29 and 3.3 both give
+        105 units on width 32); else InvalidSubnetConfig naming the field, the value and the allowed set."""
         check_config_type(cfg, FAMILY, f"space {self.name!r}")
         if cfg.stages != len(self.stages):
             raise InvalidSubnetConfig(f"config has {cfg.stages} stages, space {self.name!r} has {len(self.stages)}")
@@ -315,6 +318,9 @@ class S3Space(CheckedSpace):
                                                   "global attention")
                     if name == "window_size" and v >= res and max(allowed) >= res:
                         continue
+                    if name == "mlp_ratio" and v not in allowed and int(cfg.embed_dim[s] * v) in {
+                            int(cfg.embed_dim[s] * a) for a in allowed}:
+                        continue  # the same MLP width: the same network
                     self._check_choice(_where(name, s, b), v, allowed)
         return cfg
 

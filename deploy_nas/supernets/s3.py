@@ -430,7 +430,14 @@ def _read_block(sd: dict[str, Tensor], where: str) -> _Block:
 
 
 def _ratio_for(hidden: int, width: int) -> float:
-    """An MLP ratio r with int(width * r) == hidden (the official truncation)."""
+    """An MLP ratio r with int(width * r) == hidden (the official truncation): the one with the fewest decimals
+    (up to 6), as a YAML would write it (105 units on width 32: 3.3, not 105 / 32 = 3.28125; any ratio giving the
+    same width matches it when a config is validated), else the smallest."""
+    for digits in range(7):
+        scale = 10 ** digits
+        r = math.ceil(hidden * scale / width) / scale  # the smallest multiple of 10^-digits from hidden / width up
+        if int(width * r) == hidden:
+            return r
     r = hidden / width
     while int(width * r) < hidden:
         r = math.nextafter(r, math.inf)
