@@ -6,9 +6,14 @@ measured on the backend that will serve the model.
    A budget below the min subnet's measured latency cannot be met: InfeasibleBudget names the fastest latency.
 2. Evolution (AutoFormer's) and random search with the same number of evaluations, constrained by predicted latency
    (and optional params / FLOPs ranges). Each generation is appended to `generations.jsonl`, so an interrupted
-   search keeps its log and `resume=True` continues from it.
+   search keeps its log and `resume=True` continues from it. A resume that adds generations to a finished search
+   first removes that search's results (best.json, pareto.json, pareto.png): until its own are written, the
+   directory holds an interrupted search, never the shorter search's results beside the longer one's log.
 3. The top candidates of each method are measured directly; the winner is the most accurate whose measured
    latency meets the budget. Outputs: best.json (a config `deploy-nas run` accepts), pareto.json, pareto.png.
+
+The latencies measured are kept in measured.json (ms by config id), and the per-pass p50s they are the medians of
+in measured_passes.json, so that a resume reports the timings' repeatability as the search it continues did.
 
 Latencies hold for the backend, precision and threads they were measured with: latency.json records them (threads
 as resolved: the cores used when none were given), pareto.json repeats them, and a resume under other settings is
@@ -44,7 +49,14 @@ from deploy_nas.distributed import World
 from deploy_nas.errors import MALFORMED, DeployNASError, brief
 from deploy_nas.evaluate import top1
 from deploy_nas.family import family_of
-from deploy_nas.io import check_output_dir, make_dirs, record_written, write_json_atomic, write_text_atomic
+from deploy_nas.io import (
+    check_output_dir,
+    make_dirs,
+    record_written,
+    write_json_atomic,
+    write_text_atomic,
+    written_here,
+)
 from deploy_nas.search.evolution import (
     Evolution,
     EvolutionConfig,
@@ -59,6 +71,14 @@ from deploy_nas.search.predictor import LatencyPredictor, repeatability
 from deploy_nas.search.record import COMPARED, RECORD_FILE, differences, search_record, space_part
 
 LOG_FILE, MEASURED_FILE, SETTINGS_FILE = "generations.jsonl", "measured.json", "latency.json"
+# the per-pass p50s (ms) of the subnets measured, by config id (measured.json holds their medians): a separate file,
+# so that measured.json stays what every version reads
+PASSES_FILE = "measured_passes.json"
+# what a search writes when it ends: a resume that adds generations removes them first
+RESULT_FILES = ("best.json", "pareto.json", "pareto.png")
+# why a resumed search reports no timing repeatability (pareto.json's predictor.repeatability_note, and the log)
+REPEATABILITY_UNKNOWN = (f"not known: latencies reused from {MEASURED_FILE} came without the per-pass times they are "
+                         f"the medians of (not in {PASSES_FILE}: a search from before it was written, or edited since)")
 # Counting a subnet's FLOPs materializes and traces it (a third of a second for the tests' tiny space): a draw for a
 # population is given up on once the FLOPs of this many distinct subnets were counted and none met the constraints.
 # A FLOPs range that fewer than about 1 in 50 subnets meet would make every population cost that much again.
@@ -341,6 +361,7 @@ class Search:
             if cfg.id not in {c.id for c in cfgs}:
                 cfgs.append(cfg)
         self._measured.update(known or {})
+        reused = {c.id for c in cfgs if c.id in self._measured}  # measured before (a resume's measured.json)
         fastest = self.measure(cfgs[0])
         if fastest > self.constraints.latency_budget_ms:
             raise InfeasibleBudget(f"no subnet can meet {self.constraints.latency_budget_ms:g} ms: the fastest, the "
@@ -365,8 +386,12 @@ class Search:
         repeat = repeatability([self._passes[c.id] for c in cfgs if c.id in self._passes])
         if repeat:
             repeat["kendall_tau"] = _defined(repeat["kendall_tau"])
+        note = {}
+        if repeat is None and hasattr(self.latency, "many_passes") and \
+                any(c.id in reused and c.id not in self._passes for c in cfgs):
+            note["repeatability_note"] = REPEATABILITY_UNKNOWN
         return {**self.predictor.to_dict(), "held_out": quality, "measured": len(cfgs),
-                "fastest_ms": fastest, "slowest_ms": max(ms), "repeatability": repeat}
+                "fastest_ms": fastest, "slowest_ms": max(ms), "repeatability": repeat, **note}
 
     def finalists(self, scores: dict[str, tuple[Any, float]]) -> dict[str, Any]:
         """Measure the top candidates; the winner is the most accurate one whose measured latency meets the budget.
@@ -431,6 +456,10 @@ class Search:
                                  "its family searches another way")
         self.check_ranges()  # before anything is measured
         known = {**saved, **(known or {})} if saved is not None else known
+        if saved:  # the per-pass p50s of the latencies reused, those that are the medians of theirs
+            path = out / PASSES_FILE
+            passes = self.world.run_on_main(lambda: _read_passes(path) if path.is_file() else {})
+            self._passes.update({k: p for k, p in passes.items() if k in known and statistics.median(p) == known[k]})
         predictor = self.fit_predictor(known)
         self.log(f"predictor: Kendall tau {_tau(predictor['held_out']['kendall_tau'])}, "
                  f"{predictor['held_out']['mape_percent']:.1f}% mean abs error on {predictor['held_out']['n']} "
@@ -439,7 +468,11 @@ class Search:
             self.log(f"timing repeatability: the even passes against the odd ones over {repeat['n']} subnets, "
                      f"Kendall tau {_tau(repeat['kendall_tau'])}, "
                      f"median difference {repeat['median_diff_percent']:.1f}%")
+        elif "repeatability_note" in predictor:
+            self.log(f"timing repeatability {predictor['repeatability_note']}")
         notes = self._unrecorded_notes(out, unrecorded, unrecorded_search)
+        if resume and len(rows or ()) < self.setup.evolution.generations:  # generations to add: before any write
+            self._drop_results(out, len(rows or ()))
         evo = Evolution(self.space, self.val_top1, self.feasible, self.setup.evolution,
                         fitness_many=self.val_top1_many)
         if rows:  # the directory holds the search already: the new measurements are kept before the replay
@@ -455,7 +488,7 @@ class Search:
                   "latency": self.settings, "predictor": predictor, "evolution": self.finalists(evo.scores),
                   "random": self.finalists(rand), "settings": {**self.record, "generations": evo.generation},
                   "ranks": self.world.size, "scored_per_rank": self.world.gather(self.scored_here), **notes}
-        self._write(out, MEASURED_FILE, self._measured)
+        self._write_latencies(out)
         self._write(out, "best.json", result["evolution"]["winner"]["config"])
         self._write(out, "pareto.json", result)
         if self.world.main:
@@ -487,7 +520,28 @@ class Search:
         if self.settings is not None:
             self._write(out, SETTINGS_FILE, self.settings)
         self._write(out, RECORD_FILE, self.record)  # after latency.json: a resume needs one of the files it checks
+        self._write_latencies(out)
+
+    def _write_latencies(self, out: Path) -> None:
+        """measured.json, after the per-pass p50s its latencies are the medians of (`PASSES_FILE`)."""
+        self._write(out, PASSES_FILE, {k: p for k, p in self._passes.items() if p and k in self._measured})
         self._write(out, MEASURED_FILE, self._measured)
+
+    def _drop_results(self, out: Path, logged: int) -> None:
+        """Remove the results (`RESULT_FILES`, those deploy-nas wrote) of the `logged`-generation search a resume
+        adds generations to, before the directory records the longer search: an interrupted resume then holds none,
+        as any interrupted search, not the shorter search's as if they were its own. Written anew at the end."""
+        if not self.world.main:
+            return
+        gone = []
+        for name in RESULT_FILES:
+            path = out / name
+            if path.is_file() and written_here(path):
+                path.unlink(missing_ok=True)
+                gone.append(name)
+        if gone:
+            self.log(f"removed {', '.join(gone)} of the {logged}-generation search: this one writes them anew when "
+                     f"its {self.setup.evolution.generations} generations end")
 
     def _sample_first(self, evo: Evolution) -> None:
         """The first population, or UnmetConstraints: when counting FLOPs, given up on after FLOPS_PROBE counts
@@ -551,6 +605,8 @@ def check_resume(out: Path, resume: bool, space: Any, family: str, latency: Any 
     check_search_settings(out, resume, space_part(space))
     recorded = _recorded(out) if out.is_dir() else None
     saved = _read_measured(out / MEASURED_FILE) if (out / MEASURED_FILE).is_file() else None
+    if saved is not None and (out / PASSES_FILE).is_file():  # checked here; `Search.run` reads it again
+        _read_passes(out / PASSES_FILE)
     rows = _read_log(out / LOG_FILE, lambda d: space.validate(load_config(d, family)), recorded is None) \
         if (out / LOG_FILE).is_file() else None
     return saved, rows
@@ -590,6 +646,23 @@ def _read_measured(path: Path) -> dict[str, float]:
         if not isinstance(key, str) or ms is None or ms <= 0:
             raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not a latency (a "
                                       f"finite number of ms > 0); {fix}")
+        known[key] = ms
+    return known
+
+
+def _read_passes(path: Path) -> dict[str, list[float]]:
+    """A resumed search's per-pass p50s (ms) by config id, each a non-empty list of finite numbers > 0."""
+    fix = "remove it to resume without the timing repeatability of the subnets measured before, or start a new search"
+    saved = _read_json(path, "entry ", fix)
+    if not isinstance(saved, dict):
+        raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not per-pass latencies by "
+                                  f"config id; {fix}")
+    known = {}
+    for key, value in saved.items():
+        ms = [finite_number(v) for v in value] if isinstance(value, list) else []
+        if not isinstance(key, str) or not ms or any(m is None or m <= 0 for m in ms):
+            raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not a list of "
+                                      f"per-pass latencies (finite numbers of ms > 0); {fix}")
         known[key] = ms
     return known
 
@@ -692,7 +765,9 @@ def search_table(result: dict[str, Any]) -> Any:
 
     p = result["predictor"]["held_out"]
     r = result["predictor"].get("repeatability")
-    repeat = f"; timings repeat with Kendall tau {_tau(r['kendall_tau'])} between passes" if r else ""
+    repeat = f"; timings repeat with Kendall tau {_tau(r['kendall_tau'])} between passes" if r else \
+        ("; timing repeatability not known (resumed without per-pass times)"
+         if result["predictor"].get("repeatability_note") else "")
     on = f" on {describe_settings(result['latency'])}" if result.get("latency") else ""
     table = Table(f"search under {result['budget_ms']:.3f} ms{on} (latency predictor: "
                   f"Kendall tau {_tau(p['kendall_tau'])}, "
