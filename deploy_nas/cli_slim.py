@@ -91,7 +91,7 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
     from deploy_nas.dense import save_dense
     from deploy_nas.flops import count_flops
     from deploy_nas.materialize import materialize
-    from deploy_nas.supernets.vitslim import FAMILY, prune_config, with_layout
+    from deploy_nas.supernets.vitslim import FAMILY, prune_config, unpruned, with_layout
     from deploy_nas.workflows import SupernetSource
 
     directory = checkpoint.is_dir()
@@ -111,6 +111,7 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
         supernet = with_layout(supernet, head_layout, pad_to)
     cfg = prune_config(supernet, {"budget_attn": budget_attn, "budget_mlp": budget_mlp,
                                   "budget_patch": budget_patch}, soft)
+    warning = unpruned(supernet, cfg)  # budgets below 1 that removed nothing: untrained masks (all equal, ties kept)
     model = materialize(supernet, cfg)
     save_dense(model, out, force=force)
     flops = count_flops(model)
@@ -122,6 +123,8 @@ def prune(checkpoint: Path, budget_attn: float | None, budget_mlp: float | None,
     from deploy_nas.console import show
 
     show(table)
+    if warning:
+        click.echo(warning, err=True)
     click.echo(f"pruned -> {out} (deploy it with `{command('run', '--dense', out)} --out DIR`)")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -19,11 +20,32 @@ FAMILY = "vitslim"
 BUDGETS = ("budget_attn", "budget_mlp", "budget_patch")
 
 
-def _budget(value: Any, where: str) -> float:
+def check_budget(value: Any, where: str) -> float:
+    """A budget as a float; InvalidSubnetConfig otherwise. A number written as a string is refused by name: YAML
+    (1.1, PyYAML) reads an exponent without a decimal point, `5e-1`, as the string '5e-1'."""
+    number = _number(value) if isinstance(value, str) else None
+    if number is not None:
+        yaml = re.fullmatch(r"\s*[-+]?[0-9]+[eE][-+]?[0-9]+\s*", value) is not None
+        raise InvalidSubnetConfig(f"{where} = {brief(value)} is a string, not a number" + (
+            " (YAML reads an exponent without a decimal point, like 5e-1, as text)" if yaml else "")
+            + f": write {number:g}{' or ' + _dotted(value) if yaml else ''}, unquoted")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not 0 < value <= 1:
         raise InvalidSubnetConfig(f"{where} = {brief(value)} is not a budget: the kept fraction, in (0, 1]")
     return float(value)
+
+
+def _dotted(text: str) -> str:
+    """5e-1 -> 5.0e-1: the form YAML 1.1 reads as a float."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    return f"{mantissa}.0e{exponent}"
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text) if len(text) <= 40 else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ class SlimConfig(CanonicalConfig):
 
     def __post_init__(self) -> None:
         for name in BUDGETS:
-            object.__setattr__(self, name, _budget(getattr(self, name), name))
+            object.__setattr__(self, name, check_budget(getattr(self, name), name))
         if not isinstance(self.soft, bool):
             raise InvalidSubnetConfig(f"soft = {brief(self.soft)} must be true or false")
         if self.soft and any(getattr(self, b) != 1.0 for b in BUDGETS):
@@ -60,6 +82,12 @@ class SlimConfig(CanonicalConfig):
                                       f"{', '.join(BUDGETS)} and soft")
         if obj.get("family", FAMILY) != FAMILY:
             raise InvalidSubnetConfig(f"config is for family {brief(obj.get('family'))}, not {FAMILY!r}")
+        missing = [b for b in BUDGETS if b not in obj]
+        if missing and obj.get("soft", False) is False:  # a budget left out is not silently 1 (keep everything)
+            given = [b for b in BUDGETS if b in obj]
+            gives = f"gives {', '.join(given)} but not {', '.join(missing)}" if given else "gives no budget"
+            raise InvalidSubnetConfig(f"config {gives}: a {FAMILY} config gives all three budgets, "
+                                      f"{', '.join(BUDGETS)} (1 keeps everything), or soft: true")
         return cls(**{k: v for k, v in obj.items() if k != "family"})
 
 

@@ -86,7 +86,17 @@ def save_supernet(model: Any, out: str | Path, space: Any = None, extra: dict[st
 
 def check_space_fits(supernet: Any, space: Any, what: str) -> None:
     """InvalidSubnetConfig, naming `what`, unless the space's min and max subnets (every dimension at its ends) fit
-    the supernet: found before a search or a directory is built on it, not at its first sample."""
+    the supernet, and its fixed sizes (image, patch, head dim, channels) are the supernet's: found before a search or
+    a directory is built on it, not at its first sample. (A space with input resolutions among its choices, NASViT's,
+    resizes any input: its image size is free.)"""
+    arch = supernet.meta().get("arch")
+    fixed = space.to_dict() if hasattr(space, "to_dict") else {}
+    keys = ("patch_size", "head_dim", "in_chans") + (() if hasattr(space, "resolution") else ("img_size",))
+    differ = [f"{k} {fixed[k]} (the supernet's: {arch[k]})" for k in keys if isinstance(arch, dict)
+              and fixed.get(k) is not None and arch.get(k) is not None and fixed[k] != arch[k]]
+    if differ:
+        raise InvalidSubnetConfig(f"{what} ({getattr(space, 'name', None) or 'unnamed'}) does not fit the "
+                                  f"{supernet.family} supernet: its {', '.join(differ)}")
     for kind in ("min", "max"):
         try:
             supernet.check_config(space.sample(None, kind))

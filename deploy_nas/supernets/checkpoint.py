@@ -2,7 +2,14 @@
 
 Official AutoFormer checkpoints are `{'model': state_dict, 'optimizer', ..., 'args': argparse.Namespace}`. The
 Namespace is plain data, but weights_only refuses it; we map that one global to an inert stand-in class so the
-unpickler can build it without importing or calling argparse. Any other non-tensor global is refused.
+unpickler can build it without importing or calling argparse. The official NASViT training file stores its yacs
+`CfgNode` (a dict subclass of plain values) under 'config': that global is read as an OrderedDict, which the
+restricted unpickler already builds (items, then attributes into its `__dict__`), so yacs is neither imported nor
+needed. Any other non-tensor global is refused.
+
+torch.load does not check the CRC-32 a zip checkpoint records for each member, so a file damaged inside a tensor's
+bytes would load as wrong weights: every member is read once and its CRC checked first (streaming, ~GB/s). A legacy
+(non-zip) torch file records no checksum; nothing to check there.
 """
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import pickle
 import re
 import struct
 import zipfile
+import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,9 @@ class _InertNamespace:
         self.__dict__.update(state if isinstance(state, dict) else {})
 
 
-_ALLOWED = [(_InertNamespace, "argparse.Namespace")]
+# yacs.config.CfgNode -> OrderedDict: the exact type weights_only fills with SETITEMS and gives BUILD's attribute
+# state (IMMUTABLE, DEPRECATED_KEYS, ...) to, as inert data; a dict subclass of our own would be refused by SETITEMS
+_ALLOWED = [(_InertNamespace, "argparse.Namespace"), (OrderedDict, "yacs.config.CfgNode")]
 
 
 MAX_CHECKPOINT_BYTES = 64 << 30  # no supernet comes near; a larger "checkpoint" is refused before reading it
@@ -67,6 +78,8 @@ def read_checkpoint(path: str | Path) -> Any:
     if kind == "unknown":
         raise CheckpointError(f"{path} is not a checkpoint: neither a torch file (zip or legacy pickle) nor "
                               f"safetensors (it starts with {brief(_head(path), 40)}); nothing in it was loaded")
+    if kind == "torch-zip":
+        verify_zip(path)
     try:
         with torch.serialization.safe_globals(_ALLOWED), open(path, "rb") as f:  # a file: torch.load of a path
             return torch.load(f, map_location="cpu", weights_only=True)  # would go by a .safetensors suffix
@@ -82,6 +95,39 @@ def read_checkpoint(path: str | Path) -> Any:
             TypeError, struct.error, MemoryError, RecursionError) as err:  # what a corrupt stream makes torch raise
         raise CheckpointError(f"{path} is a damaged or truncated torch {'zip' if kind == 'torch-zip' else 'pickle'} "
                               f"file ({type(err).__name__}); it will not be unpickled any further") from None
+
+
+_CHUNK = 1 << 24
+
+
+def verify_zip(path: Path) -> None:
+    """CheckpointError naming `path` and the first member of its zip archive whose bytes do not match the CRC-32 the
+    archive records (or that cannot be read at all). A file written with torch's `compute_crc32=False` records 0 for
+    every member: nothing to check, so nothing is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if not any(m.CRC for m in members if m.file_size):
+                return
+            for member in members:
+                try:
+                    with archive.open(member) as stream:
+                        while stream.read(_CHUNK):
+                            pass
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, RuntimeError) as err:
+                    crc = "CRC" in str(err)
+                    raise CheckpointError(
+                        f"{path} is damaged: its member {brief(member.filename, 80)} "
+                        + ("does not match the CRC-32 the archive records (bytes changed since it was written)"
+                           if crc else f"cannot be read ({reason(err, 80)})")
+                        + "; nothing was loaded. Copy or download the checkpoint again") from None
+    except zipfile.BadZipFile as err:
+        raise CheckpointError(f"{path} is a damaged or truncated torch zip file ({reason(err, 80)}); nothing was "
+                              "loaded") from None
+    except (OSError, struct.error, ValueError, OverflowError) as err:  # struct/Value: a mangled zip directory
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else reason(err, 80)
+        raise CheckpointError(f"cannot read checkpoint {path} as a zip archive ({detail}); nothing was "
+                              "loaded") from None
 
 
 def _head(path: Path) -> bytes:
@@ -127,7 +173,9 @@ def stored_args(obj: Any) -> dict[str, Any]:
     """The training arguments a checkpoint stores (`args`: an argparse Namespace read as inert data, or a dict);
     empty when it stores none."""
     args = obj.get("args") if isinstance(obj, dict) else None
-    return dict(vars(args)) if hasattr(args, "__dict__") else dict(args) if isinstance(args, dict) else {}
+    if isinstance(args, dict):  # before __dict__: a yacs CfgNode is read as an OrderedDict, its items are the args
+        return dict(args)
+    return dict(vars(args)) if hasattr(args, "__dict__") else {}
 
 
 def _finite_as_loaded(value: torch.Tensor, like: torch.Tensor) -> bool:

@@ -22,6 +22,7 @@ rows and fc2 columns (ScaleFold); soft token masks stay as a per-token scale.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -36,12 +37,14 @@ from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.spaces import SPACES, check_config_type
-from deploy_nas.spaces.vitslim import FAMILY, SlimConfig, SlimSpace
+from deploy_nas.spaces.vitslim import BUDGETS as BUDGET_KEYS
+from deploy_nas.spaces.vitslim import FAMILY, SlimConfig, SlimSpace, check_budget
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, read_checkpoint, stored_args
 
 PATCH_ZETA_INIT = 3.0  # official: tanh(3) = 0.995
 MAX_DEPTH = 1024  # deeper than any DeiT: a larger depth is refused before anything is sized by it
 MAX_PAD_TO = 256  # `--pad-to`'s range: a padded head is at most this much wider than its kept channels
+DEIT_HEAD_DIM = 64  # the head width every DeiT has: the head count assumed for a checkpoint that does not tell it
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class SlimViT(nn.Module):
         self.norm = nn.LayerNorm(E, eps=arch.norm_eps)
         self.head = nn.Linear(E, arch.num_classes)
         self.budgets: SlimConfig | None = None  # the budgets a searched checkpoint was made for (its `args`)
+        self.stored_budgets: dict[str, float] = {}  # those of them its args store, when they store fewer than three
 
     # --- masks ----------------------------------------------------------------------------------------------------
     def soft_masks(self) -> Masks:
@@ -452,7 +456,11 @@ def arch_from_state_dict(sd: dict[str, Tensor], num_heads: int | None = None, ma
         raise CheckpointError(f"the checkpoint has a block numbered {brief(deep[-1], 40)}; a ViT has at most "
                               f"{MAX_DEPTH} blocks (0..{MAX_DEPTH - 1})")
     depth = 1 + max(int(b) for b in blocks if b.isdecimal())
-    kind, heads = mask or "channel", num_heads or max(1, E // 64)  # DeiT heads are 64 wide
+    kind, heads = mask or "channel", num_heads or E // DEIT_HEAD_DIM  # DeiT heads are 64 wide
+    if "blocks.0.attn.zeta" not in sd and num_heads is None and E % DEIT_HEAD_DIM:
+        raise CheckpointError(f"embed dim {E} is not a multiple of {DEIT_HEAD_DIM} (a DeiT's head width), and the "
+                              "checkpoint has no masks or args that tell its head count: give it with "
+                              f"--import-option num_heads=N (N divides {E})")
     if "blocks.0.attn.zeta" in sd:
         kind, heads = mask_kind(tuple(sd["blocks.0.attn.zeta"].shape), E)
         if mask is not None and mask != kind:
@@ -487,16 +495,59 @@ def with_masks(sd: dict[str, Tensor], arch: SlimArch) -> dict[str, Tensor]:
     return sd
 
 
-def budgets_from(obj: Any) -> SlimConfig | None:
-    """The budgets stored with a searched checkpoint (`args` of search.py/retrain.py, or our own dict)."""
+def stored_budgets(obj: Any) -> dict[str, float]:
+    """The budgets a checkpoint's `args` store (search.py/retrain.py's, or our own dict), all three or fewer; each
+    checked."""
     values = stored_args(obj)
-    budgets = {k: values[k] for k in ("budget_attn", "budget_mlp", "budget_patch") if k in values}
-    if len(budgets) != 3:
-        return None
     try:
-        return SlimConfig(**budgets)
+        return {k: check_budget(values[k], k) for k in BUDGET_KEYS if k in values}
     except InvalidSubnetConfig as err:
         raise CheckpointError(f"the checkpoint's stored budgets are invalid: {err}") from None
+
+
+def budgets_from(obj: Any) -> SlimConfig | None:
+    """The budgets stored with a searched checkpoint, when its args store all three."""
+    budgets = stored_budgets(obj)
+    return SlimConfig(**budgets) if len(budgets) == len(BUDGET_KEYS) else None
+
+
+def head_count_note(sd: dict[str, Tensor], arch: SlimArch, options_heads: int | None, source: str) -> str | None:
+    """The note for a DeiT whose head count nothing tells (no masks, no num_heads option or stored arg): the count
+    assumed from DeiT's 64-wide heads, and how to give another."""
+    if options_heads is not None or "blocks.0.attn.zeta" in sd:
+        return None
+    return (f"note: {source} does not record its head count: assumed {arch.num_heads} heads of {arch.head_dim} "
+            f"channels (a DeiT's); if the model has others, give them with --import-option num_heads=N")
+
+
+def args_heads(obj: Any) -> int | None:
+    """A head count stored in the checkpoint's args (`num_heads`), if one is there and is a positive integer."""
+    heads = stored_args(obj).get("num_heads")
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
+
+
+def unpruned(model: SlimViT, cfg: SlimConfig) -> str | None:
+    """A warning when a budget below 1 removed nothing of its mask family: ties at the threshold are kept, and on
+    masks at their initial values (a DeiT never searched: every value equal) every budget keeps everything."""
+    if cfg.soft:
+        return None
+    families = (("attention channels", cfg.budget_attn, [b.attn.zeta for b in model.blocks], 0),
+                ("MLP units", cfg.budget_mlp, [b.mlp.zeta for b in model.blocks], 2),
+                ("tokens", cfg.budget_patch, [torch.tanh(b.attn.patch_zeta) for b in model.blocks], 1))
+    masks = model.binary_masks(cfg)
+    whole, equal = [], True
+    for name, budget, values, index in families:
+        kept = [m[index].expand_as(v) for m, v in zip(masks, values)]
+        if budget < 1 and all(bool(k.all()) for k in kept):
+            whole.append(f"{name} (budget {budget:g})")
+            flat = torch.cat([v.detach().reshape(-1) for v in values])
+            equal = equal and bool((flat == flat[0]).all())
+    if not whole:
+        return None
+    why = ("every value of those masks is equal (untrained: at their initial values, as in a DeiT never searched) "
+           "and ties are kept" if equal else "their values tie at the threshold, and ties are kept")
+    return (f"warning: the budgets removed nothing of the {', '.join(whole)}: {why}, so those stay unpruned; search "
+            "the masks first (`deploy-nas slim search --base CHECKPOINT`)")
 
 
 def with_layout(model: SlimViT, head_layout: str | None = None, pad_to: int | None = None) -> SlimViT:
@@ -527,11 +578,13 @@ def prune_config(model: SlimViT, budgets: dict[str, float | None], soft: bool = 
         if given:
             raise InvalidSubnetConfig("--soft folds the soft masks as they are; give no budgets with it")
         return SlimConfig(soft=True)
-    stored = model.budgets.to_dict() if model.budgets is not None else {}
-    missing = [k for k in ("budget_attn", "budget_mlp", "budget_patch") if k not in given and k not in stored]
+    stored = model.budgets.to_dict() if model.budgets is not None else dict(getattr(model, "stored_budgets", {}))
+    missing = [k for k in BUDGET_KEYS if k not in given and k not in stored]
     if missing:
+        has = [k for k in BUDGET_KEYS if k in stored]
+        what = f"its args store only {', '.join(has)}" if has else "the checkpoint stores none in its args"
         raise InvalidSubnetConfig(f"no {', '.join('--' + k.replace('_', '-') for k in missing)}: give the budgets "
-                                  "(the checkpoint stores none in its args), or --soft")
+                                  f"({what}), or --soft")
     return SlimConfig(**{k: given.get(k, stored.get(k)) for k in ("budget_attn", "budget_mlp", "budget_patch")})
 
 
@@ -594,13 +647,17 @@ class ViTSlimFamily:
         if isinstance(obj, nn.Module):  # a timm model object
             obj = obj.state_dict()
         sd = extract_state_dict(obj, source)
-        arch = arch_from_state_dict(sd, options.num_heads, options.mask, head_layout=options.head_layout,
+        heads = options.num_heads if options.num_heads is not None or "blocks.0.attn.zeta" in sd else args_heads(obj)
+        arch = arch_from_state_dict(sd, heads, options.mask, head_layout=options.head_layout,
                                     pad_to=options.pad_to)
+        note = head_count_note(sd, arch, heads, source)
         sd = with_masks(sd, arch)
         model = SlimViT(arch)
         check_state_dict(model, sd, FAMILY, "check the file is a DeiT/ViT-Slim checkpoint (timm layout)")
         model.load_state_dict(sd, strict=True)
-        model.budgets = budgets_from(obj)
+        model.budgets, model.stored_budgets = budgets_from(obj), stored_budgets(obj)
+        if note:
+            print(note, file=sys.stderr)
         return model.eval(), space_for(arch)
 
     def load_official(self, path: Any, options: SlimImportOptions) -> tuple[SlimViT, Any]:

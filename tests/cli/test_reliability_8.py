@@ -229,3 +229,15 @@ def test_a_full_disk_while_training_is_a_one_line_output_error(tmp_path):
         assert sorted(p.name for p in small.iterdir()) == []
     finally:
         _unmount(small)
+
+
+def test_a_space_of_other_sizes_than_the_supernet_is_refused_before_any_work(tmp_path):
+    """`search --space autoformer-tiny` (32 px, head dim 16) on the embedded default (48 px, 32) measured subnets for a
+    minute, then failed on the data's size and left a directory that neither a rerun nor --resume could use;
+    `extract` with it succeeded, ignoring the space's sizes."""
+    line = one_error_line(run("search", "--space", "autoformer-tiny", "--latency-budget-ms", "5", "--measure", "8",
+                              "--population", "4", "--generations", "1", "--out", tmp_path / "s"))
+    assert "head_dim 16 (the supernet's: 32), img_size 32 (the supernet's: 48)" in line
+    line = one_error_line(run("extract", "--space", "autoformer-tiny", "--config", "min", "--out", tmp_path / "e"))
+    assert "img_size 32 (the supernet's: 48)" in line
+    assert list(tmp_path.iterdir()) == []
