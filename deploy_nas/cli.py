@@ -83,6 +83,8 @@ def export_onnx_cmd(out: Path, opset: int, dynamo: bool, no_simplify: bool) -> N
     """OUT/model.onnx (+ model.onnx.json), proven against torch with onnxruntime."""
     from deploy_nas.export.pipeline import export_to
 
+    _check_opset(opset, dynamo)
+
     r = export_to(out, opset=opset, dynamo=dynamo, simplify=not no_simplify)
     click.echo(f"{r.path}: {r.exporter} exporter, opset {r.opset}, {r.nodes_after} nodes, max abs vs torch "
                f"{r.max_abs_after:.3g}; {r.simplify_note}")
@@ -196,6 +198,7 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
     from deploy_nas.export.pipeline import RunPlan, plan_targets, run
     from deploy_nas.workflows import model_to_deploy
 
+    _check_opset(params["opset"], params["dynamo"])
     source = opt.supernet_source(params)
     plan = RunPlan(targets=plan_targets(backends, precisions), **params).check()
     int8 = any(precision == "int8" for _, precision in plan.targets)
@@ -208,6 +211,15 @@ def run_cmd(out: Path, force: bool, dense_dir: Path | None, config: str | None, 
         report = _stamp(out / "report.json")
         if report is not None and report != earlier:  # this run's report (never one a --force run did not replace)
             show_report(out)  # also after a failed parity gate: the directory is complete, show why
+
+
+def _check_opset(opset: int, dynamo: bool) -> None:
+    """--dynamo builds at opset 18 or later: the default 17 is raised to it, a smaller --opset given is refused."""
+    from deploy_nas.export.onnx import DYNAMO_MIN_OPSET
+
+    if dynamo and opset < DYNAMO_MIN_OPSET and not opt.is_default("opset"):
+        raise click.BadParameter(f"{opset}: the dynamo exporter builds at opset {DYNAMO_MIN_OPSET} or later; give "
+                                 f"--opset {DYNAMO_MIN_OPSET} or more, or drop --dynamo", param_hint="'--opset'")
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -283,9 +295,9 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
 
             how, code = opt.interruption(err)
             if main_process():
-                click.echo(f"{how}: what the search did is in {out}; continue with --resume" if any(
+                click.echo(f"error: {how}: what the search did is in {out}; continue with --resume" if any(
                            (out / name).is_file() for name in (LOG_FILE, MEASURED_FILE)) else
-                           f"{how} before the search wrote anything; nothing to resume, run it again", err=True)
+                           f"error: {how} before the search wrote anything; nothing to resume, run it again", err=True)
             sys.exit(code)
         if not main_process():
             return

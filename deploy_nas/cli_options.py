@@ -168,13 +168,17 @@ class FamilyChoice(click.Choice):
 
 
 def csv(cast: Callable[[str], Any] = str) -> Callable:
-    """A callback that turns "a,b" into a tuple of `cast` values."""
+    """A callback that turns "a,b" into a tuple of `cast` values, each once (`openvino,openvino` built, measured and
+    reported one engine twice), in the order given; an empty item (`1,,8`, `,`) is refused."""
 
     def parse(ctx: click.Context, param: click.Parameter, value: Any) -> tuple:
+        items = [v.strip() for v in str(value or "").split(",")]
+        if value is not None and not all(items):
+            raise click.BadParameter(f"{brief(str(value), 60)}: an empty item; give a comma-separated list")
         try:
-            return tuple(cast(v.strip()) for v in str(value or "").split(",") if v.strip())
+            return tuple(dict.fromkeys(cast(v) for v in items if v))
         except ValueError as err:
-            raise click.BadParameter(f"{str(value)[:60]!r}: {err}") from err
+            raise click.BadParameter(f"{brief(str(value), 60)}: {err}") from err
 
     return parse
 
@@ -260,8 +264,8 @@ data = click.option("--data", "data_dir", type=click.Path(path_type=Path), defau
 def batch_sizes(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
     sizes = csv(int)(ctx, param, value)
     if not sizes or min(sizes) < 1:  # the largest batch is bounded by the memory its input needs (`run`, `bench`)
-        raise click.BadParameter(f"{brief(str(value), 60)!r}: give one or more batch sizes >= 1, e.g. 1,8")
-    return tuple(dict.fromkeys(sizes))  # each once: `1,1` measured twice would leave two rows of one key
+        raise click.BadParameter(f"{brief(str(value), 60)}: give one or more batch sizes >= 1, e.g. 1,8")
+    return sizes  # each once (csv): `1,1` measured twice would leave two rows of one key
 
 
 batches = click.option("--batch", "batches", default="1,8", show_default=True, callback=batch_sizes,

@@ -89,6 +89,12 @@ def read_checkpoint(path: str | Path) -> Any:
             raise CheckpointError(f"{path} holds pickled objects ({brief(needs.group(1), 60)}) that only code "
                                   "execution could rebuild; it will not be unpickled. Re-save just the tensors "
                                   "(a state dict, or safetensors) from a trusted environment") from None
+        opcode = re.search(r"Unsupported operand (\d+)", str(err))
+        if opcode:  # e.g. 149, FRAME: torch.save(..., pickle_protocol=4 or 5), or pickle.dump's default protocol
+            raise CheckpointError(f"{path} is pickled with an opcode torch's safe loader does not read (operand "
+                                  f"{brief(opcode.group(1), 8)}: pickle protocol 4 or 5?); it will not be unpickled. "
+                                  "Re-save the tensors with torch.save's default protocol (2), or as safetensors") \
+                from None
         raise CheckpointError(f"{path} is a damaged or truncated torch {'zip' if kind == 'torch-zip' else 'pickle'} "
                               "file (its weights could not be read); it will not be unpickled any further") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, IndexError, KeyError,

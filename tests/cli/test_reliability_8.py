@@ -241,3 +241,37 @@ def test_a_space_of_other_sizes_than_the_supernet_is_refused_before_any_work(tmp
     line = one_error_line(run("extract", "--space", "autoformer-tiny", "--config", "min", "--out", tmp_path / "e"))
     assert "img_size 32 (the supernet's: 48)" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_backend_or_precision_given_twice_is_built_once(tmp_path):
+    """`run --backend openvino,openvino --precision fp32,fp32` built and timed one engine four times ([18/17]), and
+    report.md showed four rows where bench.json kept one."""
+    dep = tmp_path / "dep"
+    r = run("run", "--config", "min", "--out", dep, "--backend", "onnxruntime,onnxruntime", "--precision",
+            "fp32,fp32", "--batch", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((dep / "report.json").read_text())
+    assert len(report["parity"]) == 1 and [r["backend"] for r in report["fps"]].count("onnxruntime") == 1
+    for given in ("1,,8", ","):
+        assert "an empty item" in one_error_line(run("bench", dep, "--batch", given))
+    assert "'0': give one or more batch sizes" in one_error_line(run("bench", dep, "--batch", "0"))  # quoted once
+
+
+def test_an_opset_below_the_dynamo_exporters_is_refused_not_raised(tmp_path):
+    """`export onnx --dynamo --opset 17` wrote opset 18 without a word."""
+    line = one_error_line(run("run", "--config", "min", "--dynamo", "--opset", "17", "--out", tmp_path / "d"))
+    assert "opset 18 or later" in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_checkpoint_pickled_with_protocol_4_is_named_as_such_not_damaged(tmp_path):
+    import torch
+
+    from deploy_nas.io import load_safetensors
+    from deploy_nas.supernets import DEFAULT_DIR
+
+    path = tmp_path / "p4.pth"
+    torch.save(load_safetensors(DEFAULT_DIR / "weights.safetensors"), path, pickle_protocol=4)
+    line = one_error_line(run("extract", "--checkpoint", path, "--config", "min", "--out", tmp_path / "o"))
+    assert "pickle protocol 4 or 5" in line and "damaged" not in line
+    assert not (tmp_path / "o").exists()
