@@ -113,6 +113,13 @@ def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
 
     supernet, space = source.load()
     cfg = supernet.check_config(resolve_config(config, supernet.family, space))
+    if supernet.family == "vitslim":  # budgets below 1 on masks never searched remove nothing: say so, as prune does
+        import sys
+
+        from deploy_nas.supernets.vitslim import unpruned
+
+        if warning := unpruned(supernet, cfg):
+            print(warning, file=sys.stderr)
     calib = calibration(bn, calib_dir, space, supernet.family, int8)
     return Extracted(materialize(supernet, cfg, calib=calib), cfg, space)
 
@@ -216,11 +223,10 @@ class SearchRequest:
     def check(self) -> SearchRequest:
         bounds = (("generations", 1, 10_000), ("population", 4, 10_000), ("measure", 8, 10_000),
                   ("threads", 1, 4096), ("seed", 0, 2**63 - 1))
-        bad = [f"{n}={getattr(self, n)}" for n, low, high in bounds
+        bad = [f"{n}={getattr(self, n)} (allowed {low}..{high})" for n, low, high in bounds
                if getattr(self, n) is not None and not low <= getattr(self, n) <= high]
         if bad:
-            raise DeployNASError(f"search settings out of range: {', '.join(bad)} (generations, population and "
-                                 "measure up to 10000; population >= 4, measure >= 8)")
+            raise DeployNASError(f"search settings out of range: {', '.join(bad)}")
         if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise DeployNASError(f"--latency-budget-ms must be a finite number > 0, got {self.budget_ms!r}")
         for name, rng in (("--params-range", self.params_range), ("--flops-range", self.flops_range)):

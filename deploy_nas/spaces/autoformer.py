@@ -84,10 +84,11 @@ class AutoFormerConfig(CanonicalConfig):
         official = "layer_num" in obj  # the official `set_sample_config` dict
         keys = ("layer_num" if official else "depth", "embed_dim", "mlp_ratio", "num_heads")
         missing = [k for k in keys if k not in obj]
-        if missing:
-            raise InvalidSubnetConfig(f"config lacks {', '.join(missing)}; an {FAMILY} config needs "
-                                      "depth, embed_dim, mlp_ratio and num_heads (or the official layer_num form)")
         unknown = sorted(set(obj) - {"family", *keys}, key=str)
+        if missing:  # a misspelled key is both: name the one given with the one needed
+            given = f" and has unknown keys {brief(unknown)}" if unknown else ""
+            raise InvalidSubnetConfig(f"config lacks {', '.join(missing)}{given}; an {FAMILY} config needs "
+                                      "depth, embed_dim, mlp_ratio and num_heads (or the official layer_num form)")
         if unknown:
             raise InvalidSubnetConfig(f"config has unknown keys {brief(unknown)}; remove them")
         if official:

@@ -275,3 +275,14 @@ def test_a_checkpoint_pickled_with_protocol_4_is_named_as_such_not_damaged(tmp_p
     line = one_error_line(run("extract", "--checkpoint", path, "--config", "min", "--out", tmp_path / "o"))
     assert "pickle protocol 4 or 5" in line and "damaged" not in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelled_key_and_an_out_of_range_setting_are_named(tmp_path):
+    """`{"num_head": ...}` said only 'config lacks num_heads'; `search --threads 0` listed every limit but the
+    threads'."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"depth": 4, "embed_dim": 64, "mlp_ratio": [2.0] * 4, "num_head": [2] * 4}))
+    line = one_error_line(run("extract", "--config", cfg, "--out", tmp_path / "o"))
+    assert "lacks num_heads and has unknown keys ['num_head']" in line
+    line = one_error_line(run("search", "--threads", "0", "--latency-budget-ms", "1", "--out", tmp_path / "s"))
+    assert "threads=0 (allowed 1..4096)" in line

@@ -111,3 +111,14 @@ def test_5_budgets_the_checkpoint_stores_in_part_are_named(tmp_path):
     assert "no --budget-patch: give the budgets (its args store only budget_attn, budget_mlp)" in line, line
     r = run("slim", "prune", "--checkpoint", path, "--budget-patch", "0.7", "--out", tmp_path / "o")
     assert r.returncode == 0 and "budgets attn 0.5 mlp 0.6 tokens 0.7" in r.stdout, r.stderr
+
+
+def test_4_extract_warns_too_when_the_budgets_remove_nothing(tmp_path):
+    """`extract --family vitslim` of a DeiT never searched gave the unpruned model without a word."""
+    a = arch("deit-tiny", depth=2, img_size=32)
+    path, _ = _plain(tmp_path / "deit.pth", a)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"family": "vitslim", "budget_attn": 0.5, "budget_mlp": 0.5, "budget_patch": 1.0}))
+    r = run("extract", "--family", "vitslim", "--checkpoint", path, "--config", cfg, "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")][0].count("removed nothing") == 1
