@@ -27,8 +27,22 @@ class Terminated(KeyboardInterrupt):
     like Ctrl-C does: temporaries removed, locks released, a search's log kept."""
 
 
+_TERMINATED = threading.Event()  # a SIGTERM arrived: any error after it is how the command ended, not its cause
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    _TERMINATED.set()
     raise Terminated()
+
+
+def _fail(message: str, code: int) -> None:
+    """Print `error: message` and exit with `code`; after a SIGTERM, `terminated (SIGTERM)` and 143 instead: the
+    Terminated it raised inside a library's callback (safetensors reading a file) can come out as that library's own
+    error, which the files it was reading do not deserve."""
+    if _TERMINATED.is_set():
+        message, code = "terminated (SIGTERM)", 143
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 def interruption(err: BaseException) -> tuple[str, int]:
@@ -95,28 +109,22 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except click.ClickException as err:
-        click.echo(f"error: {one_line(err.format_message())}", err=True)
-        sys.exit(2)
+        _fail(one_line(err.format_message()), 2)
     except DeployNASError as err:
         from deploy_nas.distributed import main_process
 
-        if main_process():  # under torchrun every rank fails alike; one says so
-            click.echo(f"error: {one_line(str(err))}", err=True)
+        if main_process() or _TERMINATED.is_set():  # under torchrun every rank fails alike; one says so
+            _fail(one_line(str(err)), err.exit_code)
         sys.exit(err.exit_code)
     except UnicodeEncodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)
-        click.echo(f"error: a name that is not valid UTF-8 ({err.reason}); rename it or choose another path",
-                   err=True)
-        sys.exit(2)
+        _fail(f"a name that is not valid UTF-8 ({err.reason}); rename it or choose another path", 2)
     except OSError as err:  # the file system refused a path: a name too long, a symlink loop, no permission
         where = f": {brief(str(err.filename), 80)}" if err.filename else ""
-        click.echo(f"error: {err.strerror or one_line(str(err))}{where}", err=True)
-        sys.exit(2)
+        _fail(f"{err.strerror or one_line(str(err))}{where}", 2)
     except (MemoryError, RuntimeError) as err:  # what no input check foresaw: the machine, not a bug
-        if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err):  # torch's CPU allocator says so
-            raise
-        click.echo("error: out of memory; use a smaller model, batch or input, or a machine with more memory",
-                   err=True)
-        sys.exit(2)
+        if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err) and not _TERMINATED.is_set():
+            raise  # torch's CPU allocator says so
+        _fail("out of memory; use a smaller model, batch or input, or a machine with more memory", 2)
 
 
 class OneLineErrors(click.Group):

@@ -494,8 +494,8 @@ def _as_output_error(target: Path) -> Iterator[None]:
 def library_write(path: str | Path) -> Iterator[None]:
     """Around a file written by a library (safetensors, torch.save, OpenVINO's save_model): a failure to write (a
     full disk, a quota) comes out of them as their own types (SafetensorError, torch's and OpenVINO's RuntimeError)
-    and is an OutputPathError naming the file, like any failed write of ours. Wrap the write call alone: its input is
-    in memory, so what fails there is the writing."""
+    and is an OutputPathError naming the file, like any failed write of ours. Wrap the write call alone. What does
+    not look like a failure to write (no OSError, no word of one, free space left) goes on as it was raised."""
     from deploy_nas.errors import DeployNASError, reason
 
     path = Path(path)
@@ -506,11 +506,20 @@ def library_write(path: str | Path) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 (each library raises its own type for the same failure)
         why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err, 100)
         try:
-            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
+            free_bytes: int | None = shutil.disk_usage(path.parent).free
         except OSError:
-            free = ""
+            free_bytes = None
+        said = any(word in str(err) for word in _WRITE_FAILURES)
+        if not (isinstance(err, OSError) or said or (free_bytes is not None and free_bytes < 64 << 20)):
+            raise
+        free = "" if free_bytes is None else f"; {free_bytes / 2**20:.1f} MiB free there"
         raise OutputPathError(f"cannot write {path}: {why}{free}; choose a writable location with free space") \
             from None
+
+
+# How safetensors, torch.save (its zip writer: "unexpected pos" after a short write) and OpenVINO ("iostream error")
+# word a failed write.
+_WRITE_FAILURES = ("No space", "I/O error", "iostream", "unexpected pos", "quota", "os error", "Errno")
 
 
 @contextlib.contextmanager

@@ -286,3 +286,25 @@ def test_a_misspelled_key_and_an_out_of_range_setting_are_named(tmp_path):
     assert "lacks num_heads and has unknown keys ['num_head']" in line
     line = one_error_line(run("search", "--threads", "0", "--latency-budget-ms", "1", "--out", tmp_path / "s"))
     assert "threads=0 (allowed 1..4096)" in line
+
+
+def test_an_error_raised_while_a_sigterm_unwinds_is_reported_as_the_sigterm(tmp_path):
+    """A SIGTERM that arrived while safetensors read the dense weights came out of it as its own error ('could not
+    determine the shape of object type UntypedStorage'): the run ended with exit 2 and 'not safetensors; re-extract
+    the model', blaming an intact file."""
+    import subprocess
+    import sys
+
+    code = ("import click, os, signal, time\n"
+            "from deploy_nas.cli_options import main_one_line\n"
+            "from deploy_nas.errors import CheckpointError\n"
+            "@click.command()\n"
+            "def cmd():\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(5)\n"
+            "    except KeyboardInterrupt:  # what a library's callback does with it\n"
+            "        raise CheckpointError('w.safetensors is not safetensors; re-extract the model') from None\n"
+            "main_one_line(cmd, [])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143 and r.stderr.strip() == "error: terminated (SIGTERM)", (r.returncode, r.stderr)
