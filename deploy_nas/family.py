@@ -169,7 +169,9 @@ class Family(Protocol):
     # options a user gives), `exactness_atol` (the bound materialization is tested to, when not 1e-5; say why),
     # `claims(state_dict) -> bool` (recognise an official checkpoint given without --family), `commands()` (click
     # commands the family adds to `deploy-nas`, e.g. ViT-Slim's `slim search|prune`), `batchnorm` (True: its subnets
-    # take a Calibration, `--bn`/`--calib-data`; a family without it refuses those options).
+    # take a Calibration, `--bn`/`--calib-data`; a family without it refuses those options), `config_warning(supernet,
+    # config) -> str | None` (a warning `extract`/`run` print about a valid config that does not do what it seems to,
+    # e.g. ViT-Slim budgets that removed nothing of masks never searched).
 
 
 def get_family(name: str) -> Family:

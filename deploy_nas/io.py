@@ -34,6 +34,7 @@ from deploy_nas.errors import OutputPathError, brief
 
 MARKER = ".deploy-nas"
 TAG = "deploy-nas"
+LOCK_SUFFIX = f".{TAG}-lock"  # an output's lock file, beside it: `.<name>.deploy-nas-lock`
 
 
 def _pid_space() -> str:
@@ -159,7 +160,7 @@ def sweep(parent: Path, log: Any = None) -> list[Path]:
     except OSError:
         return swept
     for p in entries:
-        if p.name.endswith(f".{TAG}-lock") and _stale_lock(p):
+        if p.name.endswith(LOCK_SUFFIX) and _stale_lock(p):
             swept.append(p)
             continue
         pid = _owner(p.name)
@@ -251,7 +252,7 @@ def foreign_entries(d: Path, limit: int = 5) -> list[str]:
     written = _read_marker(d)
     foreign = []
     for p in sorted(d.iterdir()):
-        if p.name == MARKER or p.name.endswith(f".{TAG}-lock"):
+        if p.name == MARKER or p.name.endswith(LOCK_SUFFIX):
             continue
         if p.is_dir() and not p.is_symlink():
             if written is not None:
@@ -398,7 +399,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
     parent = real.parent
     with _as_output_error(out):
         created = make_dirs(parent)
-    lock = parent / f".{_lock_stem(real.name)}.{TAG}-lock"
+    lock = parent / f".{_lock_stem(real.name)}{LOCK_SUFFIX}"
     fd = _acquire(lock, out)
     _HELD.add(key)
     try:

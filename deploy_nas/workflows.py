@@ -109,17 +109,16 @@ def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
                    calib_dir: Path | None = None, int8: bool = False) -> Extracted:
     """Load the supernet, resolve and validate the config, and materialize its dense model. `int8`: an int8 build
     follows, which calibrates on `calib_dir` too."""
+    from deploy_nas.family import family_of
     from deploy_nas.materialize import materialize
 
     supernet, space = source.load()
     cfg = supernet.check_config(resolve_config(config, supernet.family, space))
-    if supernet.family == "vitslim":  # budgets below 1 on masks never searched remove nothing: say so, as prune does
+    warn = getattr(family_of(supernet), "config_warning", None)  # e.g. ViT-Slim budgets that removed nothing
+    if warn is not None and (warning := warn(supernet, cfg)):
         import sys
 
-        from deploy_nas.supernets.vitslim import unpruned
-
-        if warning := unpruned(supernet, cfg):
-            print(warning, file=sys.stderr)
+        print(warning, file=sys.stderr)
     calib = calibration(bn, calib_dir, space, supernet.family, int8)
     return Extracted(materialize(supernet, cfg, calib=calib), cfg, space)
 
@@ -295,7 +294,7 @@ def _demo_files(out: Path) -> list[str]:
     and locks: what its report.json lists as written by the demo."""
     import os
 
-    from deploy_nas.io import MARKER, TAG
+    from deploy_nas.io import LOCK_SUFFIX, MARKER
 
     found = []
     for root, dirs, files in os.walk(out):
@@ -303,7 +302,7 @@ def _demo_files(out: Path) -> list[str]:
         links = [d for d in dirs if (here / d).is_symlink()]
         dirs[:] = sorted(d for d in dirs if d not in links)
         found += [(here / name).relative_to(out).as_posix() for name in files + links
-                  if name != MARKER and not name.endswith(f".{TAG}-lock")]
+                  if name != MARKER and not name.endswith(LOCK_SUFFIX)]
     return sorted(found)
 
 
@@ -316,11 +315,11 @@ def check_demo_output(out: Path, force: bool = False) -> None:
     import json
 
     from deploy_nas.errors import OutputPathError, brief
-    from deploy_nas.io import MARKER, TAG
+    from deploy_nas.io import LOCK_SUFFIX, MARKER
 
     if force or not out.is_dir():
         return
-    entries = {p.name for p in out.iterdir() if not p.name.endswith(f".{TAG}-lock")} - {MARKER}
+    entries = {p.name for p in out.iterdir() if not p.name.endswith(LOCK_SUFFIX)} - {MARKER}
     if not entries:
         return
     try:

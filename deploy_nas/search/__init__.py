@@ -635,35 +635,38 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _read_measured(path: Path) -> dict[str, float]:
     """A resumed search's measured latencies (ms) by config id, each a finite number > 0."""
-    fix = "remove it to measure again, or start a new search"
-    saved = _read_json(path, "entry ", fix)
-    if not isinstance(saved, dict):
-        raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not latencies by config "
-                                  f"id; {fix}")
-    known = {}
-    for key, value in saved.items():
+    def latency(value: Any) -> float | None:
         ms = finite_number(value)
-        if not isinstance(key, str) or ms is None or ms <= 0:
-            raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not a latency (a "
-                                      f"finite number of ms > 0); {fix}")
-        known[key] = ms
-    return known
+        return ms if ms is not None and ms > 0 else None
+
+    return _read_by_id(path, latency, "latencies", "a latency (a finite number of ms > 0)",
+                       "remove it to measure again, or start a new search")
 
 
 def _read_passes(path: Path) -> dict[str, list[float]]:
     """A resumed search's per-pass p50s (ms) by config id, each a non-empty list of finite numbers > 0."""
-    fix = "remove it to resume without the timing repeatability of the subnets measured before, or start a new search"
+    def passes(value: Any) -> list[float] | None:
+        ms = [finite_number(v) for v in value] if isinstance(value, list) else []
+        return ms if ms and all(m is not None and m > 0 for m in ms) else None
+
+    return _read_by_id(path, passes, "per-pass latencies", "a list of per-pass latencies (finite numbers of ms > 0)",
+                       "remove it to resume without the timing repeatability of the subnets measured before, or start "
+                       "a new search")
+
+
+def _read_by_id(path: Path, parse: Callable[[Any], Any], what: str, each: str, fix: str) -> dict[str, Any]:
+    """A JSON object of `what` by config id, each value turned by `parse` (None: not `each`); DamagedSearchOutput
+    naming the file, the entry and `fix` otherwise."""
     saved = _read_json(path, "entry ", fix)
     if not isinstance(saved, dict):
-        raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not per-pass latencies by "
-                                  f"config id; {fix}")
+        raise DamagedSearchOutput(f"{path} is damaged: it holds a {type(saved).__name__}, not {what} by config id; "
+                                  f"{fix}")
     known = {}
     for key, value in saved.items():
-        ms = [finite_number(v) for v in value] if isinstance(value, list) else []
-        if not isinstance(key, str) or not ms or any(m is None or m <= 0 for m in ms):
-            raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not a list of "
-                                      f"per-pass latencies (finite numbers of ms > 0); {fix}")
-        known[key] = ms
+        parsed = parse(value)
+        if not isinstance(key, str) or parsed is None:
+            raise DamagedSearchOutput(f"{path} is damaged: entry {brief(key)} is {brief(value)}, not {each}; {fix}")
+        known[key] = parsed
     return known
 
 

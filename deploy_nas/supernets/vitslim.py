@@ -505,12 +505,6 @@ def stored_budgets(obj: Any) -> dict[str, float]:
         raise CheckpointError(f"the checkpoint's stored budgets are invalid: {err}") from None
 
 
-def budgets_from(obj: Any) -> SlimConfig | None:
-    """The budgets stored with a searched checkpoint, when its args store all three."""
-    budgets = stored_budgets(obj)
-    return SlimConfig(**budgets) if len(budgets) == len(BUDGET_KEYS) else None
-
-
 def head_count_note(sd: dict[str, Tensor], arch: SlimArch, options_heads: int | None, source: str) -> str | None:
     """The note for a DeiT whose head count nothing tells (no masks, no num_heads option or stored arg): the count
     assumed from DeiT's 64-wide heads, and how to give another."""
@@ -625,6 +619,9 @@ class ViTSlimFamily:
     def config_from_dict(self, obj: Any) -> SlimConfig:
         return SlimConfig.from_dict(obj)
 
+    def config_warning(self, supernet: SlimViT, config: SlimConfig) -> str | None:
+        return unpruned(supernet, config)
+
     def commands(self) -> tuple[Any, ...]:
         from deploy_nas.cli_slim import slim
 
@@ -655,7 +652,8 @@ class ViTSlimFamily:
         model = SlimViT(arch)
         check_state_dict(model, sd, FAMILY, "check the file is a DeiT/ViT-Slim checkpoint (timm layout)")
         model.load_state_dict(sd, strict=True)
-        model.budgets, model.stored_budgets = budgets_from(obj), stored_budgets(obj)
+        model.stored_budgets = stored_budgets(obj)  # the budgets a searched checkpoint was made for, when all three
+        model.budgets = SlimConfig(**model.stored_budgets) if len(model.stored_budgets) == len(BUDGET_KEYS) else None
         if note:
             print(note, file=sys.stderr)
         return model.eval(), space_for(arch)

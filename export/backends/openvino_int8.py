@@ -43,18 +43,21 @@ def table_matmuls(ov_model: Any) -> list[str]:
     def constant_gather(node: Any) -> bool:
         return node.get_type_name() == "Gather" and node.input_value(1).get_node().get_type_name() == "Constant"
 
-    names = []
+    return [node.get_friendly_name() for node, after in _matmuls(ov_model)
+            if any(constant_gather(node.input_value(i).get_node()) for i in range(node.get_input_size()))
+            or any(constant_gather(n) for n in after)]
+
+
+def _matmuls(ov_model: Any) -> list[tuple[Any, list[Any]]]:
+    """Each MatMul of the model with the nodes its output feeds, through a Reshape too."""
+    found = []
     for node in ov_model.get_ordered_ops():
-        if node.get_type_name() != "MatMul":
-            continue
-        fed_by = any(constant_gather(node.input_value(i).get_node()) for i in range(node.get_input_size()))
-        after = [t.get_node() for t in node.output(0).get_target_inputs()]
-        after += [t.get_node() for n in after if n.get_type_name() == "Reshape"
-                  for t in n.output(0).get_target_inputs()]
-        feeds = any(constant_gather(n) for n in after)
-        if fed_by or feeds:
-            names.append(node.get_friendly_name())
-    return names
+        if node.get_type_name() == "MatMul":
+            after = [t.get_node() for t in node.output(0).get_target_inputs()]
+            after += [t.get_node() for n in after if n.get_type_name() == "Reshape"
+                      for t in n.output(0).get_target_inputs()]
+            found.append((node, after))
+    return found
 
 
 def full_bias_matmuls(ov_model: Any) -> list[str]:
@@ -68,17 +71,9 @@ def full_bias_matmuls(ov_model: Any) -> list[str]:
             node = node.input_value(0).get_node()
         return node.get_type_name() == "Constant" and sum(d > 1 for d in node.get_output_shape(0)) >= 2
 
-    names = []
-    for node in ov_model.get_ordered_ops():
-        if node.get_type_name() != "MatMul":
-            continue
-        after = [t.get_node() for t in node.output(0).get_target_inputs()]
-        after += [t.get_node() for n in after if n.get_type_name() == "Reshape"
-                  for t in n.output(0).get_target_inputs()]
-        if any(n.get_type_name() == "Add" and any(big_constant(n.input_value(i)) for i in range(n.get_input_size()))
-               for n in after):
-            names.append(node.get_friendly_name())
-    return names
+    return [node.get_friendly_name() for node, after in _matmuls(ov_model)
+            if any(n.get_type_name() == "Add" and any(big_constant(n.input_value(i)) for i in range(n.get_input_size()))
+                   for n in after)]
 
 
 def nncf_quantize(ov_model: Any, calib: np.ndarray, smooth_quant: bool, kept: list[str] = (),
