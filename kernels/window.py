@@ -71,8 +71,10 @@ def cyclic_shift(x: Tensor, shift: int) -> Tensor:
 
 
 def region_labels(resolution: int, window: int, shift: int) -> Tensor:
-    """(R, R) int64: the region of each position of the rolled map (3 parts per axis)."""
-    pos = torch.arange(resolution)
+    """(R, R) int64: the region of each position of the rolled map (3 parts per axis). Built on the CPU, as every
+    constant here (also inside a `torch.device("meta")` block, where the meta device's Python kernels would import
+    torch's compiler stack: about two seconds a process)."""
+    pos = torch.arange(resolution, device="cpu")
     part = (pos >= resolution - window).long() + (pos >= resolution - shift).long()  # 0, 1 or 2
     return part[:, None] * 3 + part[None, :]
 
@@ -82,7 +84,7 @@ def attention_mask(resolution: int, window: int, shift: int) -> Tensor:
     labels = region_labels(resolution, window, shift)[None, :, :, None].float()  # (1, R, R, 1)
     windows = window_partition(labels, resolution, window)[..., 0]  # (nW, w * w)
     differ = windows[:, None, :] != windows[:, :, None]  # (nW, N, N)
-    return torch.zeros(differ.shape).masked_fill(differ, MASK_VALUE)
+    return torch.zeros(differ.shape, device="cpu").masked_fill(differ, MASK_VALUE)
 
 
 def relative_position_index(window: int, table_window: int | None = None) -> Tensor:
@@ -90,7 +92,7 @@ def relative_position_index(window: int, table_window: int | None = None) -> Ten
     big = table_window or window
     if big < window:
         raise ValueError(f"a table for window {big} cannot hold the offsets of window {window}")
-    pos = torch.arange(window)
+    pos = torch.arange(window, device="cpu")
     y = pos.repeat_interleave(window)  # (N,) rows
     x = pos.repeat(window)  # (N,) columns
     dy = y[:, None] - y[None, :] + big - 1  # (N, N) in [big - w, big + w - 2]

@@ -142,7 +142,8 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * w - 1) ** 2, spec.num_heads))
         self.register_buffer("bias", torch.zeros(spec.num_heads, w * w, w * w), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_bias)
-        self.refresh_constants()
+        if not self.bias.is_meta:  # a model of shapes only (built under torch.device("meta")) has no bias to gather
+            self.refresh_constants()
 
     @torch.no_grad()
     def refresh_constants(self) -> None:

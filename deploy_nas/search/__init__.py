@@ -362,6 +362,8 @@ class Search:
                 cfgs.append(cfg)
         self._measured.update(known or {})
         reused = {c.id for c in cfgs if c.id in self._measured}  # measured before (a resume's measured.json)
+        if len(reused) < len(cfgs):  # timed together before any is printed: say so, it can take minutes
+            self.log(f"timing {len(cfgs) - len(reused)} subnets for the latency predictor")
         fastest = self.measure(cfgs[0])
         if fastest > self.constraints.latency_budget_ms:
             raise InfeasibleBudget(f"no subnet can meet {self.constraints.latency_budget_ms:g} ms: the fastest, the "

@@ -590,9 +590,10 @@ class S3Family:
         with torch.device("meta"):  # no initialisation: every weight is written below (zeros where uncovered)
             model = S3Supernet(S3Arch.from_space(space, patch_norm="patch_embed.norm.weight" in sd,
                                                  qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd))
-        model = model.to_empty(device="cpu")
-        for p in model.parameters():
-            p.detach().zero_()
+        # zeros on the CPU in place of the meta tensors (`to_empty` would run the meta device's Python kernels, whose
+        # first use imports torch's compiler stack: about two seconds a process)
+        model.load_state_dict({k: torch.zeros(v.shape, dtype=v.dtype, device="cpu")
+                               for k, v in model.state_dict().items()}, assign=True)
         spec = model.dense_spec(cfg)
         with torch.device("meta"):
             shapes = SwinTransformer(spec)

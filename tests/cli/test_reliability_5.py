@@ -85,17 +85,18 @@ def test_sigterm_unwinds_like_an_interrupt(tmp_path):
 def test_a_search_stopped_before_its_first_generation_says_there_is_nothing_to_resume(tmp_path, tiny_supernet_dir):
     """It said 'the per-generation log is in OUT; continue with --resume' when OUT did not exist."""
     out = tmp_path / "s"
-    # unbuffered, the first of 200 latency measurements (about 10 ms each) is printed seconds before the search
-    # writes measured.json, the first file it writes
+    # unbuffered, the search says it is timing the predictor's subnets before it times them (seconds, here), and
+    # it writes measured.json, its first file, only after
     proc = subprocess.Popen([EXE, "search", "--supernet", str(tiny_supernet_dir), "--backend", "torch", "--threads",
-                             "1", "--latency-budget-ms", "1e9", "--measure", "200", "--out", str(out)],
+                             "1", "--latency-budget-ms", "1e9", "--measure", "8", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     first = proc.stdout.readline()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert first.startswith("measure 1/200") and proc.returncode == 143 and not out.exists(), (first, err)
+    rest, err = proc.communicate(timeout=120)
+    assert first == "timing 8 subnets for the latency predictor\n" and "measure 1/" not in rest, (first, rest)
+    assert proc.returncode == 143 and not out.exists(), err
     assert "terminated (SIGTERM) before the search wrote anything; nothing to resume" in err and "--resume" not in err
 
 

@@ -158,10 +158,10 @@ def test_search_cli_bad_input_exits_2_without_output(tmp_path):
 @pytest.mark.slow
 def test_interrupted_search_keeps_its_log_and_resumes(tmp_path, tiny_supernet_dir):
     out = tmp_path / "s"
-    # more generations than the search can run before the signal (about 0.7 s each), however late a loaded
+    # more generations than the search can run before the signal (a fraction of a second each), however late a loaded
     # machine lets this test see the log
     args = ["search", "--supernet", str(tiny_supernet_dir), "--backend", "torch", "--threads", "1",
-            "--latency-budget-ms", "1000", "--generations", "500", "--population", "8", "--measure", "8",
+            "--latency-budget-ms", "1000", "--generations", "500", "--population", "4", "--measure", "8",
             "--out", str(out)]
     # SIGINT as a terminal delivers it: a run started in the background of a non-interactive shell (`.ci/run &`)
     # inherits it ignored, and the search would not see the interrupt at all
