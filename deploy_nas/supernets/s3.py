@@ -53,6 +53,8 @@ from deploy_nas.spaces.s3 import (
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
 
 NORM_EPS = 1e-5
+# the constants an official checkpoint stores per block beside its weights (checked, then rebuilt)
+BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 
 
 @dataclass(frozen=True)
@@ -580,13 +582,19 @@ class S3Family:
             raise InvalidSubnetConfig(f"import option img_size={options.img_size} is not an image size "
                                       f"(1..{MAX_IMG_SIZE})")
         cfg, _ = config_from_state_dict(sd)
+        buffers = any(k.endswith(BUFFER_SUFFIXES) for k in sd)
+        if not buffers and options.img_size is None:  # weights alone (a file filtered to its parameters)
+            raise CheckpointError(f"{source} holds S3 weights without their relative_position_index and attn_mask "
+                                  "buffers, whose shapes give the input size: pass --import-option img_size=N (224 "
+                                  "for the official S3-T/S/B); the buffers are rebuilt from it")
         img = _img_size(sd, cfg, conv[-1], options.img_size)
         try:
             space = official_space(cfg, img, conv[-1], conv[1], classes)
         except InvalidSubnetConfig as err:
             raise CheckpointError(f"{source}: its shapes describe no S3 network at {img} px ({err})") from None
-        check_buffers(sd, cfg, img, conv[-1])
-        weights = {k: v for k, v in sd.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+        if buffers:  # all of them, each equal to what the architecture implies (none: rebuilt, as they would be)
+            check_buffers(sd, cfg, img, conv[-1])
+        weights = {k: v for k, v in sd.items() if not k.endswith(BUFFER_SUFFIXES)}
         with torch.device("meta"):  # no initialisation: every weight is written below (zeros where uncovered)
             model = S3Supernet(S3Arch.from_space(space, patch_norm="patch_embed.norm.weight" in sd,
                                                  qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd))

@@ -1,0 +1,44 @@
+"""An S3 checkpoint filtered to its weights (no relative_position_index / attn_mask buffers: a state dict saved from
+`named_parameters()`, or by a tool that drops buffers) was refused with "layers.0.blocks.0.attn.relative_position_
+index is missing", or, with the masks alone gone, "attn_mask is missing ... on a 112x112 map" for a 64 px network
+(the size the masks would have told, guessed). The buffers are constants of the architecture and the input size:
+given the size (`--import-option img_size=N`), such a file loads, and extracts the same model as the full one."""
+from __future__ import annotations
+
+import torch
+
+from deploy_nas.io import load_safetensors
+from deploy_nas.supernets.s3 import BUFFER_SUFFIXES
+from tests.cli.test_reliability import one_error_line
+from tests.cli_runner import run
+from tests.s3.s3_helpers import SMALL_IMG, official_checkpoint, official_model
+
+
+def test_a_weights_only_checkpoint_needs_the_input_size_and_then_extracts_the_same_model(tmp_path):
+    model = official_model()
+    full = official_checkpoint(tmp_path / "full.pth", model)
+    bare = official_checkpoint(tmp_path / "bare.pth", model, edit=lambda sd: [
+        sd.pop(k) for k in [k for k in sd if k.endswith(BUFFER_SUFFIXES)]])
+    assert not any(k.endswith(BUFFER_SUFFIXES) for k in torch.load(bare, weights_only=True)["model"])
+
+    line = one_error_line(run("extract", "--checkpoint", bare, "--config", "max", "--out", tmp_path / "no"))
+    assert "without their relative_position_index and attn_mask buffers" in line
+    assert "--import-option img_size=N" in line and not (tmp_path / "no").exists()
+
+    for name, path in (("a", full), ("b", bare)):
+        r = run("extract", "--checkpoint", path, "--import-option", f"img_size={SMALL_IMG}", "--config", "max",
+                "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+    a, b = (load_safetensors(tmp_path / n / "weights.safetensors") for n in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "spec.json").read_text() == (tmp_path / "b" / "spec.json").read_text()
+
+
+def test_a_checkpoint_missing_some_buffers_is_still_refused(tmp_path):
+    """Some present, some not: a damaged file, not a filtered one."""
+    model = official_model()
+    path = official_checkpoint(tmp_path / "part.pth", model,
+                               edit=lambda sd: sd.pop("layers.0.blocks.1.attn_mask"))
+    line = one_error_line(run("extract", "--checkpoint", path, "--import-option", f"img_size={SMALL_IMG}",
+                              "--config", "max", "--out", tmp_path / "o"))
+    assert "layers.0.blocks.1.attn_mask is missing" in line and not (tmp_path / "o").exists()
