@@ -275,7 +275,9 @@ def train(family: str | None, space: str | None, data_dir: Path | None, out: Pat
               "supernet's own.")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUT from its log.")
-@opt.dataclass_options(SearchRequest)
+@opt.dataclass_options(SearchRequest, exclude=("bn", "calib_dir"))
+@opt.bn
+@opt.calib
 @opt.writes(force="resume", in_place=True)  # what a resume needs, Search checks (its log files)
 def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None, out: Path, resume: bool,
                **request: Any) -> None:
@@ -303,9 +305,16 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
             return
     _show(search_table(result))
     source = [(flag, value) for flag, value in (("--supernet", supernet_dir), ("--space", space)) if value is not None]
+    bn = result.get("settings", {}).get("bn") or {}
+    calib = {"--calib-data": request.get("calib_dir"), "DIR/train": (request.get("data_dir") or Path()) / "train"}
+    if bn.get("source") in calib:  # its BatchNorm recalibrated on the images the search scored it with
+        source.append(("--calib-data", calib[bn["source"]]))
     command = shlex.join(["deploy-nas", "run", *(str(x) for pair in source for x in pair),
                           "--config", str(out / "best.json"), "--out", "DEPLOY_DIR"])
     click.echo(f"best config: {out / 'best.json'} (deploy it with `{command}`)")
+    if bn.get("mode") == "recalibrate" and bn.get("source") not in calib:
+        click.echo("note: the search scored subnets with their BatchNorm recalibrated on the embedded task's train "
+                   "split; `run` folds the supernet's stored statistics unless given --calib-data DIR")
 
 
 @main.command()

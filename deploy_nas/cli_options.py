@@ -281,10 +281,12 @@ batches = click.option("--batch", "batches", default="1,8", show_default=True, c
 runs = click.option("--runs", type=click.IntRange(min=50, max=1_000_000), default=50, show_default=True)
 calib = click.option("--calib-data", "calib_dir", type=click.Path(path_type=Path), default=None,
                      help="A folder of images to calibrate on: int8 quantization (export openvino, run) and the "
-                          "BatchNorm statistics of BatchNorm families (extract, run).")
+                          "BatchNorm statistics of BatchNorm families (extract, run; search, whose default is the "
+                          "task's train split).")
 bn = click.option("--bn", type=click.Choice(["recalibrate", "stored"]), default=None,
                   help="BatchNorm families: recalibrate the subnet's statistics on --calib-data before folding them "
-                       "(the default when --calib-data is given), or fold the stored ones.")
+                       "(the default when --calib-data is given; search always recalibrates unless told 'stored'), "
+                       "or fold the stored ones.")
 supernet = options(
     family,
     click.option("--checkpoint", type=click.Path(path_type=Path), default=None,

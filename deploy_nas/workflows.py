@@ -7,6 +7,7 @@ them, so importing this module needs none.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from deploy_nas.errors import DeployNASError, InvalidSubnetConfig
+from deploy_nas.errors import DataError, DeployNASError, InvalidSubnetConfig
 from deploy_nas.settings import setting
 
 Log = Callable[[str], None]
@@ -202,6 +203,9 @@ def _embedded_for(classes: tuple[str, ...] | None) -> None:
                         f" not on the embedded task; pass --data DIR with image folders of those classes")
 
 
+SEARCH_BN_IMAGES = 1024  # 16 batches of 64: ranks subnets as the official 4,096 images do (docs/nasvit.md)
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """What `deploy-nas search` asks for (each field is one of its options); `None` means the default."""
@@ -218,10 +222,15 @@ class SearchRequest:
     params_range: tuple[int, int] | None = setting(None, "LOW,HIGH parameter count")
     flops_range: tuple[float, float] | None = setting(None, "LOW,HIGH GMAC")
     seed: int = setting(0)
+    calib_images: int | None = setting(None, "BatchNorm families: the training images each subnet's statistics are "
+                                             f"recalibrated on before it is scored (default {SEARCH_BN_IMAGES}; the "
+                                             f"official evaluation: {BN_CALIB_BATCHES * 64})")
+    bn: str | None = None  # --bn and --calib-data: the options of extract and run (the CLI adds them)
+    calib_dir: Path | None = None
 
     def check(self) -> SearchRequest:
         bounds = (("generations", 1, 10_000), ("population", 4, 10_000), ("measure", 8, 10_000),
-                  ("threads", 1, 4096), ("seed", 0, 2**63 - 1))
+                  ("threads", 1, 4096), ("seed", 0, 2**63 - 1), ("calib_images", 2, BN_CALIB_BATCHES * 64))
         bad = [f"{n}={getattr(self, n)} (allowed {low}..{high})" for n, low, high in bounds
                if getattr(self, n) is not None and not low <= getattr(self, n) <= high]
         if bad:
@@ -247,11 +256,57 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
     latency = BackendLatency(request.backend, request.precision, request.threads)
     checked = check_resume(Path(out), resume, space, supernet.family, latency)  # named before the data is read
     data = search_data(space, request.data_dir, trained_classes(supernet))
+    calib, bn = search_calibration(request, space, supernet.family)
+    if bn is not None and bn["mode"] == "recalibrate":
+        log(f"BatchNorm: each subnet's statistics are recalibrated on {bn['images']} images of {bn['source']} before "
+            "it is scored (--bn stored scores with the checkpoint's)")
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
     constraints = SearchConstraints(request.budget_ms, request.params_range, request.flops_range)
     search = Search(supernet, space, data, latency, constraints, SearchSetup(measure=request.measure, evolution=evo),
-                    log=log)
+                    log=log, calib=calib, bn=bn)
     return search.run(out, resume=resume, known=known, checked=checked)
+
+
+def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple[Any, dict[str, Any] | None]:
+    """How a search scores a BatchNorm family's subnets, and what search.json records of it: their statistics
+    recalibrated on training images, as the official evaluation does (the stored ones are a mixture over every
+    subnet trained): those of --calib-data, else of the task's train split (the embedded task's, or DIR/train);
+    `--bn stored`: the stored ones. (None, None) for the other families, which refuse these options."""
+    import numpy as np
+
+    from deploy_nas.data import load_image_folder
+    from deploy_nas.family import FAMILIES, Calibration
+
+    if not getattr(FAMILIES.get(family), "batchnorm", False):
+        calibration(request.bn, request.calib_dir, space, family)  # --bn / --calib-data: refused, naming why
+        if request.calib_images is not None:
+            raise InvalidSubnetConfig(f"--calib-images: {family} subnets have no BatchNorm to recalibrate")
+        return None, None
+    if request.bn == "stored":
+        if request.calib_dir is not None or request.calib_images is not None:
+            raise InvalidSubnetConfig("--bn stored scores with the stored statistics and reads no calibration images; "
+                                      "drop --calib-data / --calib-images")
+        return Calibration("stored"), {"mode": "stored"}
+    n = request.calib_images or SEARCH_BN_IMAGES
+    if request.calib_dir is not None:
+        folder, source = Path(request.calib_dir), "--calib-data"
+    elif request.data_dir is not None:
+        folder, source = Path(request.data_dir) / "train", "DIR/train"
+        if not folder.is_dir():
+            raise DataError(f"{family} subnets are scored with their BatchNorm statistics recalibrated on training "
+                            f"images (the stored ones are a mixture over every subnet trained), and {folder} does not"
+                            " exist: pass --calib-data DIR, or --bn stored to score with the stored ones")
+    else:
+        from deploy_nas.data import embedded_splits
+
+        train = embedded_splits(space.img_size, space.in_chans)["train"].images
+        picked = train[[i * len(train) // n for i in range(n)]] if len(train) > n else train  # spread, as folders
+        return Calibration("recalibrate", picked), {"mode": "recalibrate", "images": len(picked),
+                                                    "source": "the embedded task's train split"}
+    images = load_image_folder(folder, space.img_size, space.in_chans, limit=n).images
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    return Calibration("recalibrate", images), {"mode": "recalibrate", "images": len(images), "source": source,
+                                                "sha256": digest}
 
 
 # ------------------------------------------------------------------------------------------------------ demo

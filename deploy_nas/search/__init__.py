@@ -68,7 +68,7 @@ from deploy_nas.search.evolution import (
     sample_feasible,
 )
 from deploy_nas.search.predictor import LatencyPredictor, repeatability
-from deploy_nas.search.record import COMPARED, RECORD_FILE, differences, search_record, space_part
+from deploy_nas.search.record import BEFORE, COMPARED, RECORD_FILE, differences, search_record, space_part
 
 LOG_FILE, MEASURED_FILE, SETTINGS_FILE = "generations.jsonl", "measured.json", "latency.json"
 # the per-pass p50s (ms) of the subnets measured, by config id (measured.json holds their medians): a separate file,
@@ -211,19 +211,30 @@ def _recorded(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return _read_record(path, "the settings record of a search",
-                        lambda saved: isinstance(saved, dict) and set(COMPARED) <= set(saved))
+                        lambda saved: isinstance(saved, dict) and set(COMPARED) - set(BEFORE) <= set(saved))
 
 
-def subnet_top1(supernet: Any, cfg: Any, split: Any) -> float:
-    """Top-1 of `cfg` with weights inherited from the supernet (its fixed-config eval view)."""
-    return top1(supernet.fixed(cfg), split)
+def subnet_top1(supernet: Any, cfg: Any, split: Any, calib: Any = None) -> float:
+    """Top-1 of `cfg` with weights inherited from the supernet (its fixed-config eval view; a BatchNorm family's
+    statistics recalibrated first when `calib` asks for it, `family.Calibration`)."""
+    return top1(supernet.fixed(cfg) if calib is None else supernet.fixed(cfg, calib), split)
 
 
 class Search:
     def __init__(self, supernet: Any, space: Any, data: dict[str, Any], latency: Callable[[Any], float],
                  constraints: SearchConstraints, setup: SearchSetup = SearchSetup(),
-                 log: Callable[[str], None] = print, world: World | None = None):
+                 log: Callable[[str], None] = print, world: World | None = None, calib: Any = None,
+                 bn: dict[str, Any] | None = None):
+        """`calib`: how a BatchNorm family's subnets get their statistics before they are scored (None: the
+        stored ones); `bn`: what search.json records of it (where the images came from)."""
         self.supernet, self.space, self.data, self.latency = supernet, space, data, latency
+        self.calib = calib
+        if getattr(family_of(space), "batchnorm", False):
+            recalibrated = calib is not None and calib.mode == "recalibrate"
+            self.bn = bn or ({"mode": "recalibrate", "images": len(calib.images)} if recalibrated
+                             else {"mode": "stored"})
+        else:
+            self.bn = None
         self.constraints, self.setup = constraints, setup
         self.world = world or World()
         self.log = log if self.world.main else (lambda message: None)
@@ -267,7 +278,8 @@ class Search:
     def val_top1_many(self, cfgs: list[Any]) -> list[float]:
         """Score the configs not yet cached, shard by shard over the ranks; every rank gets every score."""
         new = list({c.id: c for c in cfgs if c.id not in self._val}.values())
-        mine = {c.id: subnet_top1(self.supernet, c, self.data["val"]) for c in new[self.world.rank::self.world.size]}
+        mine = {c.id: subnet_top1(self.supernet, c, self.data["val"], self.calib)
+                for c in new[self.world.rank::self.world.size]}
         self.scored_here += len(mine)
         for shard in self.world.gather(mine):
             self._val.update(shard)
@@ -417,7 +429,7 @@ class Search:
         winner["meets_budget"] = bool(ok)
         winner["rank"] = rows.index(ok[0]) + 1 if ok else None  # its place in the val top-1 ranking
         cfg = next(c for c, _ in ranked if c.id == winner["id"])
-        winner["test_top1"] = subnet_top1(self.supernet, cfg, self.data["test"])
+        winner["test_top1"] = subnet_top1(self.supernet, cfg, self.data["test"], self.calib)
         points = [{"val_top1": f, "predicted_ms": self.predictor(c)} for c, f in scores.values()]
         return {"finalists": rows, "winner": winner, "evaluated": len(scores), "measured": len(rows),
                 "points": points, "front": pareto_front(points)}
@@ -450,7 +462,7 @@ class Search:
             and self.settings is not None
         # digests of the supernet's weights and the data: computed once, on rank 0, and shared with the others
         self.record = self.world.run_on_main(
-            lambda: search_record(self.supernet, self.space, self.data, self.constraints, self.setup))
+            lambda: search_record(self.supernet, self.space, self.data, self.constraints, self.setup, self.bn))
         # True: a search from before its settings were recorded, resumed as a search of these (check_search_settings)
         unrecorded_search = self.world.run_on_main(lambda: check_search_settings(out, resume, self.record))
         if not all(hasattr(self.space, op) for op in ("mutate", "can_cross", "crossover")):

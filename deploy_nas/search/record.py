@@ -22,7 +22,10 @@ RECORD_FILE = "search.json"
 COMPARED = {"supernet": "--supernet", "img_size": "image size", "space": "--space", "data": "--data",
             "seed": "--seed", "population": "--population", "evolution": "evolution settings", "measure": "--measure",
             "finalists": "finalists", "max_checks": "max checks", "latency_budget_ms": "--latency-budget-ms",
-            "params_range": "--params-range", "flops_range": "--flops-range"}
+            "params_range": "--params-range", "flops_range": "--flops-range", "bn": "BatchNorm statistics"}
+# what a record from before a setting was recorded did: a BatchNorm family's subnets were scored with the stored
+# statistics
+BEFORE = {"bn": {"mode": "stored"}}
 _DIGITS = 12  # of a sha256, in messages
 
 
@@ -72,13 +75,16 @@ def data_record(data: dict[str, Any]) -> dict[str, Any]:
             **counts, "sha256": h.hexdigest() if classes else None}
 
 
-def search_record(supernet: Any, space: Any, data: dict[str, Any], constraints: Any, setup: Any) -> dict[str, Any]:
-    """The settings of a search (see the module's docstring), as JSON reads them back (lists, not tuples)."""
+def search_record(supernet: Any, space: Any, data: dict[str, Any], constraints: Any, setup: Any,
+                  bn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a search (see the module's docstring), as JSON reads them back (lists, not tuples). `bn`: a
+    BatchNorm family's statistics when subnets are scored (`Search.bn`); absent for the other families."""
     evolution = asdict(setup.evolution)
     record = {"supernet": supernet_record(supernet), **space_part(space), "data": data_record(data),
               "seed": evolution.pop("seed"), "population": evolution.pop("population"),
               "generations": evolution.pop("generations"), "evolution": evolution, "measure": setup.measure,
-              "finalists": setup.finalists, "max_checks": setup.max_checks, **asdict(constraints)}
+              "finalists": setup.finalists, "max_checks": setup.max_checks, **asdict(constraints),
+              **({"bn": bn} if bn is not None else {})}
     return json.loads(json.dumps(record))
 
 
@@ -92,7 +98,7 @@ def differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:
     made of parts, such as the evolution's, the parts that differ)."""
     changed = []
     for key, label in COMPARED.items():
-        old, new = recorded.get(key), given.get(key)
+        old, new = recorded.get(key, BEFORE.get(key)), given.get(key)
         if key in given and old != new:
             if key == "evolution" and isinstance(old, dict):
                 parts = [k for k in sorted(new) if old.get(k) != new[k]]
@@ -121,9 +127,12 @@ _SHOW = {
     "data": _show_data,
     "evolution": lambda d: ", ".join(f"{k} {brief(v)}" for k, v in d.items()),
     "latency_budget_ms": lambda v: f"{v:g} ms",
+    "bn": lambda d: "the stored ones" if d["mode"] == "stored" else (
+        f"recalibrated on {d['images']} images" + (f" of {d['source']}" if d.get("source") else "")
+        + (f" (sha256 {d['sha256'][:_DIGITS]})" if d.get("sha256") else "")),
     "params_range": lambda r: f"{r[0]:,}..{r[1]:,}",
     "flops_range": lambda r: f"{r[0]:g}..{r[1]:g} GMAC",
 }
 
-__all__ = ["COMPARED", "RECORD_FILE", "data_record", "differences", "search_record", "show", "space_part",
+__all__ = ["BEFORE", "COMPARED", "RECORD_FILE", "data_record", "differences", "search_record", "show", "space_part",
            "supernet_record"]
