@@ -26,7 +26,7 @@ from torch import nn
 
 from deploy_nas.devices import resolve_device
 from deploy_nas.distributed import World
-from deploy_nas.errors import DeployNASError, TrainingDiverged
+from deploy_nas.errors import DeployNASError, OutputPathError, TrainingDiverged
 from deploy_nas.evaluate import top1
 from deploy_nas.train import STATE_FILE, TRAIN_RULES, TrainConfig, lr_at, project
 
@@ -250,8 +250,14 @@ class SandwichTrainer:
         record = {"epoch": self.epoch, "epoch_step": self.epoch_step,
                   **({} if self.trained_on is None else {"trained_on": self.trained_on}),
                   **({"train_changes": self.train_changes} if self.train_changes else {})}
-        save_supernet(weights, out, self.space, extra={"train": asdict(self.config), **record}, force=True,
-                      also=self.write_extra)
+        try:
+            save_supernet(weights, out, self.space, extra={"train": asdict(self.config), **record}, force=True,
+                          also=self.write_extra)
+        except OutputPathError as err:  # a file dropped into OUT since the last save, a full disk: OUT keeps that save
+            if self.config.save_state and (Path(out) / STATE_FILE).is_file():
+                raise OutputPathError(f"{err}; {out} keeps the training state saved before: continue with --resume "
+                                      "once that is fixed") from None
+            raise
 
     def write_extra(self, directory: Path) -> None:
         """What the supernet directory holds besides the supernet: train_state.pt (unless --no-save-state)."""
