@@ -34,14 +34,16 @@ def slim() -> None:
               help="Without masks in --base: one mask per head (official --head_search).")
 @click.option("--uniform-search", "mask", flag_value="uniform",
               help="Without masks in --base: one channel mask shared by all heads (official --uniform_search).")
+@click.option("--import-option", "import_options", multiple=True, metavar="KEY=VALUE",
+              help="A ViT-Slim import option of --base (num_heads=N for a DeiT whose heads are not 64 wide).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Directory for the searched model (supernet.json + weights, and ckpt.pth in the official layout).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt, with the space and settings OUT "
               "records (another value given is refused; more --epochs searches longer).")
 @opt.dataclass_options(TrainConfig, exclude=MaskSearch.ignores, defaults=ViTSlimFamily.train_defaults)
 @opt.writes(force="resume", resumes=(STATE_FILE,))
-def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None, out: Path, resume: bool,
-           **config: Any) -> None:
+def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None,
+           import_options: tuple[str, ...], out: Path, resume: bool, **config: Any) -> None:
     """Train the weights and the soft masks of a DeiT with ViT-Slim's L1 sparsity terms (data-parallel under
     torchrun). Then `deploy-nas slim prune --checkpoint OUT --budget-attn ...`.
 
@@ -52,7 +54,7 @@ def search(base: Path | None, space: str | None, data_dir: Path | None, mask: st
     from deploy_nas.workflows import train_data
 
     run = RecordedRun.of(out, resume)  # the run a resume continues: its space and settings are the defaults
-    fam, supernet, chosen = search_target(base, space, mask, run)
+    fam, supernet, chosen = search_target(base, space, mask, run, import_options)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):

@@ -118,25 +118,30 @@ def mask_sparsity(model: Any) -> dict[str, float]:
 TRAIN_RULES.register("slim", MaskSearch)
 
 
-def search_target(base: Path | None, space: str | None, mask: str | None, run: Any = None) -> tuple[Any, Any, Any]:
+def search_target(base: Path | None, space: str | None, mask: str | None, run: Any = None,
+                  import_options: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
     """(family, the masked DeiT to search in, or None to build one from the space seeded, its space): the DeiT
-    file `base` (masks of the `mask` variant added at their initial values if it has none), else the space `space`
-    (default vitslim-tiny) with `mask`. On a resume (`run`, a `train.RecordedRun`) the run's own space, and one
-    given must be that."""
+    file `base` (masks of the `mask` variant added at their initial values if it has none; `import_options`,
+    "key=value" strings, what else the file cannot tell, such as num_heads), else the space `space` (default
+    vitslim-tiny) with `mask`. On a resume (`run`, a `train.RecordedRun`) the run's own space, and one given must be
+    that."""
     from dataclasses import replace
 
-    from deploy_nas.family import FAMILIES
+    from deploy_nas.family import FAMILIES, parse_import_options
     from deploy_nas.spaces import load_space
     from deploy_nas.supernets.vitslim import FAMILY, SlimImportOptions
 
     fam = FAMILIES.get(FAMILY)
+    if import_options and base is None:
+        raise DeployNASError("--import-option reads the DeiT file of --base; pass --base")
     recorded = run.target() if run is not None and (base, space, mask) == (None, None, None) else None
     if recorded is not None:
         supernet, chosen = None, recorded[1]
     elif base is not None:
         if space is not None:
             raise DeployNASError("give --base (a DeiT checkpoint) or --space (a DeiT built from scratch), not both")
-        supernet, chosen = fam.load_official(base, SlimImportOptions(mask=mask))
+        supernet, chosen = fam.load_official(base, parse_import_options(SlimImportOptions, import_options,
+                                                                        mask=mask))
     else:
         chosen = load_space(space or fam.default_space, FAMILY)
         supernet, chosen = None, replace(chosen, mask=mask) if mask else chosen

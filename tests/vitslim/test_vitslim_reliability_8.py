@@ -122,3 +122,21 @@ def test_4_extract_warns_too_when_the_budgets_remove_nothing(tmp_path):
     r = run("extract", "--family", "vitslim", "--checkpoint", path, "--config", cfg, "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")][0].count("removed nothing") == 1
+
+
+def test_3_slim_search_takes_the_head_count_of_its_base(tmp_path):
+    """`slim search --base` of a ViT whose heads are not 64 wide was refused with 'pass --import-option num_heads=N',
+    an option slim search did not have."""
+    a = arch("deit-tiny", embed_dim=96, num_heads=3, mlp_hidden=192, depth=2, img_size=32)
+    path, _ = _plain(tmp_path / "vit96.pth", a)
+    args = ["slim", "search", "--base", path, "--epochs", "1", "--max-steps", "1", "--batch-size", "8"]
+    line = one_error_line(run(*args, "--out", tmp_path / "no"))
+    assert "--import-option num_heads=N" in line and not (tmp_path / "no").exists()
+    r = run(*args, "--import-option", "num_heads=3", "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "s" / "supernet.json").read_text())["arch"]["num_heads"] == 3
+    line = one_error_line(run("slim", "search", "--import-option", "num_heads=3", "--epochs", "1", "--out",
+                              tmp_path / "nobase"))
+    assert "--import-option reads the DeiT file of --base" in line and not (tmp_path / "nobase").exists()
+    line = one_error_line(run(*args, "--import-option", "mask=head", "--uniform-search", "--out", tmp_path / "two"))
+    assert "import option mask given twice" in line
