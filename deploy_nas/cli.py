@@ -312,9 +312,6 @@ def search_cmd(family: str | None, supernet_dir: Path | None, space: str | None,
     command = shlex.join(["deploy-nas", "run", *(str(x) for pair in source for x in pair),
                           "--config", str(out / "best.json"), "--out", "DEPLOY_DIR"])
     click.echo(f"best config: {out / 'best.json'} (deploy it with `{command}`)")
-    if bn.get("mode") == "recalibrate" and bn.get("source") not in calib:
-        click.echo("note: the search scored subnets with their BatchNorm recalibrated on the embedded task's train "
-                   "split; `run` folds the supernet's stored statistics unless given --calib-data DIR")
 
 
 @main.command()

@@ -333,6 +333,11 @@ def _check_classes(root: Path, found: list[str], classes: list[str], where: str 
 _BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError)
 
 
+def spread(total: int, limit: int) -> list[int]:
+    """At most `limit` indices of range(total), evenly spread over it (all of them when there are no more)."""
+    return [i * total // limit for i in range(limit)] if total > limit else list(range(total))
+
+
 def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit: int | None = None,
                       classes: list[str] | tuple[str, ...] | None = None, reference: str | Path | None = None) -> Split:
     """Images under `root` (class sub-folders, or flat; `limit`: at most that many, evenly spread over the sorted
@@ -342,8 +347,8 @@ def load_image_folder(root: str | Path, img_size: int, in_chans: int = 3, limit:
     error."""
     root = Path(root)
     files = _image_files(root)
-    if limit and len(files) > limit:  # evenly spread over the sorted files: every class folder, not the first few
-        files = [files[i * len(files) // limit] for i in range(limit)]
+    if limit:  # evenly spread over the sorted files: every class folder, not the first few
+        files = [files[i] for i in spread(len(files), limit)]
     found = _classes_of(files, root)
     classes = found if classes is None else one_form(classes)
     _check_classes(root, found, classes, reference if reference is not None else "the class list given")

@@ -121,7 +121,28 @@ def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
 
         print(warning, file=sys.stderr)
     calib = calibration(bn, calib_dir, space, supernet.family, int8)
+    if calib_dir is None and bn != "stored" and (trained := embedded_calibration(supernet, space)) is not None:
+        import sys
+
+        calib = trained
+        print(f"note: BatchNorm statistics recalibrated on {len(calib.images)} images of the embedded task's train "
+              "split, the data the supernet was trained on (--bn stored folds the stored ones, --calib-data DIR "
+              "recalibrates on other images)", file=sys.stderr)
     return Extracted(materialize(supernet, cfg, calib=calib), cfg, space)
+
+
+def embedded_calibration(supernet: Any, space: Any, limit: int = BN_CALIB_BATCHES * 64) -> Any:
+    """For a BatchNorm family's supernet trained on the embedded task (its supernet.json says so): a recalibration
+    on at most `limit` images of that task's train split, spread evenly over it (the official evaluation reads
+    training batches); None for any other supernet."""
+    from deploy_nas.data import embedded_splits, spread
+    from deploy_nas.family import Calibration, family_of
+    from deploy_nas.supernets import EMBEDDED_CLASSES, trained_classes
+
+    if not getattr(family_of(supernet), "batchnorm", False) or trained_classes(supernet) != EMBEDDED_CLASSES:
+        return None
+    train = embedded_splits(space.img_size, space.in_chans)["train"].images
+    return Calibration("recalibrate", train[spread(len(train), limit)])
 
 
 def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path | None = None,
@@ -296,11 +317,11 @@ def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple
             raise DataError(f"{family} subnets are scored with their BatchNorm statistics recalibrated on training "
                             f"images (the stored ones are a mixture over every subnet trained), and {folder} does not"
                             " exist: pass --calib-data DIR, or --bn stored to score with the stored ones")
-    else:
-        from deploy_nas.data import embedded_splits
+    else:  # the embedded task: its train split, spread as a folder's files are
+        from deploy_nas.data import embedded_splits, spread
 
         train = embedded_splits(space.img_size, space.in_chans)["train"].images
-        picked = train[[i * len(train) // n for i in range(n)]] if len(train) > n else train  # spread, as folders
+        picked = train[spread(len(train), n)]
         return Calibration("recalibrate", picked), {"mode": "recalibrate", "images": len(picked),
                                                     "source": "the embedded task's train split"}
     images = load_image_folder(folder, space.img_size, space.in_chans, limit=n).images

@@ -128,3 +128,11 @@ def test_train_the_tiny_space_then_extract_from_the_supernet_directory(tmp_path,
                           tmp_path / "min")
     assert code == 0, err
     assert load_dense(tmp_path / "min").spec.source["config"]["resolution"] == 32
+    # trained on the embedded task, which supernet.json records: its BatchNorm is recalibrated on that task's train
+    # split by default (the stored statistics are a mixture over every subnet trained), as search scores it
+    assert load_dense(tmp_path / "min").spec.source["bn"] == "recalibrated on 4096 images in 64 batches of 64"
+    assert "note: BatchNorm statistics recalibrated on 4096 images of the embedded task's train split" in err
+    code, _, err = invoke(capsys, "extract", "--supernet", tmp_path / "sn", "--config", "min", "--bn", "stored",
+                          "--out", tmp_path / "stored")
+    assert code == 0 and "note: BatchNorm" not in err, err
+    assert load_dense(tmp_path / "stored").spec.source["bn"] == "stored"
