@@ -267,6 +267,7 @@ class SearchRequest:
 def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, resume: bool = False,
                known: dict[str, float] | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Evolution and random search under a latency budget measured on `request.backend`; see deploy_nas.search."""
+    from deploy_nas.distributed import main_process
     from deploy_nas.export.latency import BackendLatency
     from deploy_nas.search import EvolutionConfig, Search, SearchConstraints, SearchSetup, check_resume
     from deploy_nas.supernets import trained_classes
@@ -278,7 +279,7 @@ def run_search(supernet: Any, space: Any, out: Path, request: SearchRequest, res
     checked = check_resume(Path(out), resume, space, supernet.family, latency)  # named before the data is read
     data = search_data(space, request.data_dir, trained_classes(supernet))
     calib, bn = search_calibration(request, space, supernet.family)
-    if bn is not None and bn["mode"] == "recalibrate":
+    if bn is not None and bn["mode"] == "recalibrate" and main_process():  # rank 0 alone speaks, as Search does
         log(f"BatchNorm: each subnet's statistics are recalibrated on {bn['images']} images of {bn['source']} before "
             "it is scored (--bn stored scores with the checkpoint's)")
     evo = EvolutionConfig.for_population(request.population, request.generations, request.seed)
@@ -325,6 +326,9 @@ def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple
         return Calibration("recalibrate", picked), {"mode": "recalibrate", "images": len(picked),
                                                     "source": "the embedded task's train split"}
     images = load_image_folder(folder, space.img_size, space.in_chans, limit=n).images
+    if len(images) < 2:  # refused before any work: one image has no batch statistics
+        raise DataError(f"{folder} holds {len(images)} image(s); recalibrating BatchNorm needs 2 or more (the "
+                        f"search reads up to --calib-images, default {SEARCH_BN_IMAGES})")
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     return Calibration("recalibrate", images), {"mode": "recalibrate", "images": len(images), "source": source,
                                                 "sha256": digest}

@@ -99,12 +99,20 @@ def differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[str]:
     changed = []
     for key, label in COMPARED.items():
         old, new = recorded.get(key, BEFORE.get(key)), given.get(key)
-        if key in given and old != new:
+        if key in given and _compared(key, old) != _compared(key, new):
             if key == "evolution" and isinstance(old, dict):
                 parts = [k for k in sorted(new) if old.get(k) != new[k]]
                 old, new = {k: old.get(k) for k in parts}, {k: new[k] for k in parts}
             changed.append(f"{label}: recorded {show(key, old)}, given {show(key, new)}")
     return changed
+
+
+def _compared(key: str, value: Any) -> Any:
+    """What of a setting must be equal for a resume: of the BatchNorm statistics, the images (their count and
+    digest), not the option that named them (--calib-data DIR/train and --data DIR read the same images)."""
+    if key == "bn" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "source"}
+    return value
 
 
 def show(key: str, value: Any) -> str:
@@ -127,7 +135,7 @@ _SHOW = {
     "data": _show_data,
     "evolution": lambda d: ", ".join(f"{k} {brief(v)}" for k, v in d.items()),
     "latency_budget_ms": lambda v: f"{v:g} ms",
-    "bn": lambda d: "the stored ones" if d["mode"] == "stored" else (
+    "bn": lambda d: "the stored ones (--bn stored)" if d["mode"] == "stored" else (
         f"recalibrated on {d['images']} images" + (f" of {d['source']}" if d.get("source") else "")
         + (f" (sha256 {d['sha256'][:_DIGITS]})" if d.get("sha256") else "")),
     "params_range": lambda r: f"{r[0]:,}..{r[1]:,}",

@@ -79,9 +79,22 @@ def test_a_search_recorded_before_the_statistics_were_resumes_as_the_stored_ones
     given = {"bn": {"mode": "stored"}}
     assert differences({}, given) == []
     recal = {"bn": {"mode": "recalibrate", "images": 1024, "source": "the embedded task's train split"}}
-    assert differences({}, recal) == ["BatchNorm statistics: recorded the stored ones, given recalibrated on 1024 "
-                                      "images of the embedded task's train split"]
+    assert differences({}, recal) == ["BatchNorm statistics: recorded the stored ones (--bn stored), given "
+                                      "recalibrated on 1024 images of the embedded task's train split"]
     assert differences({}, {}) == []  # a family without BatchNorm records none
+    # the same images named by another option (--data DIR, then --calib-data DIR/train): the same statistics
+    folder = {"mode": "recalibrate", "images": 64, "sha256": "ab" * 32}
+    assert differences({"bn": {**folder, "source": "DIR/train"}}, {"bn": {**folder, "source": "--calib-data"}}) == []
+    assert differences({"bn": {**folder, "source": "DIR/train"}}, {"bn": {**folder, "sha256": "cd" * 32}})
+
+
+def test_a_folder_of_one_image_is_refused_before_any_work(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "one" / "c").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp_path / "one" / "c" / "a.png")
+    with pytest.raises(DataError, match=r"holds 1 image\(s\); recalibrating BatchNorm needs 2 or more"):
+        search_calibration(SearchRequest(1.0, calib_dir=tmp_path / "one"), nv.tiny_space(), "nasvit")
 
 
 @pytest.fixture(scope="module")
