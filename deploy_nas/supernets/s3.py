@@ -27,6 +27,7 @@ checkpoint's network (the registered S3-T/S/B space when it is one of them), so 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,8 +54,13 @@ from deploy_nas.spaces.s3 import (
 from deploy_nas.supernets.checkpoint import check_state_dict, extract_state_dict, majority, read_checkpoint
 
 NORM_EPS = 1e-5
-# the constants an official checkpoint stores per block beside its weights (checked, then rebuilt)
-BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
+# the constants an official checkpoint stores per block beside its weights (checked, then rebuilt); a key of
+# another place that ends so is no buffer of S3's, and is refused as an unexpected key
+_BUFFER_KEY = re.compile(r"layers\.\d+\.blocks\.\d+\.(attn\.relative_position_index|attn_mask)")
+
+
+def is_buffer_key(key: str) -> bool:
+    return _BUFFER_KEY.fullmatch(key) is not None
 
 
 @dataclass(frozen=True)
@@ -582,7 +588,7 @@ class S3Family:
             raise InvalidSubnetConfig(f"import option img_size={options.img_size} is not an image size "
                                       f"(1..{MAX_IMG_SIZE})")
         cfg, _ = config_from_state_dict(sd)
-        buffers = any(k.endswith(BUFFER_SUFFIXES) for k in sd)
+        buffers = any(map(is_buffer_key, sd))
         if not buffers and options.img_size is None:  # weights alone (a file filtered to its parameters)
             raise CheckpointError(f"{source} holds S3 weights without their relative_position_index and attn_mask "
                                   "buffers, whose shapes give the input size: pass --import-option img_size=N (224 "
@@ -591,10 +597,14 @@ class S3Family:
         try:
             space = official_space(cfg, img, conv[-1], conv[1], classes)
         except InvalidSubnetConfig as err:
-            raise CheckpointError(f"{source}: its shapes describe no S3 network at {img} px ({err})") from None
+            masks = any(is_buffer_key(k) and k.endswith("attn_mask") for k in sd)
+            hint = "" if masks or options.img_size is not None else (
+                f"; it holds no attn_mask buffer to read the input size from, so {img} px was assumed: pass "
+                "--import-option img_size=N")
+            raise CheckpointError(f"{source}: its shapes describe no S3 network at {img} px ({err}){hint}") from None
         if buffers:  # all of them, each equal to what the architecture implies (none: rebuilt, as they would be)
             check_buffers(sd, cfg, img, conv[-1])
-        weights = {k: v for k, v in sd.items() if not k.endswith(BUFFER_SUFFIXES)}
+        weights = {k: v for k, v in sd.items() if not is_buffer_key(k)}
         with torch.device("meta"):  # no initialisation: every weight is written below (zeros where uncovered)
             model = S3Supernet(S3Arch.from_space(space, patch_norm="patch_embed.norm.weight" in sd,
                                                  qkv_bias="layers.0.blocks.0.attn.qkv.bias" in sd))
