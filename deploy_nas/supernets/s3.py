@@ -615,7 +615,8 @@ class S3Family:
         spec = model.dense_spec(cfg)
         with torch.device("meta"):
             shapes = SwinTransformer(spec)
-        check_state_dict(shapes, weights, FAMILY, "check the file is an official S3 (SSSTransformer) checkpoint")
+        check_state_dict(shapes, weights, FAMILY, "check the file is an official S3 (SSSTransformer) checkpoint" + (
+            "" if buffers else f" and that img_size={img} is its input size (its windows follow from that size)"))
         model.load_subnet_state(spec, weights)
         return model.eval(), space
 

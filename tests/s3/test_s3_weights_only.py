@@ -30,6 +30,10 @@ def test_a_weights_only_checkpoint_needs_the_input_size_and_then_extracts_the_sa
         r = run("extract", "--checkpoint", path, "--import-option", f"img_size={SMALL_IMG}", "--config", "max",
                 "--out", tmp_path / name)
         assert r.returncode == 0, r.stderr
+    # a size at which the windows need other tables than the file's: the option is named, not only the file
+    line = one_error_line(run("extract", "--checkpoint", bare, "--import-option", "img_size=32", "--config", "max",
+                              "--out", tmp_path / "small"))
+    assert "img_size=32 is its input size" in line and not (tmp_path / "small").exists()
     a, b = (load_safetensors(tmp_path / n / "weights.safetensors") for n in "ab")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "spec.json").read_text() == (tmp_path / "b" / "spec.json").read_text()
