@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,16 +103,33 @@ def nasvit_dir(tmp_path_factory) -> Path:
     return save_supernet(nv.random_supernet(seed=5), tmp_path_factory.mktemp("nasvit") / "sn", nv.tiny_space())
 
 
-def test_the_command_line_recalibrates_records_it_and_refuses_a_resume_under_other_statistics(nasvit_dir, tmp_path):
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    """Image folders DIR/train (16 images), DIR/val and DIR/test (4 each) of 2 classes: a search scores fast on them."""
+    from PIL import Image
+
+    root, rng = tmp_path_factory.mktemp("folders"), np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4), ("test", 4)):
+        for i in range(n):
+            (root / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / split / f"c{i % 2}" /
+                                                                                    f"{i}.png")
+    return root
+
+
+def test_the_command_line_recalibrates_records_it_and_refuses_a_resume_under_other_statistics(nasvit_dir, folders,
+                                                                                             tmp_path):
     out = tmp_path / "s"
-    args = ["search", "--supernet", nasvit_dir, "--backend", "torch", "--threads", "1", "--latency-budget-ms", "1e9",
-            "--population", "4", "--generations", "1", "--measure", "8", "--calib-images", "64", "--out", out]
+    args = ["search", "--supernet", nasvit_dir, "--data", folders, "--backend", "torch", "--threads", "1",
+            "--latency-budget-ms", "1e9", "--population", "4", "--generations", "1", "--measure", "8",
+            "--calib-images", "8", "--out", out]
     r = run(*args)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "BatchNorm: each subnet's statistics are recalibrated on 64 images of the embedded task's train split" \
-        in r.stdout
+    assert "BatchNorm: each subnet's statistics are recalibrated on 8 images of DIR/train" in r.stdout
+    # the deploy command recalibrates on the images the search scored with
+    assert f"--calib-data {folders / 'train'} --config {out / 'best.json'}" in r.stdout
     record = json.loads((out / "search.json").read_text())
-    assert record["bn"] == {"mode": "recalibrate", "images": 64, "source": "the embedded task's train split"}
+    assert record["bn"]["images"] == 8 and record["bn"]["source"] == "DIR/train" and len(record["bn"]["sha256"]) == 64
     line = one_error_line(run(*args[:-4], "--bn", "stored", "--out", out, "--resume"))
-    assert "BatchNorm statistics: recorded recalibrated on 64 images of the embedded task's train split, given the " \
-           "stored ones" in line
+    assert "BatchNorm statistics: recorded recalibrated on 8 images of DIR/train (sha256 " in line
+    assert "given the stored ones (--bn stored)" in line
