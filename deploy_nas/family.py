@@ -129,6 +129,11 @@ class Calibration:
         return [self.images[i:i + self.batch_size] for i in range(0, len(self.images), self.batch_size)]
 
 
+# the training images a BatchNorm family's subnet is recalibrated on before it is scored (search, training's
+# evaluation): ranks subnets as the official 4,096 do (docs/nasvit.md)
+SCORE_BN_IMAGES = 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class SubnetState:
     """What `Supernet.subnet_state` returns: `materialize` applies `folds` (pure functions of the state dict, in
@@ -250,5 +255,6 @@ def _convert(text: str, hint: Any, key: str) -> Any:
                                   f"{getattr(hint, '__name__', hint)} ({err})") from None
 
 
-__all__ = ["BUILTIN_FAMILIES", "Calibration", "EvolvableSpace", "FAMILIES", "Family", "FixedConfig", "SampleKind",
-           "SearchSpace", "SubnetConfig", "SubnetState", "Supernet", "family_of", "get_family", "parse_import_options"]
+__all__ = ["BUILTIN_FAMILIES", "SCORE_BN_IMAGES", "Calibration", "EvolvableSpace", "FAMILIES", "Family", "FixedConfig",
+           "SampleKind", "SearchSpace", "SubnetConfig", "SubnetState", "Supernet", "family_of", "get_family",
+           "parse_import_options"]

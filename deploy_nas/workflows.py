@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from deploy_nas.errors import DataError, DeployNASError, InvalidSubnetConfig
+from deploy_nas.family import SCORE_BN_IMAGES
 from deploy_nas.settings import setting
 
 Log = Callable[[str], None]
@@ -224,7 +225,7 @@ def _embedded_for(classes: tuple[str, ...] | None) -> None:
                         f" not on the embedded task; pass --data DIR with image folders of those classes")
 
 
-SEARCH_BN_IMAGES = 1024  # 16 batches of 64: ranks subnets as the official 4,096 images do (docs/nasvit.md)
+SEARCH_BN_IMAGES = SCORE_BN_IMAGES  # 16 batches of 64: ranks subnets as the official 4,096 images do
 
 
 @dataclass(frozen=True)

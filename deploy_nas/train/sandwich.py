@@ -133,8 +133,13 @@ class SandwichTrainer:
         "partial" and which of its steps were done (`epoch_step` of `steps_per_epoch`), the state saved records that
         position with `epoch` still the number of finished epochs, and a resume trains the epoch's remaining
         batches (the same seeded order), so stopping and resuming ends with the weights of the run not stopped."""
+        from deploy_nas.data import spread
+        from deploy_nas.family import SCORE_BN_IMAGES, Calibration, family_of
+
         c = self.config
         x_all, y_all = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+        if getattr(family_of(self.model), "batchnorm", False):  # what `evaluate` recalibrates on, as search does
+            self.calib = Calibration("recalibrate", train.images[spread(len(train.images), SCORE_BN_IMAGES)])
         steps_per_epoch = len(x_all) // c.batch_size
         if steps_per_epoch == 0:
             raise DeployNASError(f"{len(x_all)} training images < one batch of {c.batch_size}")
@@ -195,10 +200,13 @@ class SandwichTrainer:
 
     @torch.no_grad()
     def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
-        """Top-1 of the max/min subnets (EMA weights when kept)."""
+        """Top-1 of the max/min subnets (EMA weights when kept; a BatchNorm family's subnets with their statistics
+        recalibrated on training images first, as the official evaluation does: the stored ones are a mixture)."""
+        calib = getattr(self, "calib", None)
         with self.ema_weights():
-            return {kind: top1(self.model.fixed(self.space.sample(random.Random(0), kind)), split, batch,
-                               self.device) for kind in kinds}
+            return {kind: top1(self.model.fixed(cfg) if calib is None else self.model.fixed(cfg, calib), split, batch,
+                               self.device)
+                    for kind in kinds for cfg in [self.space.sample(random.Random(0), kind)]}
 
     def epoch_stats(self) -> dict[str, float]:
         """What a rule logs at the end of each epoch besides losses and top-1 (none here)."""
