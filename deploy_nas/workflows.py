@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import math
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,13 +119,9 @@ def extract_subnet(source: SupernetSource, config: Any, bn: str | None = None,
     cfg = supernet.check_config(resolve_config(config, supernet.family, space))
     warn = getattr(family_of(supernet), "config_warning", None)  # e.g. ViT-Slim budgets that removed nothing
     if warn is not None and (warning := warn(supernet, cfg)):
-        import sys
-
         print(warning, file=sys.stderr)
     calib = calibration(bn, calib_dir, space, supernet.family, int8)
     if calib_dir is None and bn != "stored" and (trained := embedded_calibration(supernet, space)) is not None:
-        import sys
-
         calib = trained
         print(f"note: BatchNorm statistics recalibrated on {len(calib.images)} images of the embedded task's train "
               "split, the data the supernet was trained on (--bn stored folds the stored ones, --calib-data DIR "
@@ -136,14 +133,21 @@ def embedded_calibration(supernet: Any, space: Any, limit: int = BN_CALIB_BATCHE
     """For a BatchNorm family's supernet trained on the embedded task (its supernet.json says so): a recalibration
     on at most `limit` images of that task's train split, spread evenly over it (the official evaluation reads
     training batches); None for any other supernet."""
-    from deploy_nas.data import embedded_splits, spread
     from deploy_nas.family import Calibration, family_of
     from deploy_nas.supernets import EMBEDDED_CLASSES, trained_classes
 
     if not getattr(family_of(supernet), "batchnorm", False) or trained_classes(supernet) != EMBEDDED_CLASSES:
         return None
+    return Calibration("recalibrate", _embedded_train(space, limit))
+
+
+def _embedded_train(space: Any, limit: int) -> Any:
+    """At most `limit` images of the embedded task's train split at the space's input size, spread evenly over it
+    (as a folder's files are)."""
+    from deploy_nas.data import embedded_splits, spread
+
     train = embedded_splits(space.img_size, space.in_chans)["train"].images
-    return Calibration("recalibrate", train[spread(len(train), limit)])
+    return train[spread(len(train), limit)]
 
 
 def model_to_deploy(source: SupernetSource, config: Any = None, dense_dir: Path | None = None,
@@ -225,9 +229,6 @@ def _embedded_for(classes: tuple[str, ...] | None) -> None:
                         f" not on the embedded task; pass --data DIR with image folders of those classes")
 
 
-SEARCH_BN_IMAGES = SCORE_BN_IMAGES  # 16 batches of 64: ranks subnets as the official 4,096 images do
-
-
 @dataclass(frozen=True)
 class SearchRequest:
     """What `deploy-nas search` asks for (each field is one of its options); `None` means the default."""
@@ -245,7 +246,7 @@ class SearchRequest:
     flops_range: tuple[float, float] | None = setting(None, "LOW,HIGH GMAC")
     seed: int = setting(0)
     calib_images: int | None = setting(None, "BatchNorm families: the training images each subnet's statistics are "
-                                             f"recalibrated on before it is scored (default {SEARCH_BN_IMAGES}; the "
+                                             f"recalibrated on before it is scored (default {SCORE_BN_IMAGES}; the "
                                              f"official evaluation: {BN_CALIB_BATCHES * 64})")
     bn: str | None = None  # --bn and --calib-data: the options of extract and run (the CLI adds them)
     calib_dir: Path | None = None
@@ -310,7 +311,7 @@ def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple
             raise InvalidSubnetConfig("--bn stored scores with the stored statistics and reads no calibration images; "
                                       "drop --calib-data / --calib-images")
         return Calibration("stored"), {"mode": "stored"}
-    n = request.calib_images or SEARCH_BN_IMAGES
+    n = request.calib_images or SCORE_BN_IMAGES
     if request.calib_dir is not None:
         folder, source = Path(request.calib_dir), "--calib-data"
     elif request.data_dir is not None:
@@ -319,17 +320,14 @@ def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple
             raise DataError(f"{family} subnets are scored with their BatchNorm statistics recalibrated on training "
                             f"images (the stored ones are a mixture over every subnet trained), and {folder} does not"
                             " exist: pass --calib-data DIR, or --bn stored to score with the stored ones")
-    else:  # the embedded task: its train split, spread as a folder's files are
-        from deploy_nas.data import embedded_splits, spread
-
-        train = embedded_splits(space.img_size, space.in_chans)["train"].images
-        picked = train[spread(len(train), n)]
+    else:  # the embedded task: its train split
+        picked = _embedded_train(space, n)
         return Calibration("recalibrate", picked), {"mode": "recalibrate", "images": len(picked),
                                                     "source": "the embedded task's train split"}
     images = load_image_folder(folder, space.img_size, space.in_chans, limit=n).images
     if len(images) < 2:  # refused before any work: one image has no batch statistics
         raise DataError(f"{folder} holds {len(images)} image(s); recalibrating BatchNorm needs 2 or more (the "
-                        f"search reads up to --calib-images, default {SEARCH_BN_IMAGES})")
+                        f"search reads up to --calib-images, default {SCORE_BN_IMAGES})")
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     return Calibration("recalibrate", images), {"mode": "recalibrate", "images": len(images), "source": source,
                                                 "sha256": digest}

@@ -217,7 +217,7 @@ def _recorded(out: Path) -> dict[str, Any] | None:
 def subnet_top1(supernet: Any, cfg: Any, split: Any, calib: Any = None) -> float:
     """Top-1 of `cfg` with weights inherited from the supernet (its fixed-config eval view; a BatchNorm family's
     statistics recalibrated first when `calib` asks for it, `family.Calibration`)."""
-    return top1(supernet.fixed(cfg) if calib is None else supernet.fixed(cfg, calib), split)
+    return top1(supernet.fixed(cfg, calib), split)
 
 
 class Search:

@@ -204,9 +204,8 @@ class SandwichTrainer:
         recalibrated on training images first, as the official evaluation does: the stored ones are a mixture)."""
         calib = getattr(self, "calib", None)
         with self.ema_weights():
-            return {kind: top1(self.model.fixed(cfg) if calib is None else self.model.fixed(cfg, calib), split, batch,
-                               self.device)
-                    for kind in kinds for cfg in [self.space.sample(random.Random(0), kind)]}
+            return {kind: top1(self.model.fixed(self.space.sample(random.Random(0), kind), calib), split, batch,
+                               self.device) for kind in kinds}
 
     def epoch_stats(self) -> dict[str, float]:
         """What a rule logs at the end of each epoch besides losses and top-1 (none here)."""

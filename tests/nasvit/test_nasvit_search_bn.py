@@ -18,12 +18,12 @@ import torch
 from deploy_nas.data import embedded_splits
 from deploy_nas.errors import DataError, InvalidSubnetConfig
 from deploy_nas.evaluate import top1
-from deploy_nas.family import Calibration
+from deploy_nas.family import SCORE_BN_IMAGES, Calibration
 from deploy_nas.search import Search, SearchConstraints, SearchSetup
 from deploy_nas.search.evolution import EvolutionConfig
 from deploy_nas.search.record import differences
 from deploy_nas.supernets import save_supernet
-from deploy_nas.workflows import SEARCH_BN_IMAGES, SearchRequest, search_calibration
+from deploy_nas.workflows import SearchRequest, search_calibration
 from tests.cli.test_reliability import one_error_line
 from tests.cli_runner import run
 from tests.nasvit import nasvit_helpers as nv
@@ -58,8 +58,8 @@ def test_where_the_images_come_from_and_what_is_refused(tmp_path, tiny_space):
     """`tiny_space`: the tests' AutoFormer space (conftest.py), a family without BatchNorm."""
     nasvit = nv.tiny_space()
     calib, bn = search_calibration(SearchRequest(1.0), nasvit, "nasvit")
-    assert calib.mode == "recalibrate" and len(calib.images) == SEARCH_BN_IMAGES
-    assert bn == {"mode": "recalibrate", "images": SEARCH_BN_IMAGES, "source": "the embedded task's train split"}
+    assert calib.mode == "recalibrate" and len(calib.images) == SCORE_BN_IMAGES
+    assert bn == {"mode": "recalibrate", "images": SCORE_BN_IMAGES, "source": "the embedded task's train split"}
     calib, bn = search_calibration(SearchRequest(1.0, calib_images=100), nasvit, "nasvit")
     assert len(calib.images) == 100 and bn["images"] == 100
     assert search_calibration(SearchRequest(1.0, bn="stored"), nasvit, "nasvit")[1] == {"mode": "stored"}
