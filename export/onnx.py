@@ -223,7 +223,7 @@ CLASS_NAMES_KEY = "class_names"  # model metadata: a JSON list, the class name o
 def add_class_names(proto: Any, model: nn.Module) -> None:
     """The class names of a model trained on image folders (spec.json's source.trained_on) as the graph's
     `class_names` metadata, read by onnxruntime's `get_modelmeta().custom_metadata_map`; nothing otherwise."""
-    names = model.spec.class_names if hasattr(model, "spec") else None
+    names = getattr(getattr(model, "spec", None), "class_names", None)  # a module without a DenseSpec has none
     if names is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = CLASS_NAMES_KEY, json.dumps(names)

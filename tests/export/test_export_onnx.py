@@ -55,6 +55,29 @@ def test_double_export_is_byte_identical(dense_models, tmp_path):
     assert sidecar_path(a.path).read_text() == sidecar_path(b.path).read_text()
 
 
+def test_a_module_with_a_spec_of_its_own_exports_without_class_names(dense_models, tmp_path):
+    """Any nn.Module whose `spec` gives the input (in_chans, img_size) exports, as the benchmarks' timm wrapper does;
+    without class names its graph carries no class_names metadata."""
+    from types import SimpleNamespace
+
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.spec = SimpleNamespace(in_chans=inner.spec.in_chans, img_size=inner.spec.img_size, arch="own",
+                                        source={})
+
+        def forward(self, x):
+            return self.inner(x)
+
+    model = Wrapped(dense_models["min"])
+    result = export_onnx(model, tmp_path / "model.onnx")
+    keys = [p.key for p in check_onnx(result.path).metadata_props]
+    assert onnx_export.CLASS_NAMES_KEY not in keys and ort_vs_torch(result.path, model) <= EXPORT_ATOL
+
+
 @pytest.mark.slow
 def test_dynamo_export_parity(dense_models, tmp_path):
     model = dense_models["max"]
