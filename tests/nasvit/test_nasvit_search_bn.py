@@ -89,6 +89,19 @@ def test_a_search_recorded_before_the_statistics_were_resumes_as_the_stored_ones
     assert differences({"bn": {**folder, "source": "DIR/train"}}, {"bn": {**folder, "sha256": "cd" * 32}})
 
 
+def test_more_calibration_images_asked_than_the_folder_holds_says_how_many_it_uses(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "few" / "c").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 40), (i * 80, 0, 0)).save(tmp_path / "few" / "c" / f"{i}.png")
+    request = SearchRequest(1.0, calib_dir=tmp_path / "few", calib_images=100)
+    calib, bn = search_calibration(request, nv.tiny_space(), "nasvit")
+    assert len(calib.images) == 3 and bn["images"] == 3
+    err = capsys.readouterr().err
+    assert "note: --calib-images 100: " in err and "holds 3 images; each subnet's BatchNorm statistics" in err
+
+
 def test_a_folder_of_one_image_is_refused_before_any_work(tmp_path):
     from PIL import Image
 
