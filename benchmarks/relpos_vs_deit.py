@@ -58,8 +58,7 @@ class Timm(torch.nn.Module):
         import timm
 
         self.model = timm.create_model(name, pretrained=False).eval()
-        self.spec = SimpleNamespace(in_chans=3, img_size=224, num_classes=1000, arch="timm", source={},
-                                    class_names=None)
+        self.spec = SimpleNamespace(in_chans=3, img_size=224, num_classes=1000, arch="timm", source={})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

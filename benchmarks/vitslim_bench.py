@@ -49,7 +49,7 @@ class Masked(torch.nn.Module):
         self.masks = [tuple(m.clone() for m in block) for block in model.binary_masks(cfg)]
         a = model.arch
         self.spec = SimpleNamespace(in_chans=a.in_chans, img_size=a.img_size, num_classes=a.num_classes,
-                                    arch="masked", source={}, class_names=None)
+                                    arch="masked", source={})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_masked(x, self.masks)

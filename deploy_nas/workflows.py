@@ -328,7 +328,9 @@ def search_calibration(request: SearchRequest, space: Any, family: str) -> tuple
     if len(images) < 2:  # refused before any work: one image has no batch statistics
         raise DataError(f"{folder} holds {len(images)} image(s); recalibrating BatchNorm needs 2 or more (the "
                         f"search reads up to --calib-images, default {SCORE_BN_IMAGES})")
-    if request.calib_images is not None and len(images) < request.calib_images:
+    from deploy_nas.distributed import main_process
+
+    if request.calib_images is not None and len(images) < request.calib_images and main_process():  # rank 0 speaks
         print(f"note: --calib-images {request.calib_images}: {folder} holds {len(images)} images; each subnet's "
               f"BatchNorm statistics are recalibrated on those {len(images)}", file=sys.stderr)
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()

@@ -62,6 +62,7 @@ class SandwichTrainer:
         self.epoch_step = 0  # the batches of epoch `epoch` (0-based: the number of finished ones) done
         self.trained_on: dict[str, Any] | None = None  # supernet.json's record of the data (`data.data_record`)
         self.train_changes: list[dict[str, Any]] = []  # settings resumes changed, each at its epoch and step
+        self.calib: Any = None  # a BatchNorm family's recalibration for `evaluate` (`train` sets it; None: stored)
 
     # --------------------------------------------------------------------------------------------- one step
     def configs_for_step(self, step: int) -> list[Any]:
@@ -202,9 +203,8 @@ class SandwichTrainer:
     def evaluate(self, split: Any, kinds: tuple[str, ...] = ("max", "min"), batch: int = 256) -> dict[str, float]:
         """Top-1 of the max/min subnets (EMA weights when kept; a BatchNorm family's subnets with their statistics
         recalibrated on training images first, as the official evaluation does: the stored ones are a mixture)."""
-        calib = getattr(self, "calib", None)
         with self.ema_weights():
-            return {kind: top1(self.model.fixed(self.space.sample(random.Random(0), kind), calib), split, batch,
+            return {kind: top1(self.model.fixed(self.space.sample(random.Random(0), kind), self.calib), split, batch,
                                self.device) for kind in kinds}
 
     def epoch_stats(self) -> dict[str, float]:
