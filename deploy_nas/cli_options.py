@@ -17,40 +17,51 @@ from typing import Any
 
 import click
 
-from deploy_nas.errors import DeployNASError, brief
+from deploy_nas.errors import INTERRUPTED, TERMINATED, DeployNASError, Terminated, brief
 
 TERM_GRACE_S = 10.0  # after SIGTERM, how long the process may take to unwind before it exits regardless
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what `timeout`, `kill`, systemd, Slurm and docker send) raised as an interrupt, so that it unwinds
-    like Ctrl-C does: temporaries removed, locks released, a search's log kept."""
-
-
-_TERMINATED = threading.Event()  # a SIGTERM arrived: any error after it is how the command ended, not its cause
-
-
 def _terminate(signum: int, frame: Any) -> None:
-    _TERMINATED.set()
+    TERMINATED.set()
     raise Terminated()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt()
+
+
+def _stopped() -> bool:
+    return TERMINATED.is_set() or INTERRUPTED.is_set()
+
+
 def _fail(message: str, code: int) -> None:
-    """Print `error: message` and exit with `code`; after a SIGTERM, `terminated (SIGTERM)` and 143 instead: the
-    Terminated it raised inside a library's callback (safetensors reading a file) can come out as that library's own
-    error, which the files it was reading do not deserve."""
-    if _TERMINATED.is_set():
-        message, code = "terminated (SIGTERM)", 143
+    """Print `error: message` and exit with `code`; after a SIGTERM or Ctrl-C, what stopped the command and its
+    code instead: the interrupt raised inside a library's callback (safetensors reading a file, OpenVINO tracing a
+    module) can come out as that library's own error, which the files it was reading do not deserve."""
+    if _stopped():
+        message, code = interruption(KeyboardInterrupt())
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
 def interruption(err: BaseException) -> tuple[str, int]:
-    """(what stopped the command, its exit code) for an interrupt: SIGTERM (also when click wrapped it in an Abort)
-    or Ctrl-C."""
-    if isinstance(err, Terminated) or isinstance(err.__context__, Terminated):
+    """(what stopped the command, its exit code) for an interrupt: SIGTERM (also when click wrapped it in an Abort,
+    or a library its own error) or Ctrl-C."""
+    if isinstance(err, Terminated) or isinstance(err.__context__, Terminated) or TERMINATED.is_set():
         return "terminated (SIGTERM)", 143
     return "interrupted", 130
+
+
+def _handle_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and records that it came (see `_fail`); left
+    alone where SIGINT is ignored (a background job of a non-interactive shell) or handled by someone else."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # not the main thread
+        pass
 
 
 def _handle_sigterm() -> None:
@@ -97,6 +108,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     if not sys.warnoptions:
         warnings.simplefilter("ignore")
     _handle_sigterm()
+    _handle_sigint()
     try:
         return click.Command.main(command, *args, standalone_mode=False, **kwargs)
     except (click.exceptions.Abort, KeyboardInterrupt) as err:
@@ -113,7 +125,7 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
     except DeployNASError as err:
         from deploy_nas.distributed import main_process
 
-        if main_process() or _TERMINATED.is_set():  # under torchrun every rank fails alike; one says so
+        if main_process() or TERMINATED.is_set():  # under torchrun every rank fails alike; one says so
             _fail(one_line(str(err)), err.exit_code)
         sys.exit(err.exit_code)
     except UnicodeEncodeError as err:  # a path given as bytes that are not UTF-8 (the file system took it, we cannot)
@@ -122,9 +134,13 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         where = f": {brief(str(err.filename), 80)}" if err.filename else ""
         _fail(f"{err.strerror or one_line(str(err))}{where}", 2)
     except (MemoryError, RuntimeError) as err:  # what no input check foresaw: the machine, not a bug
-        if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err) and not _TERMINATED.is_set():
+        if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err) and not _stopped():
             raise  # torch's CPU allocator says so
         _fail("out of memory; use a smaller model, batch or input, or a machine with more memory", 2)
+    except Exception:  # a library's own error for the interrupt raised inside it (OpenVINO's OpConversionFailure)
+        if not _stopped():
+            raise
+        _fail("", 1)
 
 
 class OneLineErrors(click.Group):

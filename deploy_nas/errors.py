@@ -8,6 +8,7 @@ import dataclasses
 import math
 import numbers
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,26 @@ class ParityError(DeployNASError):
     def __init__(self, message: str, result: Any = None):
         super().__init__(message)
         self.result = result
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `kill`, systemd, Slurm and docker send) raised as an interrupt, so that it unwinds
+    like Ctrl-C does: temporaries removed, locks released, a search's log kept."""
+
+
+# Set by the CLI's SIGINT and SIGTERM handlers before they raise: an error that comes out of a library after one of
+# them is how the command was stopped, not a fault of its input (OpenVINO's converter catches the interrupt raised
+# inside the tracing it runs and raises its own error in its place).
+INTERRUPTED, TERMINATED = threading.Event(), threading.Event()
+
+
+def reraise_if_stopped(err: BaseException) -> None:
+    """Raise the interrupt a library turned into `err` (Terminated after SIGTERM, KeyboardInterrupt after Ctrl-C);
+    return when no signal arrived."""
+    if TERMINATED.is_set():
+        raise Terminated() from err
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt() from err
 
 
 def brief(value: Any, limit: int = 60) -> str:

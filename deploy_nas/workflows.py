@@ -95,6 +95,10 @@ def calibration(bn: str | None, calib_dir: Path | None, space: Any, family: str,
         return None
     if bn is None and calib_dir is None:
         return None
+    if bn == "stored" and calib_dir is not None and not int8:
+        raise InvalidSubnetConfig("--calib-data with --bn stored: the stored BatchNorm statistics are folded as they "
+                                  "are and no image is read; leave out one of them (--calib-data also calibrates "
+                                  "the int8 builds of `run`)")
     images = None
     if calib_dir is not None:
         from deploy_nas.data import load_image_folder

@@ -317,6 +317,7 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
               threads: int | None = None):
     """`deploy-nas parity`: the saved engine of `out` against its dense torch model, recorded in out/parity.json;
     ParityError (carrying the result) after the record when a gate fails."""
+    backend = str(backend).lower()  # as `run` and the backend registry take it (ONNXRUNTIME looked for no engine)
     check_compared(backend)
     with build(out, "torch", threads=threads) as reference, open_engine(out, backend, precision, threads) as engine:
         return parity(out, engine, reference, data_dir)
@@ -326,7 +327,7 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
 def bench_of(out: str | Path, backend: str, precision: str = "fp32", batches: Sequence[int] = (1, 8),
              runs: int = 50, warmup: int = 10, threads: int | None = None) -> list:
     """`deploy-nas bench`: FPS rows of the saved engine of `out`, recorded in out/bench.json."""
-    with open_engine(out, backend, precision, threads) as engine:
+    with open_engine(out, str(backend).lower(), precision, threads) as engine:
         return bench(out, engine, batches, runs, warmup)
 
 

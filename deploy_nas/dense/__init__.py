@@ -71,6 +71,11 @@ def load_dense(directory: str | Path) -> nn.Module:
     except (OSError, UnicodeDecodeError) as err:
         raise DenseModelError(f"cannot read {spec_path} ({err}); re-extract the model") from err
     try:
+        with open(weights_path, "rb"):  # the OS's reason first: safetensors says "No such file" for "Permission denied"
+            pass
+    except OSError as err:
+        raise DenseModelError(f"cannot read {weights_path} ({err.strerror or err})") from err
+    try:
         state = load_safetensors(weights_path)
     except (SafetensorError, OSError, ValueError) as err:
         raise DenseModelError(f"{weights_path} is corrupt or not safetensors ({err}); re-extract the model") from err

@@ -136,6 +136,11 @@ def token_counts(spec: DenseSpec) -> list[int]:
         if s.relative_position and n != grid * grid + 1:
             raise DenseModelError(f"spec.json block {i}: relative positions need all {grid * grid + 1} tokens, "
                                   f"not {n}")
+        masked = grid * grid + 1 - n if s.num_heads else 0  # what the tokens dropped so far leave masked (ViT-Slim)
+        if s.masked_tokens != masked:
+            raise DenseModelError(f"spec.json block {i}: masked_tokens = {brief(s.masked_tokens)}, but its tokens "
+                                  f"leave {masked} of {grid * grid + 1} masked"
+                                  f"{'' if s.num_heads else ' (its attention is pruned away)'}")
         counts.append(n)
     return counts
 

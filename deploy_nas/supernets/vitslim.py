@@ -455,7 +455,9 @@ def arch_from_state_dict(sd: dict[str, Tensor], num_heads: int | None = None, ma
     if deep:  # read as a length before int(): a number of thousands of digits is refused, not parsed
         raise CheckpointError(f"the checkpoint has a block numbered {brief(deep[-1], 40)}; a ViT has at most "
                               f"{MAX_DEPTH} blocks (0..{MAX_DEPTH - 1})")
-    depth = 1 + max(int(b) for b in blocks if b.isdecimal())
+    # the blocks that hold a ViT block's own tensors: a stray key (blocks.99.extra.weight) is an unexpected key,
+    # named as such by the load, not a block 99 that makes every block in between missing
+    depth = 1 + max(int(b) for b in blocks if b.isdecimal() and any(f"blocks.{b}.{k}" in sd for k in BLOCK_KEYS))
     kind, heads = mask or "channel", num_heads or E // DEIT_HEAD_DIM  # DeiT heads are 64 wide
     if "blocks.0.attn.zeta" not in sd and num_heads is None and E % DEIT_HEAD_DIM:
         raise CheckpointError(f"embed dim {E} is not a multiple of {DEIT_HEAD_DIM} (a DeiT's head width), and the "
@@ -474,6 +476,8 @@ def arch_from_state_dict(sd: dict[str, Tensor], num_heads: int | None = None, ma
 
 
 MASK_KEYS = ("attn.zeta", "attn.patch_zeta", "mlp.zeta")
+BLOCK_KEYS = ("norm1.weight", "attn.qkv.weight", "attn.proj.weight", "norm2.weight", "mlp.fc1.weight",
+              "mlp.fc2.weight", *MASK_KEYS)
 
 
 def with_masks(sd: dict[str, Tensor], arch: SlimArch) -> dict[str, Tensor]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy_nas.errors import ExportError, brief
+from deploy_nas.errors import ExportError, brief, reraise_if_stopped
 from deploy_nas.export.backends.base import BUILD_JSON, INPUT_NAME, OUTPUT_NAME, Backend, BuildConfig, Engine
 from deploy_nas.export.backends.runner import Runner
 
@@ -105,7 +105,8 @@ def ir_from_module(model: Any) -> Any:
             warnings.simplefilter("ignore", category)
         try:
             ov_model = ov.convert_model(model.eval().cpu(), example_input=example)
-        except (RuntimeError, TypeError) as err:
+        except Exception as err:  # RuntimeError, TypeError, its own OpConversionFailure (an Exception, no more)
+            reraise_if_stopped(err)  # Ctrl-C / SIGTERM while it traced the module: it wraps the interrupt too
             raise ExportError(f"openvino cannot convert the module: {ov_cause(err)}; "
                               "use the ONNX path (build from model.onnx)") from err
     ov_model.reshape({0: ov.PartialShape([-1, *shape])})

@@ -69,14 +69,15 @@ def test_step_by_step_commands_update_parity_and_bench(deployed, tmp_path):
     r = run("export", "openvino", out, "--precision", "int8", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert (out / "openvino" / "int8" / "model.xml").is_file()
-    for backend, precision in (("onnxruntime", "fp32"), ("openvino", "int8")):
+    # backend names in any case, as `run` takes them (ONNXRUNTIME looked for a saved engine under out/ONNXRUNTIME)
+    for backend, precision in (("ONNXRUNTIME", "fp32"), ("openvino", "int8")):
         r = run("parity", out, "--backend", backend, "--precision", precision, "--threads", "1")
         assert r.returncode == 0, r.stdout + r.stderr
     parity = json.loads((out / "parity.json").read_text())
     assert set(parity) == {"onnxruntime/fp32", "openvino/int8"} and all(v["passed"] for v in parity.values())
     assert parity["openvino/int8"]["tolerance"]["min_mean_cosine"] == 0.98
-    for backend in ("torch", "openvino"):
-        r = run("bench", out, "--backend", backend, "--precision", "fp32" if backend == "torch" else "int8",
+    for backend in ("Torch", "OpenVINO"):
+        r = run("bench", out, "--backend", backend, "--precision", "fp32" if backend == "Torch" else "int8",
                 "--batch", "1,2", "--threads", "1")
         assert r.returncode == 0, r.stderr
     rows = json.loads((out / "bench.json").read_text())
