@@ -259,7 +259,12 @@ def train(family: str | None, space: str | None, data_dir: Path | None, out: Pat
     run = RecordedRun.of(out, resume)  # the run a resume continues: its space and settings are the defaults
     fam, chosen = resume_target(run, family, space)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}  # the run's or family's recipe: the rest
-    if grad_projection_from is not None:
+    if grad_projection_from is not None:  # --grad-projection --projection-from-epoch N: refused next to others
+        if not given.get("grad_projection", True) or given.get("projection_from_epoch", grad_projection_from) != \
+                grad_projection_from:
+            raise click.UsageError(f"--grad-projection-from {grad_projection_from} is --grad-projection "
+                                     f"--projection-from-epoch {grad_projection_from}; it contradicts "
+                                     "--no-grad-projection or another --projection-from-epoch given with it")
         given.update(grad_projection=True, projection_from_epoch=grad_projection_from)
     log = (lambda row: click.echo(json.dumps(row))) if main_process() else (lambda row: None)
     with process_group_from_env(cuda=config["device"].startswith("cuda")):

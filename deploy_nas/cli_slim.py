@@ -30,9 +30,9 @@ def slim() -> None:
 @click.option("--space", default=None, help="Without --base: the registered space or file of the DeiT to build "
               "(default: vitslim-tiny, a 4-block DeiT for 32px images).")
 @opt.train_data
-@click.option("--head-search", "mask", flag_value="head", default=None,
+@click.option("--head-search", is_flag=True,
               help="Without masks in --base: one mask per head (official --head_search).")
-@click.option("--uniform-search", "mask", flag_value="uniform",
+@click.option("--uniform-search", is_flag=True,
               help="Without masks in --base: one channel mask shared by all heads (official --uniform_search).")
 @click.option("--import-option", "import_options", multiple=True, metavar="KEY=VALUE",
               help="A ViT-Slim import option of --base (num_heads=N for a DeiT whose heads are not 64 wide).")
@@ -42,7 +42,7 @@ def slim() -> None:
               "records (another value given is refused; more --epochs searches longer).")
 @opt.dataclass_options(TrainConfig, exclude=MaskSearch.ignores, defaults=ViTSlimFamily.train_defaults)
 @opt.writes(force="resume", resumes=(STATE_FILE,))
-def search(base: Path | None, space: str | None, data_dir: Path | None, mask: str | None,
+def search(base: Path | None, space: str | None, data_dir: Path | None, head_search: bool, uniform_search: bool,
            import_options: tuple[str, ...], out: Path, resume: bool, **config: Any) -> None:
     """Train the weights and the soft masks of a DeiT with ViT-Slim's L1 sparsity terms (data-parallel under
     torchrun). Then `deploy-nas slim prune --checkpoint OUT --budget-attn ...`.
@@ -53,6 +53,9 @@ def search(base: Path | None, space: str | None, data_dir: Path | None, mask: st
     from deploy_nas.train.slim import search_target
     from deploy_nas.workflows import train_data
 
+    if head_search and uniform_search:  # one shared destination let the last one given win, silently
+        raise click.UsageError("--head-search and --uniform-search are two mask layouts; give one of them")
+    mask = "head" if head_search else "uniform" if uniform_search else None
     run = RecordedRun.of(out, resume)  # the run a resume continues: its space and settings are the defaults
     fam, supernet, chosen = search_target(base, space, mask, run, import_options)
     given = {k: v for k, v in config.items() if not opt.is_default(k)}

@@ -375,7 +375,8 @@ class Search:
         self._measured.update(known or {})
         reused = {c.id for c in cfgs if c.id in self._measured}  # measured before (a resume's measured.json)
         if len(reused) < len(cfgs):  # timed together before any is printed: say so, it can take minutes
-            self.log(f"timing {len(cfgs) - len(reused)} subnets for the latency predictor")
+            self.log(f"timing {len(cfgs) - len(reused)} subnets for the latency predictor" + (
+                f" ({len(reused)} of its {len(cfgs)} measured before)" if reused else ""))
         fastest = self.measure(cfgs[0])
         if fastest > self.constraints.latency_budget_ms:
             raise InfeasibleBudget(f"no subnet can meet {self.constraints.latency_budget_ms:g} ms: the fastest, the "
@@ -503,10 +504,11 @@ class Search:
                   "random": self.finalists(rand), "settings": {**self.record, "generations": evo.generation},
                   "ranks": self.world.size, "scored_per_rank": self.world.gather(self.scored_here), **notes}
         self._write_latencies(out)
-        self._write(out, "best.json", result["evolution"]["winner"]["config"])
-        self._write(out, "pareto.json", result)
         if self.world.main:
             plot_pareto(result, out / "pareto.png")
+        self._write(out, "pareto.json", result)
+        # best.json last: a search interrupted while it wrote its results never shows a winner without them
+        self._write(out, "best.json", result["evolution"]["winner"]["config"])
         return result
 
     def _unrecorded_notes(self, out: Path, latency: bool, settings: bool) -> dict[str, str]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from deploy_nas.dense.spec import DenseSpec
 from deploy_nas.dense.vit import ViTBlockSpec, ViTSpec
-from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields
+from deploy_nas.errors import CheckpointError, InvalidSubnetConfig, brief, check_fields, check_params
 from deploy_nas.family import FAMILIES, FixedConfig, SubnetState
 from deploy_nas.folding import ScaleFold
 from deploy_nas.kernels import relpos
@@ -63,6 +63,16 @@ class AutoFormerArch:
         check_fields(owner, CheckpointError, self, zero_ok=("max_relative_position",))
         if self.patch_size > self.img_size:
             raise CheckpointError(f"{owner}: patch_size {self.patch_size} > img_size {self.img_size}")
+        # before any layer is built: a space file's mlp_ratio 1e6 made a supernet that filled the machine's memory
+        check_params(owner, CheckpointError, self.params_bound(), f"embed_dim {self.embed_dim}, depth {self.depth}, "
+                     f"MLP hidden {self.mlp_hidden}", "AutoFormer")
+
+    def params_bound(self) -> int:
+        """An upper bound of the supernet's parameter count, from the sizes alone (nothing allocated)."""
+        E, h, tables = self.embed_dim, self.mlp_hidden, 4 * (2 * self.max_relative_position + 2) * self.table_dim
+        block = 4 * E * E + 2 * E * h + 2 * h + 10 * E + tables  # q/k/v, proj, MLP, norms, biases, relative tables
+        return self.depth * block + E * (self.in_chans * self.patch_size ** 2 + self.num_patches + self.num_classes
+                                         + 4) + self.num_classes
 
     @classmethod
     def from_space(cls, space: AutoFormerSpace, **flags: Any) -> AutoFormerArch:

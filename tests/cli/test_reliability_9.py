@@ -118,3 +118,39 @@ def test_an_unreadable_weights_file_is_named_as_unreadable(tmp_path, tiny_supern
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and "DenseModelError: cannot read" in last and last.endswith("(Permission denied)"), \
         r.stderr[-800:]
+
+
+def test_a_space_file_too_deep_or_too_wide_is_refused_before_a_supernet_is_built():
+    """A space file with depth 5000 or mlp_ratio 1e6 (`train --space FILE`) built its supernet until the machine's
+    memory ran out (the kernel killed the process: exit 137, no message)."""
+    import dataclasses
+
+    from deploy_nas.errors import CheckpointError, InvalidSubnetConfig
+    from deploy_nas.spaces import SPACES
+    from deploy_nas.supernets.autoformer import AutoFormerArch
+
+    tiny = SPACES.get("autoformer-tiny")
+    with pytest.raises(InvalidSubnetConfig, match=r"depth = 5000 is not a depth \(1\.\.1024\)"):
+        dataclasses.replace(tiny, depth=(2, 5000), super_depth=5000)
+    wide = dataclasses.replace(tiny, mlp_ratio=(2.0, 1e6), super_mlp_ratio=1e6)
+    with pytest.raises(CheckpointError, match="MLP hidden 64000000 make ~3.33e[+]10 parameters, more than any"):
+        AutoFormerArch.from_space(wide)
+    for name in ("autoformer-T", "autoformer-S", "autoformer-B"):  # the published supernets stay well inside
+        assert AutoFormerArch.from_space(SPACES.get(name)).params_bound() < 2e8
+
+
+@pytest.mark.parametrize("args, named", [
+    (("slim", "search", "--head-search", "--uniform-search"), "--head-search and --uniform-search are two mask"),
+    (("train", "--space", "autoformer-tiny", "--grad-projection-from", "1", "--no-grad-projection"),
+     "--grad-projection-from 1 is --grad-projection --projection-from-epoch 1; it contradicts"),
+    (("train", "--space", "autoformer-tiny", "--grad-projection-from", "2", "--projection-from-epoch", "3"),
+     "--grad-projection-from 2 is --grad-projection --projection-from-epoch 2; it contradicts")])
+def test_options_that_contradict_each_other_are_refused_not_resolved_silently(tmp_path, args, named):
+    """The last of --head-search / --uniform-search won; --grad-projection-from overrode --no-grad-projection and
+    --projection-from-epoch: exit 0 with a setting the user had also asked against."""
+    from tests.cli.test_extract_info import run
+    from tests.cli.test_reliability import one_error_line
+
+    r = run(*args, "--epochs", "1", "--max-steps", "1", "--out", tmp_path / "o")
+    assert r.returncode == 2 and named in one_error_line(r)
+    assert not (tmp_path / "o").exists()

@@ -127,6 +127,9 @@ def test_search_writes_best_pareto_and_log(tmp_path, torch_latency):
     assert repeat["n"] == 7 and -1 <= repeat["kendall_tau"] <= 1 and repeat["median_diff_percent"] >= 0
     assert len((tmp_path / "s" / "generations.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "s" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # best.json last: a search stopped while writing its results never shows a winner without them
+    written = [(tmp_path / "s" / name).stat().st_mtime_ns for name in ("pareto.png", "pareto.json", "best.json")]
+    assert written == sorted(written)
 
 
 def test_infeasible_budget_names_the_fastest_latency_and_writes_nothing(tmp_path, torch_latency):
