@@ -315,11 +315,12 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
     """`out` if it can be written: not a file, not a place --force must never replace, empty or (with `force`) a
     directory that only holds what deploy-nas wrote. Fails before any slow work starts. `resumes`: `force` is a
     resume flag, and a non-empty `out` must hold one of these files: a resume is no --force for a directory with
-    nothing to resume (an empty or absent one starts from the beginning), nor for one holding a sub-directory (a
-    resumed directory is replaced whole, and none writes one: it is another command's output). `replaced_whole`:
-    input directories that other commands replace as a whole (a supernet directory, a dense model); `out` may not
-    lie inside one. `resumed_whole`: the state files (written by deploy-nas) of a directory a `--resume` replaces
-    whole without --force; `out` may not lie inside a directory holding one, input of this command or not.
+    nothing to resume (an empty or absent one starts from the beginning), nor, where `swapped`, for one holding a
+    sub-directory (a resumed directory is then replaced whole, and none writes one: it is another command's
+    output). `replaced_whole`: input directories that other commands replace as a whole (a supernet directory, a
+    dense model); `out` may not lie inside one. `resumed_whole`: the state files (written by deploy-nas) of a
+    directory a `--resume` replaces whole without --force; `out` may not lie inside a directory holding one, input
+    of this command or not.
     `read_whole`: input directories read whole (image folders: an output inside would become part of the data).
     `swapped`: the output is built beside `out` and swapped in (all but the search, which writes in place), which
     a mount point cannot take. With `force`, temporaries and locks that killed deploy-nas runs left in `out` are
@@ -363,7 +364,10 @@ def check_output_dir(out: str | Path, force: bool = False, inputs: Sequence[str 
         if resumes and not any((out / name).is_file() for name in resumes):
             raise OutputPathError(f"{flag}: {out} holds nothing to resume (no {' or '.join(resumes)}); pass the "
                                   "directory of the interrupted run, or choose a new path")
-        nested = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()) if resumes else []
+        # a directory resumed by replacing it whole (training) would take a sub-directory with it; one resumed in
+        # place (a search) leaves it be
+        nested = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()) \
+            if resumes and swapped else []
         if nested:
             raise OutputPathError(f"{flag} replaces {out} whole, and it holds {nested[0]}/, which no training run "
                                   f"writes (another command's output?); move it out of {out}, then resume")

@@ -4,7 +4,7 @@ embedded default, a supernet directory and an official checkpoint are all told a
 size, the space, the data (a sha256 of the val and test images and labels), the evolution's seed, population and
 breeding settings, the predictor's and the finalists' sizes, the latency budget and the params / FLOPs ranges. The
 latency settings have their own file (latency.json). `generations` is recorded but not compared: a resume may ask
-for more (or fewer: the log's are kept)."""
+for more (or fewer: the log's are kept, and recorded)."""
 from __future__ import annotations
 
 import hashlib

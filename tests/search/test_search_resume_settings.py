@@ -230,3 +230,25 @@ def test_check_search_settings_names_each_difference_and_refuses_a_damaged_recor
         (out / RECORD).write_text(text)
         with pytest.raises(DamagedSearchOutput, match=f"{RECORD} is damaged"):
             check_search_settings(out, True, given)
+
+
+def test_a_search_written_inside_another_leaves_its_resume_free(searched, tiny_supernet_dir, tmp_path):
+    """`search --out S/sub` was accepted, and then `search --out S --resume` refused S, saying a resume replaces it
+    whole: a search resumes in place, and what else S holds stays (2026-12-08)."""
+    out = _copy(searched, tmp_path)
+    assert run(*_args(tiny_supernet_dir, out / "sub")).returncode == 0
+    inner = _snapshot(out / "sub")
+    r = run(*_args(tiny_supernet_dir, out, {"--generations": "2"}), "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 2 and _snapshot(out / "sub") == inner
+
+
+def test_a_resume_asking_for_fewer_generations_records_the_ones_its_results_use(tiny_supernet_dir, tmp_path):
+    """Resumed with fewer --generations than logged, a search keeps the log's (and says so), but search.json
+    recorded the smaller count while pareto.json and generations.jsonl held the larger (2026-12-08)."""
+    out = tmp_path / "s"
+    assert run(*_args(tiny_supernet_dir, out, {"--generations": "2"})).returncode == 0
+    r = run(*_args(tiny_supernet_dir, out, {"--generations": "1"}), "--resume")
+    assert r.returncode == 0 and "the log holds 2 generations, more than the 1 asked for" in r.stdout, r.stderr
+    assert json.loads((out / RECORD).read_text())["generations"] == 2
+    assert json.loads((out / "pareto.json").read_text())["settings"]["generations"] == 2
