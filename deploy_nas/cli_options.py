@@ -137,10 +137,10 @@ def main_one_line(command: click.Command, *args: Any, **kwargs: Any) -> Any:
         if isinstance(err, RuntimeError) and "can't allocate memory" not in str(err) and not _stopped():
             raise  # torch's CPU allocator says so
         _fail("out of memory; use a smaller model, batch or input, or a machine with more memory", 2)
-    except Exception:  # a library's own error for the interrupt raised inside it (OpenVINO's OpConversionFailure)
-        if not _stopped():
+    except Exception as err:  # a library's own error for the interrupt raised inside it (OpenVINO's
+        if not _stopped():  # OpConversionFailure): reported as the interrupt; anything else is a bug to show
             raise
-        _fail("", 1)
+        _fail(one_line(str(err)), 1)
 
 
 class OneLineErrors(click.Group):

@@ -208,7 +208,9 @@ def check_engine_source(engine: Engine, out: str | Path, backend: str, precision
 
 
 def open_engine(out: str | Path, backend: str, precision: str = "fp32", threads: int | None = None) -> Engine:
-    """The engine a previous `build` saved (openvino, tensorrt), or a fresh one (torch, onnxruntime)."""
+    """The engine a previous `build` saved (openvino, tensorrt), or a fresh one (torch, onnxruntime); the backend
+    named in any case, as `run` and the backend registry take it (ONNXRUNTIME looked for a saved engine)."""
+    backend = str(backend).lower()
     check_request(backend, precision)
     if backend in ("torch", "onnxruntime"):
         return build(out, backend, precision, threads)
@@ -317,7 +319,6 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
               threads: int | None = None):
     """`deploy-nas parity`: the saved engine of `out` against its dense torch model, recorded in out/parity.json;
     ParityError (carrying the result) after the record when a gate fails."""
-    backend = str(backend).lower()  # as `run` and the backend registry take it (ONNXRUNTIME looked for no engine)
     check_compared(backend)
     with build(out, "torch", threads=threads) as reference, open_engine(out, backend, precision, threads) as engine:
         return parity(out, engine, reference, data_dir)
@@ -327,7 +328,7 @@ def parity_of(out: str | Path, backend: str, precision: str = "fp32", data_dir: 
 def bench_of(out: str | Path, backend: str, precision: str = "fp32", batches: Sequence[int] = (1, 8),
              runs: int = 50, warmup: int = 10, threads: int | None = None) -> list:
     """`deploy-nas bench`: FPS rows of the saved engine of `out`, recorded in out/bench.json."""
-    with open_engine(out, str(backend).lower(), precision, threads) as engine:
+    with open_engine(out, backend, precision, threads) as engine:
         return bench(out, engine, batches, runs, warmup)
 
 
@@ -714,7 +715,7 @@ class _Current:
 def check_compared(backend: str) -> None:
     """torch runs the dense model itself: the reference of every parity check, never one compared with it (a
     torch row would compare the model with itself and say PASSED for nothing deployed)."""
-    if backend == "torch":
+    if str(backend).lower() == "torch":
         raise DeployNASError("torch is the reference every engine is compared with, not an engine to compare; "
                              "choose onnxruntime, openvino or tensorrt (torch's speed: `deploy-nas bench --backend "
                              "torch`)")

@@ -492,7 +492,7 @@ class Search:
                         fitness_many=self.val_top1_many)
         if rows:  # the directory holds the search already: the new measurements are kept before the replay
             self._write_measured(out)
-            self._restore(out, evo, rows)
+            self._restore(evo, rows)
         if not evo.population:  # drawn before anything is written: constraints nothing meets leave no files
             self._sample_first(evo)
         self._write_measured(out)
@@ -572,7 +572,7 @@ class Search:
                 f"{self.constraints.latency_budget_ms:g} ms{ranges}; loosen the constraints (raise "
                 "--latency-budget-ms" + (" or widen the ranges" if ranges else "") + ")") from None
 
-    def _restore(self, out: Path, evo: Evolution, rows: list[dict[str, Any]]) -> None:
+    def _restore(self, evo: Evolution, rows: list[dict[str, Any]]) -> None:
         """Replay the generations of a resumed search (`rows`, checked by `_read_log`)."""
         from deploy_nas.spaces import load_config
 
@@ -581,8 +581,7 @@ class Search:
         if evo.generation > (asked := self.setup.evolution.generations):
             self.log(f"the log holds {evo.generation} generations, more than the {asked} asked for: none runs, "
                      "and the results use all of them")
-            self.record["generations"] = evo.generation  # search.json says what the results hold, as pareto.json
-            self._write(out, RECORD_FILE, self.record)
+            self.record["generations"] = evo.generation  # search.json (written next) says what the results hold
 
     def _evolve(self, out: Path, evo: Evolution, rows: list[dict[str, Any]] | None) -> Evolution:
         """Run the generations still to run, logging each new one after those of a resumed search (`rows`)."""

@@ -174,9 +174,9 @@ class AutoFormerSpace(CheckedSpace):
         check_sizes(owner, InvalidSubnetConfig, {}, **{n: getattr(self, n) for n in sizes if n not in ints})
         if self.patch_size > self.img_size:
             raise InvalidSubnetConfig(f"space {self.name!r}: patch_size {self.patch_size} > img_size {self.img_size}")
-        for name in ("depth", "super_depth"):  # before a supernet or a sampled config is sized by it
-            for value in (getattr(self, name) if name == "depth" else (self.super_depth,)):
-                _depth(value, f"space {self.name!r}: {name}")
+        for value in self.depth:  # before a supernet or a sampled config is sized by them
+            _depth(value, f"space {self.name!r}: depth")
+        _depth(self.super_depth, f"space {self.name!r}: super_depth")
         for dim in ("embed_dim", "num_heads", "depth"):
             object.__setattr__(self, dim, tuple(sorted(getattr(self, dim))))
         object.__setattr__(self, "mlp_ratio", tuple(sorted(float(v) for v in self.mlp_ratio)))
